@@ -1,0 +1,16 @@
+"""Bidirectional GRU-RCN on UCF-101 RGB features (PAPER.md: 80.7%, the best RGB).
+
+Each level runs a forward and a backward GRU-RCN; their final states are
+concatenated before pooling.
+
+  python -m grurcn_jax.main --config=configs/ucf101_bigrurcn.py --workdir=DIR
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.variant = "bi"
+  config.model.bi_merge = "concat"
+  return config

@@ -1,0 +1,15 @@
+"""Stacked GRU-RCN on UCF-101 RGB features (PAPER.md: 78.3%).
+
+Level l's update and reset gates also see level l-1's state at the same step,
+max-pooled to level l's size.
+
+  python -m grurcn_jax.main --config=configs/ucf101_stacked.py --workdir=DIR
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.model.variant = "stacked"
+  return config

@@ -1,0 +1,97 @@
+"""build_model(config.model): the one place a model config becomes a Flax module.
+
+Every name and value is checked before anything is built, so a typo fails at start
+with a message listing what is valid instead of a traceback deep inside a trace.
+"""
+
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.errors import ConfigError
+from grurcn_jax.models import baselines, convgru, grurcn, losses
+
+MODEL_NAMES = ("grurcn", "vgg_frames", "vgg_rnn")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Baselines read per-frame vectors: fc7, or a map level average pooled.
+BASELINE_LEVELS = ("pool5", "fc7")
+
+MODEL_FIELDS = ("name", "variant", "levels", "hidden", "kernel_size", "dropout_rate",
+                "num_classes", "bi_merge", "recurrence", "remat", "unroll", "dtype",
+                "loss")
+
+
+def _one_of(field: str, value: Any, valid) -> None:
+  if value not in valid:
+    raise ConfigError(f"model.{field}={value!r} is not valid; choose one of: "
+                      f"{', '.join(map(str, valid))}")
+
+
+def validate_model_config(cfg: Mapping[str, Any]) -> None:
+  """Raises ConfigError naming the first bad field and the valid values."""
+  unknown = sorted(set(cfg.keys()) - set(MODEL_FIELDS))
+  if unknown:
+    raise ConfigError(f"unknown model config field(s) {', '.join(unknown)}; valid "
+                      f"fields: {', '.join(MODEL_FIELDS)}")
+  missing = sorted(set(MODEL_FIELDS) - set(cfg.keys()))
+  if missing:
+    raise ConfigError(f"model config lacks field(s) {', '.join(missing)}")
+  _one_of("name", cfg["name"], MODEL_NAMES)
+  _one_of("variant", cfg["variant"], grurcn.VARIANTS)
+  _one_of("bi_merge", cfg["bi_merge"], grurcn.BI_MERGES)
+  _one_of("recurrence", cfg["recurrence"], convgru.RECURRENCE_IMPLEMENTATIONS)
+  _one_of("dtype", cfg["dtype"], tuple(DTYPES))
+  _one_of("loss", cfg["loss"], losses.LOSSES)
+
+  levels = tuple(cfg["levels"])
+  if not levels:
+    raise ConfigError("model.levels is empty; choose from: "
+                      f"{', '.join(levels_lib.LEVELS)}")
+  for level in levels:
+    _one_of("levels", level,
+            BASELINE_LEVELS if cfg["name"] != "grurcn" else levels_lib.LEVELS)
+  if len(set(levels)) != len(levels):
+    raise ConfigError(f"model.levels={levels} names a level twice")
+  if cfg["name"] == "grurcn" and cfg["variant"] == "stacked":
+    order = [levels_lib.LEVELS.index(level) for level in levels]
+    if order != sorted(order):
+      raise ConfigError(f"the stacked variant feeds each level into the next, so "
+                        f"model.levels must run fine to coarse "
+                        f"({', '.join(levels_lib.LEVELS)}); got {levels}")
+  if cfg["name"] != "vgg_frames":
+    hidden = tuple(cfg["hidden"])
+    if len(hidden) != len(levels):
+      raise ConfigError(f"model.hidden={hidden} needs one size per level in "
+                        f"model.levels={levels}")
+    if not all(isinstance(h, int) and h > 0 for h in hidden):
+      raise ConfigError(f"model.hidden={hidden} must be positive integers")
+  if not (isinstance(cfg["kernel_size"], int) and cfg["kernel_size"] > 0):
+    raise ConfigError(f"model.kernel_size={cfg['kernel_size']!r} must be a positive integer")
+  if not 0.0 <= cfg["dropout_rate"] < 1.0:
+    raise ConfigError(f"model.dropout_rate={cfg['dropout_rate']} must be in [0, 1)")
+  if not (isinstance(cfg["num_classes"], int) and cfg["num_classes"] > 1):
+    raise ConfigError(f"model.num_classes={cfg['num_classes']!r} must be an integer > 1")
+  if not (isinstance(cfg["unroll"], int) and cfg["unroll"] >= 1):
+    raise ConfigError(f"model.unroll={cfg['unroll']!r} must be an integer >= 1")
+  if cfg["remat"] and cfg["recurrence"] != "scan":
+    raise ConfigError("model.remat=True needs model.recurrence='scan'; the fused "
+                      "recurrence already stores only h, z, r and the candidate "
+                      "per step")
+
+
+def build_model(cfg: Mapping[str, Any]) -> nn.Module:
+  """The Flax module for `config.model` (see configs/default.py for the fields)."""
+  validate_model_config(cfg)
+  dtype = DTYPES[cfg["dtype"]]
+  common = dict(num_classes=cfg["num_classes"], levels=tuple(cfg["levels"]),
+                dropout_rate=cfg["dropout_rate"], dtype=dtype)
+  recurrent = dict(hidden=tuple(cfg["hidden"]), recurrence=cfg["recurrence"],
+                   remat=cfg["remat"], unroll=cfg["unroll"])
+  if cfg["name"] == "vgg_frames":
+    return baselines.VGGFrames(**common)
+  if cfg["name"] == "vgg_rnn":
+    return baselines.VGGRNN(**common, **recurrent)
+  return grurcn.GRURCN(**common, **recurrent, variant=cfg["variant"],
+                       kernel_size=cfg["kernel_size"], bi_merge=cfg["bi_merge"])

@@ -1,0 +1,200 @@
+"""The convolutional GRU of GRU-RCN: a cell for `nn.RNN`, and a fast sequence layer.
+
+Both compute exactly PAPER.md's equations and share one parameter layout
+(DESIGN.md contract 4):
+
+    input             conv, 3*features outputs (z, r, candidate), with bias
+    hidden_gates      conv, 2*features outputs (z, r), no bias
+    hidden_candidate  conv, features outputs, no bias
+
+so parameters trained with one load into the other: `ConvGRU`'s parameters are
+`nn.RNN(ConvGRUCell)`'s under the key 'cell'.
+"""
+
+from typing import Any, Optional, Sequence, Tuple
+
+import einops
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+from grurcn_jax.models import recurrence
+
+Array = jax.Array
+Dtype = Any
+
+RECURRENCE_IMPLEMENTATIONS = ("fused", "scan")
+
+
+class ConvGRUCell(nn.RNNCellBase):
+  """A GRU-RCN cell, a drop-in for `flax.linen.RNN` like `nn.ConvLSTMCell`.
+
+  Carry and output are [*batch, H, W, features]. The carry keeps the compute dtype:
+  with `dtype=jnp.bfloat16` the recurrence stays in bfloat16 (params stay in
+  `param_dtype`).
+  """
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  carry_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, carry: Array, inputs: Array) -> Tuple[Array, Array]:
+    conv = lambda features, name, use_bias, init: nn.Conv(
+        features, tuple(self.kernel_size), padding="SAME", use_bias=use_bias,
+        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=init,
+        bias_init=self.bias_init, name=name)
+    h = carry
+    input_proj = conv(3 * self.features, "input", True, self.kernel_init)(inputs)
+    gates_proj = conv(2 * self.features, "hidden_gates", False,
+                      self.recurrent_kernel_init)(h)
+    candidate_conv = conv(self.features, "hidden_candidate", False,
+                          self.recurrent_kernel_init)
+    h_new, _ = recurrence.gate_update(input_proj, gates_proj, h, candidate_conv)
+    h_new = h_new.astype(carry.dtype)
+    return h_new, h_new
+
+  @nn.nowrap
+  def initialize_carry(self, rng: Array, input_shape: Tuple[int, ...]) -> Array:
+    """Zero state [*batch, H, W, features] in the compute dtype."""
+    del rng
+    shape = tuple(input_shape[:-1]) + (self.features,)
+    return self.carry_init(None, shape, self.dtype or self.param_dtype)
+
+  @property
+  def num_feature_axes(self) -> int:
+    return len(self.kernel_size) + 1
+
+
+class _Kernel(nn.Module):
+  """A bare convolution kernel with `nn.Conv`'s parameter layout {'kernel': HWIO}."""
+
+  features: int
+  kernel_size: Tuple[int, int]
+  kernel_init: nn.initializers.Initializer
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, in_features: int) -> Array:
+    shape = tuple(self.kernel_size) + (in_features, self.features)
+    return self.param("kernel", self.kernel_init, shape, self.param_dtype)
+
+
+class ConvGRU(nn.Module):
+  """GRU-RCN over a clip [B, T, H, W, C]; the fast equivalent of nn.RNN(ConvGRUCell).
+
+  The input convolution of all T frames runs once over B*T frames, outside the
+  recurrence; only the hidden-to-hidden part is a loop over time.
+
+  Attributes:
+    features: hidden channels F.
+    kernel_size: kernel of all convolutions.
+    reverse: run from the last frame to the first. States stay aligned with the
+      input frames; the final state is then the one at frame 0.
+    return_sequences: return every state [B, T, H, W, F] instead of the final one
+      [B, H, W, F] (an attention decoder needs every step).
+    implementation: 'fused' (default): the hand-written VJP of
+      `recurrence.fused_recurrence`, weight gradients computed once after the loop;
+      'scan': a Flax `nn.scan` differentiated by JAX (the reference path; supports
+      `remat`).
+    remat: rematerialise each step in the backward pass ('scan' only; the fused
+      recurrence already keeps only h, z, r and the candidate per step).
+    unroll: loop unroll factor (1 keeps the program size independent of T).
+    dtype: compute dtype; the carry is kept in it. param_dtype: parameter dtype.
+  """
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  reverse: bool = False
+  return_sequences: bool = False
+  implementation: str = "fused"
+  remat: bool = False
+  unroll: int = 1
+  dtype: Optional[Dtype] = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  recurrent_kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
+  bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+
+  def setup(self):
+    if self.implementation not in RECURRENCE_IMPLEMENTATIONS:
+      raise ValueError(
+          f"unknown recurrence implementation {self.implementation!r}; valid: "
+          f"{', '.join(RECURRENCE_IMPLEMENTATIONS)}")
+    if self.remat and self.implementation != "scan":
+      raise ValueError(
+          "remat applies to implementation='scan'; the fused recurrence already "
+          "stores only h, z, r and the candidate per step")
+    kernel_size = tuple(self.kernel_size)
+    conv = lambda features, use_bias, init, name: nn.Conv(
+        features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
+        name=name)
+    self.input = conv(3 * self.features, True, self.kernel_init, "input")
+    self.hidden_gates = _Kernel(2 * self.features, kernel_size,
+                                self.recurrent_kernel_init, self.param_dtype)
+    self.hidden_candidate = _Kernel(self.features, kernel_size,
+                                    self.recurrent_kernel_init, self.param_dtype)
+    # Stacked GRU-RCN: the lower level's state feeds the two gates only.
+    self.lower_gates = conv(2 * self.features, False, self.kernel_init,
+                            "lower_gates")
+
+  def __call__(self, inputs: Array, initial_carry: Optional[Array] = None,
+               gate_inputs: Optional[Array] = None) -> Array:
+    """Runs the layer.
+
+    Args:
+      inputs: [B, T, H, W, C].
+      initial_carry: optional [B, H, W, F]; cast to the compute dtype.
+      gate_inputs: optional [B, T, H, W, C'] extra input to the z and r gates only
+        (stacked GRU-RCN), through its own convolution 'lower_gates'.
+
+    Returns:
+      [B, T, H, W, F] if `return_sequences`, else the final state [B, H, W, F].
+    """
+    if inputs.ndim != 5:
+      raise ValueError(f"ConvGRU expects [batch, time, H, W, C], got {inputs.shape}")
+    # Time-major from here on: lax.scan walks the leading axis.
+    input_proj = self.input(einops.rearrange(inputs, "b t h w c -> t b h w c"))
+    if gate_inputs is not None:
+      lower = self.lower_gates(
+          einops.rearrange(gate_inputs, "b t h w c -> t b h w c"))
+      gates, candidate = jnp.split(input_proj, [2 * self.features], axis=-1)
+      input_proj = jnp.concatenate([gates + lower, candidate], axis=-1)
+    carry_dtype = input_proj.dtype  # the compute dtype: never upcast the carry
+    if initial_carry is None:
+      initial_carry = jnp.zeros(input_proj.shape[1:-1] + (self.features,),
+                                carry_dtype)
+    initial_carry = initial_carry.astype(carry_dtype)
+
+    if self.implementation == "fused":
+      if self.reverse:
+        input_proj = jnp.flip(input_proj, axis=0)
+      states = recurrence.fused_recurrence(
+          input_proj, initial_carry,
+          self.hidden_gates(self.features).astype(carry_dtype),
+          self.hidden_candidate(self.features).astype(carry_dtype), self.unroll)
+      final = states[-1]
+      if self.reverse:
+        states = jnp.flip(states, axis=0)
+    else:
+      step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
+      scan = nn.scan(step, variable_broadcast="params",
+                     split_rngs={"params": False}, reverse=self.reverse,
+                     unroll=self.unroll)
+      final, states = scan(self, initial_carry, input_proj)
+
+    if self.return_sequences:
+      return einops.rearrange(states, "t b h w f -> b t h w f")
+    return final
+
+  def _scan_step(self, h: Array, input_proj: Array) -> Tuple[Array, Array]:
+    gates_kernel = self.hidden_gates(self.features).astype(h.dtype)
+    candidate_kernel = self.hidden_candidate(self.features).astype(h.dtype)
+    h_new, _ = recurrence.step(input_proj, h, gates_kernel, candidate_kernel)
+    return h_new, h_new

@@ -1,0 +1,53 @@
+"""Per-level classifiers and the multi-level prediction every model returns.
+
+Every model returns the same structure, so training, evaluation and metrics need
+not know which model they run:
+
+    {'logits': [B, K]          log of the per-level class probabilities averaged
+                               (a valid logit: softmax gives the averaged
+                               probabilities back),
+     'level_logits': {level: [B, K]}}
+
+Outputs are float32 whatever the compute dtype, so losses and metrics are exact.
+"""
+
+from typing import Any, Dict, Mapping, Optional
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class ClassifierHead(nn.Module):
+  """Dropout -> linear on [..., C] vectors (callers pool maps first)."""
+
+  num_classes: int
+  dropout_rate: float
+  dtype: Optional[Any] = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, *, train: bool) -> Array:
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes, dtype=self.dtype,
+                      param_dtype=self.param_dtype, name="linear")(x)
+    return logits.astype(jnp.float32)
+
+
+def global_average_pool(maps: Array) -> Array:
+  """[B, H, W, C] -> [B, C] (PAPER.md: the last state is average-pooled to 1x1)."""
+  return jnp.mean(maps, axis=(1, 2))
+
+
+def average_probabilities(level_log_probs: Mapping[str, Array]) -> Array:
+  """log(mean over levels of p), computed stably from per-level log-probabilities."""
+  stacked = jnp.stack([level_log_probs[k] for k in level_log_probs], axis=0)
+  return jax.nn.logsumexp(stacked, axis=0) - jnp.log(stacked.shape[0])
+
+
+def model_output(level_logits: Dict[str, Array]) -> Dict[str, Any]:
+  """The common output dict: level logits and their averaged prediction."""
+  log_probs = {k: jax.nn.log_softmax(v, axis=-1) for k, v in level_logits.items()}
+  return {"logits": average_probabilities(log_probs), "level_logits": level_logits}

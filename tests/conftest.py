@@ -1,0 +1,19 @@
+"""Test set-up: 8 simulated CPU devices, set before anything imports jax."""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# configs/ is imported as a package from the repository root.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+import jax  # noqa: E402  (after XLA_FLAGS on purpose)
+
+# Tests compare float32 numbers with tight tolerances.
+jax.config.update("jax_default_matmul_precision", "highest")

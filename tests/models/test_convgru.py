@@ -1,0 +1,205 @@
+"""ConvGRUCell against the paper's equations; ConvGRU against nn.RNN(ConvGRUCell)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from grurcn_jax.models import ConvGRU, ConvGRUCell
+
+
+# ---------------------------------------------------------------------------
+# An independent NumPy implementation of PAPER.md's cell, written from the
+# equations (no project code): z = s(Wz*x + Uz*h), r = s(Wr*x + Ur*h),
+# c = tanh(W*x + U*(r.h)), h' = (1 - z).h + z.c, with 'SAME' zero padding.
+
+def np_conv_same(x, kernel, bias=None):
+  """x [B, H, W, C], kernel [kh, kw, C, O]: cross-correlation, 'SAME' padding."""
+  kh, kw, _, out = kernel.shape
+  top, left = (kh - 1) // 2, (kw - 1) // 2
+  padded = np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
+  b, h, w, _ = x.shape
+  y = np.zeros((b, h, w, out), np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      y += np.einsum("bhwc,co->bhwo", padded[:, i:i + h, j:j + w, :], kernel[i, j])
+  return y if bias is None else y + bias
+
+
+def np_sigmoid(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def np_paper_cell(h, x, p):
+  """One step of PAPER.md's equations with parameters in contract-4 layout."""
+  f = h.shape[-1]
+  wx = np_conv_same(x, p["input"]["kernel"], p["input"]["bias"])
+  uh = np_conv_same(h, p["hidden_gates"]["kernel"])
+  z = np_sigmoid(wx[..., :f] + uh[..., :f])
+  r = np_sigmoid(wx[..., f:2 * f] + uh[..., f:])
+  candidate = np.tanh(wx[..., 2 * f:] + np_conv_same(r * h, p["hidden_candidate"]["kernel"]))
+  return (1 - z) * h + z * candidate
+
+
+def random_params(rng, in_channels, features, kernel_size, scale=0.5):
+  kh, kw = kernel_size
+  draw = lambda *shape: scale * rng.standard_normal(shape)
+  return {"input": {"kernel": draw(kh, kw, in_channels, 3 * features),
+                    "bias": draw(3 * features)},
+          "hidden_gates": {"kernel": draw(kh, kw, features, 2 * features)},
+          "hidden_candidate": {"kernel": draw(kh, kw, features, features)}}
+
+
+@pytest.mark.parametrize("batch,height,width,channels,features,kernel_size", [
+    (2, 5, 6, 3, 4, (3, 3)),
+    (1, 7, 7, 2, 3, (1, 1)),
+    (2, 4, 5, 3, 2, (5, 3)),
+    (1, 6, 4, 2, 3, (2, 2)),   # even kernel: 'SAME' pads more on the high side
+])
+def test_cell_matches_paper_equations(batch, height, width, channels, features,
+                                      kernel_size):
+  rng = np.random.default_rng(0)
+  params = random_params(rng, channels, features, kernel_size)
+  cell = ConvGRUCell(features, kernel_size)
+  variables = {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)}
+  # The layout is the contract: init creates exactly these shapes.
+  x0 = jnp.zeros((batch, height, width, channels))
+  init_vars = cell.init(jax.random.key(0), cell.initialize_carry(None, x0.shape), x0)
+  assert jax.tree.map(jnp.shape, init_vars["params"]) == jax.tree.map(np.shape, params)
+
+  h = np.zeros((batch, height, width, features))
+  h_jax = cell.initialize_carry(jax.random.key(0), x0.shape)
+  for _ in range(3):
+    x = rng.standard_normal((batch, height, width, channels))
+    h = np_paper_cell(h, x, params)
+    h_jax, out = cell.apply(variables, h_jax, jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(h_jax, h, rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(out, h_jax)
+
+
+def test_cell_is_not_one_of_the_usual_misreadings():
+  """Reset applied after the candidate convolution (Flax GRUCell style), or z
+  weighting the old state, give different numbers; the cell matches neither."""
+  rng = np.random.default_rng(1)
+  params = random_params(rng, 2, 3, (3, 3), scale=1.0)
+  h = rng.standard_normal((1, 5, 5, 3))
+  x = rng.standard_normal((1, 5, 5, 2))
+  wx = np_conv_same(x, params["input"]["kernel"], params["input"]["bias"])
+  uh = np_conv_same(h, params["hidden_gates"]["kernel"])
+  z, r = np_sigmoid(wx[..., :3] + uh[..., :3]), np_sigmoid(wx[..., 3:6] + uh[..., 3:])
+  reset_after = np.tanh(wx[..., 6:] + r * np_conv_same(h, params["hidden_candidate"]["kernel"]))
+  reset_before = np.tanh(wx[..., 6:] + np_conv_same(r * h, params["hidden_candidate"]["kernel"]))
+  misreadings = [(1 - z) * h + z * reset_after, z * h + (1 - z) * reset_before]
+
+  got, _ = ConvGRUCell(3).apply(
+      {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)},
+      jnp.asarray(h, jnp.float32), jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(got, np_paper_cell(h, x, params), rtol=2e-5, atol=2e-5)
+  for wrong in misreadings:
+    assert np.max(np.abs(np.asarray(got) - wrong)) > 1e-2
+
+
+# ---------------------------------------------------------------------------
+# The fast sequence layer against nn.RNN(ConvGRUCell).
+
+def _perturbed_init(module, rng, *args, **kwargs):
+  """init, then random non-zero values everywhere (biases included)."""
+  variables = module.init(rng, *args, **kwargs)
+  leaves, tree = jax.tree.flatten(variables)
+  keys = jax.random.split(jax.random.key(7), len(leaves))
+  return jax.tree.unflatten(
+      tree, [0.4 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("implementation", ["fused", "scan"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_sequence_layer_matches_rnn_of_cell(implementation, reverse):
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4, 3))
+  h0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 5, 4, 4))
+  layer = ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True,
+                  implementation=implementation)
+  variables = _perturbed_init(layer, jax.random.key(2), x)
+  rnn = nn.RNN(ConvGRUCell(4, (3, 3)), reverse=reverse, keep_order=True)
+  rnn_variables = {"params": {"cell": variables["params"]}}
+
+  def layer_loss(v, x, h0):
+    states = layer.apply(v, x, initial_carry=h0)
+    return jnp.sum(jnp.sin(states) * jnp.arange(states.shape[1])[:, None, None, None])
+
+  def rnn_loss(v, x, h0):
+    states = rnn.apply(v, x, initial_carry=h0)
+    return jnp.sum(jnp.sin(states) * jnp.arange(states.shape[1])[:, None, None, None])
+
+  np.testing.assert_allclose(layer.apply(variables, x, initial_carry=h0),
+                             rnn.apply(rnn_variables, x, initial_carry=h0),
+                             rtol=1e-5, atol=1e-5)
+  grads = jax.grad(layer_loss, argnums=(0, 1, 2))(variables, x, h0)
+  rnn_grads = jax.grad(rnn_loss, argnums=(0, 1, 2))(rnn_variables, x, h0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               grads[0]["params"], rnn_grads[0]["params"]["cell"])
+  np.testing.assert_allclose(grads[1], rnn_grads[1], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(grads[2], rnn_grads[2], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "scan"])
+def test_final_state_is_last_of_sequence(implementation):
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 4, 2))
+  for reverse, index in [(False, -1), (True, 0)]:
+    make = lambda seq: ConvGRU(3, reverse=reverse, return_sequences=seq,
+                               implementation=implementation)
+    variables = _perturbed_init(make(True), jax.random.key(1), x)
+    states = make(True).apply(variables, x)
+    final = make(False).apply(variables, x)
+    np.testing.assert_allclose(final, states[:, index], rtol=1e-6)
+
+
+def test_unroll_and_remat_keep_values_and_gradients():
+  x = jax.random.normal(jax.random.key(0), (2, 7, 4, 4, 3))
+  reference = ConvGRU(4, implementation="scan")
+  variables = _perturbed_init(reference, jax.random.key(1), x)
+  loss = lambda layer: lambda v: jnp.sum(layer.apply(v, x) ** 2)
+  expected = jax.grad(loss(reference))(variables)
+  for layer in [ConvGRU(4, implementation="scan", remat=True),
+                ConvGRU(4, implementation="scan", unroll=3),
+                ConvGRU(4, implementation="fused", unroll=2)]:
+    got = jax.grad(loss(layer))(variables)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 got, expected)
+
+
+def test_remat_is_rejected_for_fused_recurrence():
+  x = jnp.zeros((1, 2, 3, 3, 1))
+  with pytest.raises(ValueError, match="remat applies to implementation='scan'"):
+    ConvGRU(2, implementation="fused", remat=True).init(jax.random.key(0), x)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "scan"])
+def test_bfloat16_recurrence_keeps_bfloat16_carry(implementation):
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3))
+  layer = ConvGRU(4, return_sequences=True, dtype=jnp.bfloat16,
+                  implementation=implementation)
+  variables = layer.init(jax.random.key(1), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+  # A float32 initial carry must not upcast the recurrence.
+  states = layer.apply(variables, x, initial_carry=jnp.zeros((2, 4, 4, 4), jnp.float32))
+  assert states.dtype == jnp.bfloat16
+  reference = ConvGRU(4, return_sequences=True, implementation=implementation)
+  np.testing.assert_allclose(states.astype(jnp.float32), reference.apply(variables, x),
+                             atol=5e-2)
+  grads = jax.grad(lambda v: jnp.sum(layer.apply(v, x).astype(jnp.float32)))(variables)
+  assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
+             for g in jax.tree.leaves(grads))
+
+  cell = ConvGRUCell(4, dtype=jnp.bfloat16)
+  carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
+  assert carry.dtype == jnp.bfloat16
+  rnn = nn.RNN(cell)
+  rnn_vars = rnn.init(jax.random.key(1), x)
+  carry, _ = rnn.apply(rnn_vars, x, return_carry=True)
+  assert carry.dtype == jnp.bfloat16
+
+
+def test_bad_input_rank_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"\[batch, time, H, W, C\]"):
+    ConvGRU(2).init(jax.random.key(0), jnp.zeros((2, 3, 4)))
