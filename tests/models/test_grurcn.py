@@ -1,0 +1,232 @@
+"""The multi-level GRU-RCN: variants, paper configurations, program size."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.models import GRURCN, build_model, classification_loss
+from grurcn_jax.models.grurcn import max_pool_to
+
+PAPER_CONFIGS = ["ucf101_grurcn", "ucf101_bigrurcn", "ucf101_stacked",
+                 "ucf101_vgg_frames", "ucf101_vgg_rnn"]
+
+
+def tiny_features(key, batch=2, time=5, image_size=32,
+                  levels=("pool3", "pool4", "pool5", "fc7"), channels=3):
+  """Random features shaped like VGG-16 levels of tiny frames, few channels."""
+  feats = {}
+  for i, level in enumerate(levels):
+    shape = levels_lib.feature_shape(level, image_size)[:-1] + (channels,)
+    feats[level] = jax.random.normal(jax.random.fold_in(key, i), (batch, time) + shape)
+  return feats
+
+
+def tiny_model(variant, levels=("pool3", "pool4", "pool5", "fc7"), **kwargs):
+  return GRURCN(num_classes=5, levels=levels, hidden=(3,) * len(levels),
+                variant=variant, **kwargs)
+
+
+def encode(model, variables, feats):
+  return model.apply(variables, feats, method=GRURCN.encode)
+
+
+@pytest.mark.parametrize("variant", ["uni", "stacked"])
+def test_uni_and_stacked_are_causal(variant):
+  model = tiny_model(variant)
+  feats = tiny_features(jax.random.key(0))
+  variables = model.init(jax.random.key(1), feats)
+  states = encode(model, variables, feats)
+  t = 2
+  changed = {k: v.at[:, t + 1:].add(1.0) for k, v in feats.items()}
+  changed_states = encode(model, variables, changed)
+  for level in feats:
+    np.testing.assert_array_equal(changed_states[level][:, :t + 1],
+                                  states[level][:, :t + 1])
+    assert not np.allclose(changed_states[level][:, t + 1:], states[level][:, t + 1:])
+
+
+def test_bidirectional_sees_the_future():
+  model = tiny_model("bi")
+  feats = tiny_features(jax.random.key(0))
+  variables = model.init(jax.random.key(1), feats)
+  states = encode(model, variables, feats)
+  changed = {k: v.at[:, -1].add(1.0) for k, v in feats.items()}
+  changed_states = encode(model, variables, changed)
+  for level in feats:
+    # Concatenated [forward, backward]: the backward half at t=0 sees frame T-1.
+    assert states[level].shape[-1] == 6
+    assert not np.allclose(changed_states[level][:, 0, ..., 3:], states[level][:, 0, ..., 3:])
+    np.testing.assert_array_equal(changed_states[level][:, 0, ..., :3],
+                                  states[level][:, 0, ..., :3])
+
+
+def test_bidirectional_sum_merge():
+  feats = tiny_features(jax.random.key(0))
+  concat, summed = tiny_model("bi"), tiny_model("bi", bi_merge="sum")
+  variables = concat.init(jax.random.key(1), feats)
+  both = encode(concat, variables, feats)
+  added = encode(summed, variables, feats)
+  for level in feats:
+    np.testing.assert_allclose(added[level], both[level][..., :3] + both[level][..., 3:],
+                               rtol=1e-6)
+
+
+def test_stacked_level_responds_to_the_level_below_and_uni_does_not():
+  feats = tiny_features(jax.random.key(0))
+  changed = dict(feats, pool3=feats["pool3"] + 1.0)
+  for variant, responds in [("stacked", True), ("uni", False)]:
+    model = tiny_model(variant)
+    variables = model.init(jax.random.key(1), feats)
+    before = encode(model, variables, feats)
+    after = encode(model, variables, changed)
+    for level in ("pool4", "pool5", "fc7"):
+      assert (not np.allclose(before[level], after[level])) == responds, (variant, level)
+
+
+def test_stacked_feeds_the_lower_state_to_the_gates_only():
+  model = tiny_model("stacked", levels=("pool4", "pool5"))
+  feats = tiny_features(jax.random.key(0), levels=("pool4", "pool5"))
+  params = model.init(jax.random.key(1), feats)["params"]["encoder"]
+  assert "lower_gates" not in params["pool4"]
+  # 2F outputs: the update and reset gates, not the candidate.
+  assert params["pool5"]["lower_gates"]["kernel"].shape == (3, 3, 3, 2 * 3)
+
+
+def test_max_pool_to_level_sizes():
+  x = jnp.arange(2 * 1 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 1, 7, 7, 1)
+  np.testing.assert_array_equal(max_pool_to(x, 1, 1)[..., 0, 0, 0], x.max(axis=(2, 3, 4)))
+  y = max_pool_to(x, 4, 4)  # 7 -> 4: windows of 2, the last one cut by the border
+  assert y.shape == (2, 1, 4, 4, 1)
+  expected = np.array([[np.max(np.asarray(x)[0, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2, 0])
+                        for j in range(4)] for i in range(4)])
+  np.testing.assert_array_equal(y[0, 0, :, :, 0], expected)
+  with pytest.raises(ValueError, match="cannot max-pool"):
+    max_pool_to(x, 8, 8)
+
+
+def test_prediction_averages_level_probabilities():
+  model = tiny_model("uni")
+  feats = tiny_features(jax.random.key(0))
+  variables = model.init(jax.random.key(1), feats)
+  out = model.apply(variables, feats)
+  probs = np.mean([jax.nn.softmax(l) for l in out["level_logits"].values()], axis=0)
+  np.testing.assert_allclose(jax.nn.softmax(out["logits"]), probs, rtol=1e-5, atol=1e-7)
+  assert out["logits"].dtype == jnp.float32
+
+
+def test_dropout_only_in_training():
+  model = tiny_model("uni", dropout_rate=0.5)
+  feats = tiny_features(jax.random.key(0))
+  variables = model.init(jax.random.key(1), feats)
+  eval_a = model.apply(variables, feats)["logits"]
+  np.testing.assert_array_equal(eval_a, model.apply(variables, feats)["logits"])
+  train = lambda k: model.apply(variables, feats, train=True,
+                                rngs={"dropout": jax.random.key(k)})["logits"]
+  assert not np.allclose(train(0), train(1))
+  assert not np.allclose(train(0), eval_a)
+
+
+def _paper_config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _paper_features(cfg, batch=2, time=10):
+  return {level: jax.ShapeDtypeStruct((batch, time) + levels_lib.feature_shape(level, 224),
+                                      jnp.float32)
+          for level in cfg.model.levels}
+
+
+def expected_param_count(cfg):
+  """PAPER.md's closed formula: per level 9*C*3F + 3F + 9*F*2F + 9*F*F (3x3
+  kernels; 1x1 on fc7), plus each level's classifier."""
+  model = cfg.model
+  k = model.num_classes
+  total = 0
+  lower_hidden = None
+  for index, level in enumerate(model.levels):
+    c = levels_lib.feature_shape(level)[-1]
+    if model.name == "vgg_frames":
+      total += c * k + k
+      continue
+    f = model.hidden[index]
+    taps = 1 if level == "fc7" or model.name == "vgg_rnn" else model.kernel_size ** 2
+    recurrent = taps * c * 3 * f + 3 * f + taps * f * 2 * f + taps * f * f
+    width = f
+    if model.variant == "bi" and model.name == "grurcn":
+      recurrent *= 2
+      width = 2 * f if model.bi_merge == "concat" else f
+    if model.variant == "stacked" and model.name == "grurcn" and lower_hidden:
+      recurrent += taps * lower_hidden * 2 * f          # W_zl and W_rl, no bias
+    lower_hidden = f
+    total += recurrent + width * k + k
+  return total
+
+
+@pytest.mark.parametrize("name", PAPER_CONFIGS)
+def test_paper_configurations_trace_at_224_and_match_the_param_formula(name):
+  cfg = _paper_config(name)
+  model = build_model(cfg.model)
+  feats = _paper_features(cfg)
+  variables = jax.eval_shape(lambda f: model.init(jax.random.key(0), f), feats)
+  count = sum(np.prod(p.shape) for p in jax.tree.leaves(variables))
+  assert count == expected_param_count(cfg)
+  out = jax.eval_shape(lambda v, f: model.apply(v, f), variables, feats)
+  assert out["logits"].shape == (2, 101)
+  assert set(out["level_logits"]) == set(cfg.model.levels)
+
+
+def test_paper_grurcn_parameter_count_by_hand():
+  # pool2..pool5 with 64/128/256/256 hidden, 3x3, 101 classes; numbers written out.
+  per_level = [9 * 128 * 192 + 192 + 9 * 64 * 128 + 9 * 64 * 64 + 64 * 101 + 101,
+               9 * 256 * 384 + 384 + 9 * 128 * 256 + 9 * 128 * 128 + 128 * 101 + 101,
+               9 * 512 * 768 + 768 + 9 * 256 * 512 + 9 * 256 * 256 + 256 * 101 + 101,
+               9 * 512 * 768 + 768 + 9 * 256 * 512 + 9 * 256 * 256 + 256 * 101 + 101]
+  assert expected_param_count(_paper_config("ucf101_grurcn")) == sum(per_level) == 12349332
+
+
+def _train_step_program_size(time, recurrence):
+  model = GRURCN(num_classes=4, levels=("pool4", "pool5"), hidden=(4, 4),
+                 recurrence=recurrence, dropout_rate=0.5)
+  feats = {"pool4": jax.ShapeDtypeStruct((2, time, 4, 4, 3), jnp.float32),
+           "pool5": jax.ShapeDtypeStruct((2, time, 2, 2, 3), jnp.float32)}
+  labels = jax.ShapeDtypeStruct((2,), jnp.int32)
+  params = jax.eval_shape(lambda f: model.init(jax.random.key(0), f), feats)["params"]
+  tx = optax.adam(1e-3)
+  opt_state = jax.eval_shape(tx.init, params)
+
+  def train_step(params, opt_state, feats, labels, rng):
+    def loss_fn(p):
+      out = model.apply({"params": p}, feats, train=True, rngs={"dropout": rng})
+      return jnp.mean(classification_loss(out, labels))
+    grads = jax.grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+  lowered = jax.jit(train_step).lower(params, opt_state, feats, labels,
+                                      jax.random.key(0))
+  return len(lowered.as_text())
+
+
+@pytest.mark.parametrize("recurrence", ["fused", "scan"])
+def test_program_size_does_not_grow_with_clip_length(recurrence):
+  short, long = (_train_step_program_size(t, recurrence) for t in (4, 64))
+  assert abs(long - short) <= 0.1 * short, (short, long)
+
+
+def test_bfloat16_model_keeps_float32_params_and_outputs():
+  feats = tiny_features(jax.random.key(0))
+  for variant in ("uni", "bi", "stacked"):
+    model = tiny_model(variant, dtype=jnp.bfloat16)
+    variables = model.init(jax.random.key(1), feats)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    states = encode(model, variables, feats)
+    assert all(s.dtype == jnp.bfloat16 for s in states.values())
+    out = model.apply(variables, feats)
+    reference = tiny_model(variant).apply(variables, feats)
+    assert out["logits"].dtype == jnp.float32
+    np.testing.assert_allclose(out["logits"], reference["logits"], atol=0.1)
