@@ -1,0 +1,1 @@
+"""Features on disk, the tf.data pipeline, extraction and the demo dataset."""

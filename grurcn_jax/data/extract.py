@@ -1,0 +1,395 @@
+r"""VGG-16 feature extraction: videos -> feature shards (data/features.py format).
+
+  python -m grurcn_jax.data.extract --source=ucf101 --videos=UCF-101/ \
+      --splits=ucfTrainTestlist/ --split=1 --out=/data/ucf101_feats \
+      --levels=pool2,pool3,pool4,pool5 --frame_stride=5 --weights=imagenet
+
+It prints the estimated output size per level first (`--dry_run` prints only that),
+shows progress with videos/s, frames/s and ETA, and is resumable: shards already
+written are skipped, so re-running the same command after an interruption finishes
+the job. Videos PyAV cannot decode are listed, skipped and counted in the summary.
+"""
+
+import dataclasses
+import sys
+import time
+import zlib
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from absl import app, flags, logging
+import numpy as np
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.data import features as features_lib
+from grurcn_jax.data import ucf101, video as video_lib
+
+SOURCES = ("ucf101", "folders", "tfds")
+# Bytes per record besides the features (ids, label, indices, framing): generous.
+_RECORD_OVERHEAD = 200
+_INDEX_BYTES = 4
+
+
+@dataclasses.dataclass
+class Video:
+  """One video to extract. `load` returns (frames [N, H, W, 3] uint8 RGB, source
+  frame indices [N]) already subsampled; it may raise VideoDecodeError."""
+  video_id: str
+  label: int
+  split: str
+  load: Callable[[], Tuple[np.ndarray, np.ndarray]]
+  estimate_frames: Callable[[], int]
+
+
+@dataclasses.dataclass
+class Settings:
+  levels: Tuple[str, ...] = ("pool2", "pool3", "pool4", "pool5")
+  image_size: int = 224
+  frame_stride: Optional[int] = 1
+  fps: Optional[float] = None
+  max_frames: Optional[int] = None
+  weights: str = "random"          # random | imagenet | path to Keras VGG16 weights
+  seed: int = 0
+  augment: bool = False            # PAPER.md's multi-scale random crop on train videos
+  videos_per_shard: int = 64
+  batch_size: int = 64             # frames per VGG-16 forward pass
+
+  def record(self) -> dict:
+    """What must match for a resumed extraction to continue the same dataset."""
+    return {"levels": list(self.levels), "image_size": self.image_size,
+            "frame_stride": self.frame_stride, "fps": self.fps,
+            "max_frames": self.max_frames, "weights": self.weights, "seed": self.seed,
+            "augment": self.augment, "videos_per_shard": self.videos_per_shard}
+
+
+@dataclasses.dataclass
+class Summary:
+  written_videos: int = 0
+  written_frames: int = 0
+  written_shards: int = 0
+  skipped_shards: int = 0
+  failed: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+  estimated_bytes: Dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class FeatureExtractor:
+  """VGG-16 forward, jit-compiled, in fixed-size batches (one compilation)."""
+
+  def __init__(self, settings: Settings):
+    import jax  # deferred so --help and --dry_run stay fast
+    from grurcn_jax.models import vgg16
+    self._jax = jax
+    self.settings = settings
+    self.levels = tuple(settings.levels)
+    if settings.weights == "random":
+      params = vgg16.init_params(self.levels, settings.seed, settings.image_size)
+    else:
+      params = vgg16.load_keras_weights(settings.weights, self.levels)
+    model = vgg16.VGG16(levels=self.levels)
+    self._params = params
+    self._forward = jax.jit(
+        lambda p, frames: model.apply({"params": p}, vgg16.preprocess(frames)))
+
+  def __call__(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
+    """[N, S, S, 3] uint8 -> level -> float32 [N, *shape]."""
+    n, b = len(frames), self.settings.batch_size
+    outputs: Dict[str, List[np.ndarray]] = {level: [] for level in self.levels}
+    for start in range(0, n, b):
+      chunk = frames[start:start + b]
+      # Pad to a power of two (at least 8): a handful of compilations, little waste.
+      size = min(b, max(8, 1 << (len(chunk) - 1).bit_length()))
+      padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
+                                               chunk.dtype)]) if len(chunk) < size else chunk
+      result = self._jax.device_get(self._forward(self._params, padded))
+      for level in self.levels:
+        outputs[level].append(np.asarray(result[level][:len(chunk)], np.float32))
+    return {level: np.concatenate(v) for level, v in outputs.items()}
+
+
+def level_shapes(settings: Settings) -> Dict[str, Tuple[int, ...]]:
+  return {level: levels_lib.feature_shape(level, settings.image_size)
+          for level in settings.levels}
+
+
+def estimate_bytes(videos: Sequence[Video], settings: Settings) -> Dict[str, int]:
+  """Estimated bytes written per level (and 'total'), from container metadata."""
+  frames = [v.estimate_frames() for v in videos]
+  total_frames = sum(frames)
+  out = {level: int(np.prod(shape)) * 2 * total_frames
+         for level, shape in level_shapes(settings).items()}
+  out["total"] = (sum(out.values()) + len(videos) * _RECORD_OVERHEAD
+                  + total_frames * _INDEX_BYTES)
+  out["frames"] = total_frames
+  return out
+
+
+def _human(n: float) -> str:
+  for unit in ("B", "KB", "MB", "GB", "TB"):
+    if n < 1024 or unit == "TB":
+      return f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} TB"
+
+
+def print_estimate(estimate: Dict[str, int], num_videos: int, out=sys.stdout) -> None:
+  print(f"Estimated output for {num_videos} videos, {estimate['frames']} frames "
+        f"(float16):", file=out)
+  for level, n in estimate.items():
+    if level not in ("total", "frames"):
+      print(f"  {level:6s} {_human(n):>10s}", file=out)
+  print(f"  {'total':6s} {_human(estimate['total']):>10s}", file=out)
+
+
+def _check_compatible(metadata: dict, settings: Settings, class_names) -> None:
+  previous = metadata["extraction"]
+  now = settings.record()
+  differ = [k for k in now if previous.get(k) != now[k]]
+  if metadata["class_names"] != list(class_names):
+    differ.append("class_names")
+  if differ:
+    details = ", ".join(f"{k}: {previous.get(k)!r} there, {now.get(k)!r} now"
+                        for k in differ if k != "class_names")
+    raise SystemExit(f"the output directory holds features extracted with other "
+                     f"settings ({', '.join(differ)}{'; ' + details if details else ''}); "
+                     f"use another --out or the same settings to resume")
+
+
+def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: Settings,
+               max_videos: int = 8) -> Dict[str, dict]:
+  """Per-level normalisation statistics from the first decodable videos (the
+  shards' hashed order makes them a mix of classes)."""
+  samples: Dict[str, List[np.ndarray]] = {level: [] for level in settings.levels}
+  for video in videos:
+    try:
+      frames, _ = video.load()
+    except video_lib.VideoDecodeError:
+      continue
+    frames = video_lib.resize_and_crop(frames, settings.image_size, None)
+    for level, a in extractor(frames).items():
+      samples[level].append(a)
+    if len(samples[settings.levels[0]]) >= max_videos:
+      break
+  if not samples[settings.levels[0]]:
+    raise SystemExit("none of the first videos could be decoded: nothing to calibrate "
+                     "the feature scales on")
+  return {level: features_lib.level_stats(np.concatenate(a)) for level, a in samples.items()}
+
+
+def _crop_for(video: Video, settings: Settings):
+  if settings.augment and video.split == "train":
+    rng = np.random.default_rng([settings.seed, zlib.crc32(video.video_id.encode())])
+    return video_lib.random_crop(rng)
+  return None
+
+
+def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
+            settings: Settings, *, source: str, dry_run: bool = False,
+            progress: bool = True, out=sys.stdout) -> Summary:
+  """Extracts `videos` into `out_dir`; resumable; returns what was done."""
+  summary = Summary()
+  summary.estimated_bytes = estimate_bytes(videos, settings)
+  print_estimate(summary.estimated_bytes, len(videos), out)
+  if dry_run:
+    return summary
+
+  shapes = level_shapes(settings)
+  extractor = FeatureExtractor(settings)
+  if features_lib.tf.io.gfile.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
+    metadata = features_lib.read_metadata(out_dir)
+    _check_compatible(metadata, settings, class_names)
+  else:
+    metadata = None
+
+  # Shards get videos in hashed order: real datasets are listed class by class, and
+  # class-pure shards would make the train stream's small shuffle buffer useless.
+  splits: Dict[str, List[Video]] = {}
+  for v in sorted(videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id)):
+    splits.setdefault(v.split, []).append(v)
+
+  import tqdm  # progress bar with rate and ETA
+  bar = tqdm.tqdm(total=len(videos), unit="video", disable=not progress, file=out,
+                  mininterval=2.0, dynamic_ncols=True)
+  frames_done, started = 0, time.time()
+  for split, split_videos in splits.items():
+    chunks = [split_videos[i:i + settings.videos_per_shard]
+              for i in range(0, len(split_videos), settings.videos_per_shard)]
+    for shard_index, chunk in enumerate(chunks):
+      name = features_lib.shard_name(split, shard_index)
+      path = features_lib.join(out_dir, name)
+      if metadata is not None and features_lib.tf.io.gfile.exists(path):
+        entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
+        if not any(s["file"] == name for s in entries["shards"]):
+          entries["shards"].append({"file": name, **features_lib.scan_shard(path, metadata)})
+          entries["shards"].sort(key=lambda s: s["file"])
+          features_lib.write_metadata(out_dir, metadata)
+        summary.skipped_shards += 1
+        bar.update(len(chunk))
+        continue
+
+      if metadata is None:
+        metadata = features_lib.new_metadata(
+            levels=shapes, stats=_calibrate(chunk, extractor, settings),
+            class_names=class_names,
+            backbone={"name": "vgg16", "weights": settings.weights,
+                      "seed": settings.seed, "image_size": settings.image_size},
+            extraction={**settings.record(), "source": source})
+      failed, done = [], []
+
+      def shard_videos():
+        nonlocal frames_done
+        for offset, video in enumerate(chunk):
+          try:
+            frames, indices = video.load()
+            frames = video_lib.resize_and_crop(frames, settings.image_size,
+                                               _crop_for(video, settings))
+          except video_lib.VideoDecodeError as e:
+            failed.append((video.video_id, str(e)))
+            logging.warning("skipping undecodable video %s", e)
+            bar.update(1)
+            continue
+          activations = extractor(frames)
+          stored = {level: features_lib.normalize(a, metadata["levels"][level])
+                    for level, a in activations.items()}
+          frames_done += len(frames)
+          done.append(video.video_id)
+          bar.update(1)
+          elapsed = max(time.time() - started, 1e-9)
+          bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
+          yield features_lib.VideoFeatures(
+              video_id=video.video_id,
+              video_index=shard_index * settings.videos_per_shard + offset,
+              label=video.label, frame_indices=indices, features=stored)
+
+      counts = features_lib.write_shard(path, shard_videos())
+      entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
+      entries["shards"].append({"file": name, **counts})
+      entries["shards"].sort(key=lambda s: s["file"])
+      entries["failed"].extend({"video_id": v, "error": e} for v, e in failed)
+      for key in ("num_videos", "num_frames"):
+        entries[key] = sum(s[key] for s in entries["shards"])
+      features_lib.write_metadata(out_dir, metadata)
+      summary.written_shards += 1
+      summary.written_videos += counts["num_videos"]
+      summary.written_frames += counts["num_frames"]
+      summary.failed.extend(failed)
+  bar.close()
+
+  print(f"Wrote {summary.written_videos} videos ({summary.written_frames} frames) in "
+        f"{summary.written_shards} shard(s) to {out_dir}; {summary.skipped_shards} "
+        f"shard(s) already there were skipped.", file=out)
+  if summary.failed:
+    print(f"{len(summary.failed)} video(s) could not be decoded and were skipped:", file=out)
+    for video_id, error in summary.failed:
+      print(f"  {video_id}: {error}", file=out)
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# Sources
+
+def _file_videos(entries, settings: Settings) -> List[Video]:
+  decode = dict(frame_stride=settings.frame_stride, fps=settings.fps,
+                max_frames=settings.max_frames)
+  return [Video(e.video_id, e.label, e.split,
+                load=lambda e=e: video_lib.decode(e.path, **decode),
+                estimate_frames=lambda e=e: video_lib.estimate_frames(e.path, **decode))
+          for e in entries]
+
+
+def tfds_videos(name: str, data_dir: Optional[str], settings: Settings):
+  """UCF-101 through TensorFlow Datasets (downloads on first use: opt-in)."""
+  import tensorflow_datasets as tfds
+  builder = tfds.builder(name, data_dir=data_dir)
+  builder.download_and_prepare()
+  class_names = builder.info.features["label"].names
+  videos = []
+  for split in ("train", "test"):
+    for i, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
+      frames = example["video"]
+      keep = _select_indices(len(frames), settings)
+      videos.append(Video(f"{split}/{i:06d}", int(example["label"]), split,
+                          load=lambda f=frames, k=keep: (f[k], k),
+                          estimate_frames=lambda k=keep: len(k)))
+  return class_names, videos
+
+
+def _select_indices(num_frames: int, settings: Settings, rate: float = 25.0) -> np.ndarray:
+  """Indices of decoded frames kept by --frame_stride / --fps / --max_frames."""
+  keep = []
+  for i in range(num_frames):
+    if video_lib.select_frame(i, i / rate, frame_stride=settings.frame_stride,
+                              fps=settings.fps, taken=len(keep)):
+      keep.append(i)
+      if settings.max_frames and len(keep) >= settings.max_frames:
+        break
+  return np.array(keep, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("source", "ucf101", SOURCES, "Where the videos come from.")
+flags.DEFINE_string("videos", None, "Video root: UCF-101's ClassName/*.avi tree, or any "
+                    "class-per-folder tree (optionally with train/ and test/).")
+flags.DEFINE_string("splits", None, "Directory with classInd.txt, trainlist0N.txt, "
+                    "testlist0N.txt (--source=ucf101).")
+flags.DEFINE_integer("split", 1, "UCF-101 split: 1, 2 or 3.")
+flags.DEFINE_string("tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
+flags.DEFINE_string("out", None, "Output feature directory (local or gs://).")
+flags.DEFINE_list("levels", ["pool2", "pool3", "pool4", "pool5"],
+                  f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
+flags.DEFINE_integer("image_size", 224, "Frame side fed to VGG-16.")
+flags.DEFINE_integer("frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
+flags.DEFINE_float("fps", None, "Keep frames at this rate instead of --frame_stride.")
+flags.DEFINE_integer("max_frames", None, "At most this many frames per video.")
+flags.DEFINE_string("weights", "random", "random (seeded, no network) | imagenet "
+                    "(Keras' standard file, downloaded once by Keras) | path to a Keras "
+                    "VGG16 weights file.")
+flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
+flags.DEFINE_bool("augment", False, "Multi-scale random crop (PAPER.md) per train video.")
+flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard file.")
+flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
+flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
+
+
+def settings_from_flags() -> Settings:
+  for level in FLAGS.levels:
+    if level not in levels_lib.LEVELS:
+      raise SystemExit(f"--levels: unknown level {level!r}; valid: "
+                       f"{', '.join(levels_lib.LEVELS)}")
+  return Settings(levels=tuple(FLAGS.levels), image_size=FLAGS.image_size,
+                  frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
+                  max_frames=FLAGS.max_frames, weights=FLAGS.weights, seed=FLAGS.seed,
+                  augment=FLAGS.augment, videos_per_shard=FLAGS.videos_per_shard,
+                  batch_size=FLAGS.batch_size)
+
+
+def main(argv):
+  del argv
+  settings = settings_from_flags()
+  if not FLAGS.out:
+    raise SystemExit("--out is required")
+  try:
+    if FLAGS.source == "tfds":
+      class_names, videos = tfds_videos(FLAGS.tfds_name, FLAGS.tfds_data_dir, settings)
+    else:
+      if not FLAGS.videos:
+        raise SystemExit("--videos is required")
+      if FLAGS.source == "ucf101":
+        if not FLAGS.splits:
+          raise SystemExit("--splits is required with --source=ucf101")
+        class_names, entries = ucf101.ucf101_entries(FLAGS.videos, FLAGS.splits, FLAGS.split)
+      else:
+        class_names, entries = ucf101.folder_entries(FLAGS.videos)
+      videos = _file_videos(entries, settings)
+  except ucf101.SplitFileError as e:
+    raise SystemExit(f"error: {e}") from None
+  summary = extract(videos, class_names, FLAGS.out, settings, source=FLAGS.source,
+                    dry_run=FLAGS.dry_run)
+  if summary.failed and not summary.written_videos and not summary.skipped_shards:
+    raise SystemExit("no video could be decoded")
+
+
+if __name__ == "__main__":
+  app.run(main)

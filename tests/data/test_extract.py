@@ -1,0 +1,130 @@
+"""Extraction end to end on a tiny UCF-101-style tree encoded here with PyAV."""
+
+import json
+import os
+import subprocess
+import sys
+
+import av
+import numpy as np
+import pytest
+
+from grurcn_jax.data import extract, features, ucf101
+
+CLASSES = ["JumpRope", "Rowing"]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def encode_video(path, num_frames, seed):
+  rng = np.random.default_rng(seed)
+  with av.open(path, mode="w") as container:
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
+    for _ in range(num_frames):
+      image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def ucf_tree(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ucf")
+  videos, splits = root / "videos", root / "splits"
+  splits.mkdir()
+  train, test = [], []
+  for c, name in enumerate(CLASSES):
+    (videos / name).mkdir(parents=True)
+    for g in range(3):
+      rel = f"{name}/v_{name}_g{g + 1:02d}_c01.avi"
+      encode_video(str(videos / rel), num_frames=6 + g, seed=10 * c + g)
+      (test if g == 2 else train).append(rel)
+  garbage = f"{CLASSES[0]}/v_{CLASSES[0]}_g09_c01.avi"
+  (videos / garbage).write_bytes(b"this is not a video" * 50)
+  train.append(garbage)
+  (splits / "classInd.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(CLASSES)))
+  (splits / "trainlist01.txt").write_text("".join(f"{v} {CLASSES.index(v.split('/')[0]) + 1}\n"
+                                                  for v in train))
+  (splits / "testlist01.txt").write_text("".join(f"{v}\n" for v in test))
+  return str(videos), str(splits)
+
+
+def run_extract(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "grurcn_jax.data.extract", *args],
+                        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+
+
+COMMON = ["--source=ucf101", "--split=1", "--levels=pool2,pool5", "--image_size=32",
+          "--frame_stride=2", "--videos_per_shard=2", "--batch_size=8"]
+
+
+def test_extraction_counts_shapes_resume_and_estimate(ucf_tree, tmp_path):
+  videos, splits = ucf_tree
+  out = str(tmp_path / "feats")
+  args = COMMON + [f"--videos={videos}", f"--splits={splits}", f"--out={out}"]
+
+  dry = run_extract(*args, "--dry_run")
+  assert dry.returncode == 0, dry.stderr
+  assert "Estimated output for 7 videos" in dry.stdout and "pool2" in dry.stdout
+  assert not os.path.exists(out)
+
+  first = run_extract(*args)
+  assert first.returncode == 0, first.stderr
+  assert "1 video(s) could not be decoded and were skipped" in first.stdout
+  assert "v_JumpRope_g09_c01.avi" in first.stdout
+
+  metadata = features.read_metadata(out)
+  assert metadata["class_names"] == CLASSES
+  assert metadata["splits"]["train"]["num_videos"] == 4
+  assert metadata["splits"]["test"]["num_videos"] == 2
+  assert [f["video_id"] for f in metadata["splits"]["train"]["failed"]] == [
+      "JumpRope/v_JumpRope_g09_c01.avi"]
+  seen = {}
+  for split in ("train", "test"):
+    for shard in features.split_shards(metadata, split):
+      for record in features.read_shard(os.path.join(out, shard["file"])):
+        v = features.decode_video(record, metadata)
+        seen[v.video_id] = v
+        assert v.features["pool2"].shape == (v.num_frames, 8, 8, 128)
+        assert v.features["pool5"].shape == (v.num_frames, 1, 1, 512)
+        assert np.all(np.isfinite(v.features["pool2"].astype(np.float32)))
+  # Videos of 6, 7, 8 frames at stride 2 keep 3, 4, 4 frames.
+  assert {k: v.num_frames for k, v in seen.items()} == {
+      f"{c}/v_{c}_g{g:02d}_c01.avi": n for c in CLASSES for g, n in ((1, 3), (2, 4), (3, 4))}
+  assert {v.label for k, v in seen.items() if k.startswith("Rowing")} == {1}
+
+  # The dry-run estimate is within 10% of what was written.
+  settings = extract.Settings(levels=("pool2", "pool5"), image_size=32, frame_stride=2)
+  _, entries = ucf101.ucf101_entries(videos, splits, 1)
+  estimate = extract.estimate_bytes(extract._file_videos(entries, settings), settings)
+  written = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out)
+                if f.endswith(".tfrecord"))
+  assert abs(estimate["total"] - written) <= 0.1 * written, (estimate, written)
+
+  before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)}
+  again = run_extract(*args)
+  assert again.returncode == 0, again.stderr
+  assert "Wrote 0 videos" in again.stdout
+  assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)} == before
+
+  other = run_extract(*[a for a in args if not a.startswith("--frame_stride")], "--frame_stride=3")
+  assert other.returncode != 0
+  assert "other settings (frame_stride" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_missing_split_file_is_a_clear_error(ucf_tree, tmp_path):
+  videos, splits = ucf_tree
+  result = run_extract(*COMMON, f"--videos={videos}", f"--splits={splits}", "--split=2",
+                       f"--out={tmp_path / 'x'}")
+  assert result.returncode != 0
+  assert "missing split file" in result.stderr and "trainlist02.txt" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_folder_tree_source(ucf_tree):
+  videos, _ = ucf_tree
+  class_names, entries = ucf101.folder_entries(videos)
+  assert class_names == CLASSES
+  assert len(entries) == 7 and {e.split for e in entries} == {"train"}

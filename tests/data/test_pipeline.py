@@ -1,0 +1,139 @@
+"""The tf.data pipeline: host sharding, determinism, resume, eval padding, errors."""
+
+import collections
+import itertools
+import os
+
+import numpy as np
+import pytest
+
+from grurcn_jax.data import features, pipeline
+from tests.data.fake import write_fake_features
+
+
+@pytest.fixture(scope="module")
+def feature_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp("features")
+  # 20 train videos in 7 shards (uneven), 7 test videos in 3 shards.
+  write_fake_features(directory, videos_per_split={"train": 20, "test": 7})
+  return str(directory)
+
+
+def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
+  """The video ids one host reads in one epoch, in order (batch size 1)."""
+  metadata = features.read_metadata(feature_dir)
+  shards = features.split_shards(metadata, "train")
+  sizes = [sum(shards[i]["num_videos"] for i in
+               pipeline.host_shards(len(shards), seed, e, host, hosts))
+           for e in range(epoch + 1)]
+  batches = pipeline.train_batches(feature_dir, split="train", batch_size=1,
+                                   clip_length=3, seed=seed, process_index=host,
+                                   process_count=hosts, start_step=sum(sizes[:-1]))
+  return [int(b["video_index"][0]) for b in itertools.islice(batches, sizes[-1])]
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_every_video_once_per_epoch_over_hosts(feature_dir, hosts):
+  for epoch in (0, 1):
+    seen = [v for h in range(hosts) for v in host_epoch_videos(feature_dir, 0, h, hosts, epoch)]
+    assert sorted(seen) == list(range(20)), (epoch, seen)
+
+
+def test_order_is_a_function_of_the_seed(feature_dir):
+  a = host_epoch_videos(feature_dir, 0, 0, 1)
+  assert a == host_epoch_videos(feature_dir, 0, 0, 1)
+  assert a != host_epoch_videos(feature_dir, 1, 0, 1)
+  assert a != host_epoch_videos(feature_dir, 0, 0, 1, epoch=1)  # reshuffled per epoch
+
+
+def _stream(feature_dir, start_step, steps):
+  batches = pipeline.train_batches(feature_dir, split="train", batch_size=4,
+                                   clip_length=3, frame_stride=2, seed=5,
+                                   start_step=start_step)
+  return list(itertools.islice(batches, steps))
+
+
+def test_resume_sees_the_same_batches(feature_dir):
+  full = _stream(feature_dir, 0, 14)          # crosses epoch boundaries (20 videos)
+  resumed = _stream(feature_dir, 9, 5)
+  for a, b in zip(full[9:], resumed):
+    np.testing.assert_array_equal(a["video_index"], b["video_index"])
+    for level in a["features"]:
+      np.testing.assert_array_equal(a["features"][level], b["features"][level])
+
+
+def test_train_clips_have_the_right_frames(feature_dir):
+  metadata = features.read_metadata(feature_dir)
+  videos = {}
+  for shard in features.split_shards(metadata, "train"):
+    for record in features.read_shard(os.path.join(feature_dir, shard["file"])):
+      v = features.decode_video(record, metadata)
+      videos[v.video_index] = v
+  batch = _stream(feature_dir, 0, 1)[0]
+  assert batch["features"]["pool4"].shape == (4, 3, 2, 2, 3)
+  assert batch["features"]["fc7"].shape == (4, 3, 5)
+  assert batch["features"]["pool4"].dtype == np.float16
+  for i, index in enumerate(batch["video_index"]):
+    source = videos[int(index)].features["fc7"]
+    n = len(source)
+    clip = batch["features"]["fc7"][i]
+    # Some start s with frames s, s+2, s+4 (mod n for short videos: they loop).
+    assert any(np.array_equal(clip, source[[(s + 2 * k) % n for k in range(3)]])
+               for s in range(n)), index
+    assert batch["label"][i] == videos[int(index)].label
+
+
+@pytest.mark.parametrize("hosts", [1, 2, 3])
+def test_eval_gives_each_video_eval_clips_and_padding_never_counts(feature_dir, hosts):
+  per_host = [pipeline.eval_batches(feature_dir, split="test", batch_size=4,
+                                    clip_length=3, eval_clips=3, process_index=h,
+                                    process_count=hosts) for h in range(hosts)]
+  counts = collections.Counter()
+  num_batches = set()
+  for batches in per_host:
+    got = list(batches)
+    assert len(got) == batches.num_batches
+    num_batches.add(len(got))
+    for b in got:
+      assert b["video_index"].shape == (4,)
+      for index, mask in zip(b["video_index"], b["mask"]):
+        if mask:
+          counts[int(index)] += 1
+        else:
+          assert index == -1
+  assert len(num_batches) == 1  # every host runs the same number of eval steps
+  assert counts == {i: 3 for i in range(7)}
+
+
+def test_eval_clips_are_evenly_spaced(feature_dir):
+  metadata = features.read_metadata(feature_dir)
+  shard = features.split_shards(metadata, "test")[0]
+  first = features.decode_video(
+      next(features.read_shard(os.path.join(feature_dir, shard["file"]))), metadata)
+  batch = next(iter(pipeline.eval_batches(feature_dir, split="test", batch_size=3,
+                                          clip_length=2, eval_clips=3)))
+  n = first.num_frames
+  starts = np.round(np.linspace(0, n - 2, 3)).astype(int)
+  for i, s in enumerate(starts):
+    np.testing.assert_array_equal(batch["features"]["fc7"][i], first.features["fc7"][s:s + 2])
+
+
+def test_truncated_shard_is_a_clear_error_or_skipped_on_request(tmp_path):
+  write_fake_features(tmp_path, videos_per_split={"train": 9, "test": 6})
+  path = os.path.join(tmp_path, "test-00001.tfrecord")
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[: len(data) - 40])
+  with pytest.raises(features.FeatureFormatError, match="test-00001.tfrecord is corrupt"):
+    list(pipeline.eval_batches(str(tmp_path), split="test", batch_size=2, clip_length=2))
+  batches = pipeline.eval_batches(str(tmp_path), split="test", batch_size=2,
+                                  clip_length=2, skip_bad_records=True)
+  got = list(batches)
+  assert sum(float(b["mask"].sum()) for b in got) == 5  # the last record was lost
+  assert batches.stats.skipped_records == 1
+  assert batches.stats.bad_files == [path]
+
+
+def test_unknown_level_is_clear(feature_dir):
+  with pytest.raises(features.FeatureFormatError, match="pool2.*available: pool4, fc7"):
+    pipeline.train_batches(feature_dir, split="train", batch_size=1, clip_length=2,
+                           levels=["pool2"])
