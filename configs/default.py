@@ -2,7 +2,8 @@
 
 Experiment configs import this and change only what differs. Run one with:
 
-  python -m grurcn_jax.main --config=configs/ucf101_grurcn.py --workdir=DIR
+  python -m grurcn_jax.main --config=configs/ucf101_grurcn.py --workdir=DIR \
+      --config.data.dir=FEATURES
 """
 
 import ml_collections
@@ -11,6 +12,39 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+
+  # Optimisation. PAPER.md leaves optimiser, learning rate and epochs unconfirmed;
+  # these are sensible defaults (batch of 64 clips as in the paper).
+  config.batch_size = 64          # global, over all devices and hosts
+  config.eval_batch_size = 64
+  config.num_train_steps = 30_000
+  config.optimizer = "adam"       # adam (AdamW) | sgd (Nesterov momentum)
+  config.learning_rate = 1e-3
+  config.momentum = 0.9           # sgd only
+  config.weight_decay = 1e-4
+  config.schedule = "cosine"      # cosine | step | constant, after linear warmup
+  config.warmup_steps = 500
+  config.step_boundaries = (0.5, 0.75)   # 'step': fractions of num_train_steps
+  config.step_decay = 0.1                # 'step': factor at each boundary
+  config.grad_clip_norm = 1.0     # 0 disables clipping
+
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 5000
+  config.keep_checkpoints = 3
+
+  data = config.data = ml_collections.ConfigDict()
+  data.dir = ""                   # feature directory (python -m grurcn_jax.data.extract)
+  data.train_split = "train"
+  data.eval_split = "test"
+  data.clip_length = 10           # PAPER.md: clips of 10 frames
+  data.frame_stride = 1           # between the clip's (extracted) frames
+  data.eval_clips = 10            # evenly spaced clips per test video, averaged
+  data.shuffle_buffer = 16        # whole videos: keep it small
+  data.skip_bad_records = False   # True: skip corrupt records and report the count
+  # A ConfigDict of grurcn_jax.data.demo.DemoSpec fields builds the synthetic demo
+  # dataset into data.dir when it is not there yet (configs/demo.py).
+  data.demo = None
 
   model = config.model = ml_collections.ConfigDict()
   # grurcn | vgg_frames (per-frame classifier, probabilities averaged over time)

@@ -219,6 +219,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
         entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
         if not any(s["file"] == name for s in entries["shards"]):
           entries["shards"].append({"file": name, **features_lib.scan_shard(path, metadata)})
+          for key in ("num_videos", "num_frames"):
+            entries[key] = sum(s[key] for s in entries["shards"])
           entries["shards"].sort(key=lambda s: s["file"])
           features_lib.write_metadata(out_dir, metadata)
         summary.skipped_shards += 1
@@ -237,6 +239,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
       def shard_videos():
         nonlocal frames_done
         for offset, video in enumerate(chunk):
+          video_index = shard_index * settings.videos_per_shard + offset
           try:
             frames, indices = video.load()
             frames = video_lib.resize_and_crop(frames, settings.image_size,
@@ -250,18 +253,19 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
           stored = {level: features_lib.normalize(a, metadata["levels"][level])
                     for level, a in activations.items()}
           frames_done += len(frames)
-          done.append(video.video_id)
+          done.append((video_index, video.video_id))
           bar.update(1)
           elapsed = max(time.time() - started, 1e-9)
           bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
           yield features_lib.VideoFeatures(
               video_id=video.video_id,
-              video_index=shard_index * settings.videos_per_shard + offset,
+              video_index=video_index,
               label=video.label, frame_indices=indices, features=stored)
 
       counts = features_lib.write_shard(path, shard_videos())
       entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
-      entries["shards"].append({"file": name, **counts})
+      entries["shards"].append({"file": name, **counts,
+                                "videos": {str(i): v for i, v in done}})
       entries["shards"].sort(key=lambda s: s["file"])
       entries["failed"].extend({"video_id": v, "error": e} for v, e in failed)
       for key in ("num_videos", "num_frames"):
@@ -328,29 +332,34 @@ def _select_indices(num_frames: int, settings: Settings, rate: float = 25.0) -> 
 # Command line
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("source", "ucf101", SOURCES, "Where the videos come from.")
-flags.DEFINE_string("videos", None, "Video root: UCF-101's ClassName/*.avi tree, or any "
-                    "class-per-folder tree (optionally with train/ and test/).")
-flags.DEFINE_string("splits", None, "Directory with classInd.txt, trainlist0N.txt, "
-                    "testlist0N.txt (--source=ucf101).")
-flags.DEFINE_integer("split", 1, "UCF-101 split: 1, 2 or 3.")
-flags.DEFINE_string("tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
-flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
-flags.DEFINE_string("out", None, "Output feature directory (local or gs://).")
-flags.DEFINE_list("levels", ["pool2", "pool3", "pool4", "pool5"],
-                  f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
-flags.DEFINE_integer("image_size", 224, "Frame side fed to VGG-16.")
-flags.DEFINE_integer("frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
-flags.DEFINE_float("fps", None, "Keep frames at this rate instead of --frame_stride.")
-flags.DEFINE_integer("max_frames", None, "At most this many frames per video.")
-flags.DEFINE_string("weights", "random", "random (seeded, no network) | imagenet "
-                    "(Keras' standard file, downloaded once by Keras) | path to a Keras "
-                    "VGG16 weights file.")
-flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
-flags.DEFINE_bool("augment", False, "Multi-scale random crop (PAPER.md) per train video.")
-flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard file.")
-flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
-flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so importing this
+  module next to other CLIs defines nothing)."""
+  flags.DEFINE_enum("source", "ucf101", SOURCES, "Where the videos come from.")
+  flags.DEFINE_string("videos", None, "Video root: UCF-101's ClassName/*.avi tree, or any "
+                      "class-per-folder tree (optionally with train/ and test/).")
+  flags.DEFINE_string("splits", None, "Directory with classInd.txt, trainlist0N.txt, "
+                      "testlist0N.txt (--source=ucf101).")
+  flags.DEFINE_integer("split", 1, "UCF-101 split: 1, 2 or 3.")
+  flags.DEFINE_string("tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
+  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
+  flags.DEFINE_string("out", None, "Output feature directory (local or gs://).")
+  flags.DEFINE_list("levels", ["pool2", "pool3", "pool4", "pool5"],
+                    f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
+  flags.DEFINE_integer("image_size", 224, "Frame side fed to VGG-16.")
+  flags.DEFINE_integer("frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
+  flags.DEFINE_float("fps", None, "Keep frames at this rate instead of --frame_stride.")
+  flags.DEFINE_integer("max_frames", None, "At most this many frames per video.")
+  flags.DEFINE_string("weights", "random", "random (seeded, no network) | imagenet "
+                      "(Keras' standard file, downloaded once by Keras) | path to a Keras "
+                      "VGG16 weights file.")
+  flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
+  flags.DEFINE_bool("augment", False, "Multi-scale random crop (PAPER.md) per train video.")
+  flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard file.")
+  flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
+  flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
 
 
 def settings_from_flags() -> Settings:
@@ -392,4 +401,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -63,7 +63,8 @@ def join(directory: str, name: str) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Metadata
+# Metadata (per split: {"shards": [{"file", "num_videos", "num_frames",
+# "videos": {video_index: video_id}}], "failed": [...], "num_videos", "num_frames"})
 
 def read_metadata(directory: str) -> dict:
   path = join(directory, METADATA_FILE)
@@ -248,9 +249,18 @@ def read_shard(path: str) -> Iterable[bytes]:
 
 
 def scan_shard(path: str, metadata: Mapping) -> dict:
-  """Counts of a shard on disk (recovers counts a crash kept out of the metadata)."""
-  counts = {"num_videos": 0, "num_frames": 0}
+  """A shard's metadata entry from its contents (recovers what a crash between the
+  shard's rename and the metadata's update kept out of the metadata)."""
+  entry = {"num_videos": 0, "num_frames": 0, "videos": {}}
   for record in read_shard(path):
-    counts["num_videos"] += 1
-    counts["num_frames"] += decode_video(record, metadata).num_frames
-  return counts
+    video = decode_video(record, metadata)
+    entry["num_videos"] += 1
+    entry["num_frames"] += video.num_frames
+    entry["videos"][str(video.video_index)] = video.video_id
+  return entry
+
+
+def video_ids(metadata: Mapping, split: str) -> Dict[int, str]:
+  """video_index -> video_id of a split."""
+  return {int(i): v for shard in split_shards(metadata, split)
+          for i, v in shard.get("videos", {}).items()}

@@ -1,7 +1,7 @@
 """The paper's baselines: VGG-16 frame averaging and a GRU on per-frame vectors.
 
-Both read per-frame vectors: fc7 as it is, or pool5 (or any map level) average
-pooled over space. They return the same output dict as GRU-RCN (heads.py).
+Both read per-frame vectors: fc7 as it is, or a map level (the paper: pool5)
+average pooled over space. They return the same output dict as GRU-RCN (heads.py).
 """
 
 from typing import Any, Mapping, Optional, Sequence

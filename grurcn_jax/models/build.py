@@ -15,8 +15,6 @@ from grurcn_jax.models import baselines, convgru, grurcn, losses
 
 MODEL_NAMES = ("grurcn", "vgg_frames", "vgg_rnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Baselines read per-frame vectors: fc7, or a map level average pooled.
-BASELINE_LEVELS = ("pool5", "fc7")
 
 MODEL_FIELDS = ("name", "variant", "levels", "hidden", "kernel_size", "dropout_rate",
                 "num_classes", "bi_merge", "recurrence", "remat", "unroll", "dtype",
@@ -50,8 +48,7 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
     raise ConfigError("model.levels is empty; choose from: "
                       f"{', '.join(levels_lib.LEVELS)}")
   for level in levels:
-    _one_of("levels", level,
-            BASELINE_LEVELS if cfg["name"] != "grurcn" else levels_lib.LEVELS)
+    _one_of("levels", level, levels_lib.LEVELS)
   if len(set(levels)) != len(levels):
     raise ConfigError(f"model.levels={levels} names a level twice")
   if cfg["name"] == "grurcn" and cfg["variant"] == "stacked":

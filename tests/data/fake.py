@@ -32,7 +32,9 @@ def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
       name = features.shard_name(split, index)
       counts = features.write_shard(features.join(str(directory), name),
                                     videos[start:start + videos_per_shard])
-      shards.append({"file": name, **counts})
+      shards.append({"file": name, **counts,
+                     "videos": {str(v.video_index): v.video_id
+                                for v in videos[start:start + videos_per_shard]}})
     metadata["splits"][split] = {"shards": shards, "failed": [],
                                  "num_videos": count,
                                  "num_frames": sum(s["num_frames"] for s in shards)}

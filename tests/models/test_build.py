@@ -34,7 +34,6 @@ def model_config(**overrides):
     (dict(kernel_size=0), "positive integer"),
     (dict(num_classes=1), "must be an integer > 1"),
     (dict(variant="stacked", levels=("pool5", "pool4"), hidden=(8, 8)), "fine to coarse"),
-    (dict(name="vgg_frames", levels=("pool3",)), "choose one of: pool5, fc7"),
 ])
 def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
   with pytest.raises(ConfigError) as error:

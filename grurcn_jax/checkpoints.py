@@ -1,0 +1,85 @@
+"""Orbax checkpoints: the only module that talks to orbax.
+
+Each checkpoint holds the train state and the config it was trained with (JSON), so
+restoring into a different model fails with a message naming what differs instead
+of a shape error deep inside orbax. Saves are asynchronous; `wait` blocks until the
+last one is durable (before exit, and before anything that must see it).
+"""
+
+from typing import Any, Mapping, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from grurcn_jax import config_validation
+from grurcn_jax.errors import ConfigError
+
+
+class CheckpointMismatchError(ConfigError):
+  """The checkpoint was trained with a model config other than the current one."""
+
+
+def _flatten(config: Mapping) -> dict:
+  """Dotted names -> JSON values (tuples become lists, as JSON reads them back)."""
+  return {k: list(v) if isinstance(v, tuple) else v
+          for k, v in config_validation.flatten(config).items()}
+
+
+class Checkpoints:
+  """Save, find and restore the train state of one workdir."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3):
+    self._manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                             enable_async_checkpointing=True),
+        item_names=("state", "config"))
+
+  def latest_step(self) -> Optional[int]:
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, config: Mapping) -> None:
+    """Starts an asynchronous save (returns before it is on disk)."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(_flatten(config))), force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore(self, abstract_state: Any, model_config: Mapping,
+              step: Optional[int] = None) -> Any:
+    """Restores `step` (default: newest) into the shapes and shardings of
+    `abstract_state` (a pytree of jax.ShapeDtypeStruct), after checking that the
+    checkpoint's model config equals `model_config`."""
+    step = self.latest_step() if step is None else step
+    if step is None or step not in self._manager.all_steps():
+      raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
+                        f"available: {self.all_steps() or 'none'}")
+    saved = self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+    wanted = _flatten({"model": model_config})
+    differ = sorted(k for k in set(wanted) | {k for k in saved if k.startswith("model.")}
+                    if saved.get(k) != wanted.get(k))
+    if differ:
+      details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {wanted.get(k)!r}"
+                          for k in differ)
+      raise CheckpointMismatchError(
+          f"the checkpoint at step {step} in {self._manager.directory} was trained with "
+          f"another model config ({details}); use a fresh --workdir or the same model "
+          f"settings")
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))["state"]
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+
+def abstract_like(tree: Any, sharding) -> Any:
+  """Shape/dtype/sharding structs of `tree` (a restore target, no memory)."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)

@@ -1,0 +1,96 @@
+r"""Score fusion: the paper's RGB + optical-flow late fusion.
+
+  python -m grurcn_jax.fuse --scores=rgb/eval_scores.npz,flow/eval_scores.npz \
+      --weights=1,1.5
+
+Each file is an evaluation's per-video scores (evaluate.py writes eval_scores.npz).
+Videos are matched by id; the fused prediction is the weighted sum of the video-level
+class probabilities. Prints each stream's and the fused video accuracy.
+"""
+
+import io
+import json
+import sys
+from typing import Dict, Sequence
+
+from absl import app, flags
+import numpy as np
+import tensorflow as tf
+
+
+class FusionError(ValueError):
+  """Score files that cannot be fused; the message says why."""
+
+
+def load_scores(path: str) -> Dict[str, np.ndarray]:
+  try:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      data = np.load(io.BytesIO(f.read()))
+      return {k: data[k] for k in ("video_id", "label", "probs", "class_names")}
+  except (tf.errors.NotFoundError, OSError, KeyError, ValueError) as e:
+    raise FusionError(f"cannot read scores from {path}: {e}") from None
+
+
+def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float]) -> Dict:
+  """Weighted sum of per-video probabilities over the videos all streams share."""
+  if len(scores) < 2 or len(scores) != len(weights):
+    raise FusionError(f"need two or more score files and one weight each; got "
+                      f"{len(scores)} file(s) and {len(weights)} weight(s)")
+  for s in scores[1:]:
+    if list(s["class_names"]) != list(scores[0]["class_names"]):
+      raise FusionError("the score files have different class lists")
+  common = sorted(set.intersection(*(set(s["video_id"].tolist()) for s in scores)))
+  if not common:
+    raise FusionError("the score files share no video id")
+  aligned = []
+  for s in scores:
+    position = {v: i for i, v in enumerate(s["video_id"].tolist())}
+    order = np.array([position[v] for v in common])
+    aligned.append({"label": s["label"][order], "probs": s["probs"][order]})
+  labels = aligned[0]["label"]
+  for a in aligned[1:]:
+    if not np.array_equal(a["label"], labels):
+      raise FusionError("the score files disagree on the labels of shared videos")
+  fused = sum(w * a["probs"] for w, a in zip(weights, aligned))
+  return {
+      "num_videos": len(common),
+      "stream_video_accuracy": [float(np.mean(a["probs"].argmax(-1) == labels))
+                                for a in aligned],
+      "fused_video_accuracy": float(np.mean(fused.argmax(-1) == labels)),
+      "weights": [float(w) for w in weights],
+  }
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Command-line flags (defined only when run as a program, so importing this
+  module next to other CLIs defines nothing)."""
+  flags.DEFINE_list("scores", None, "Comma-separated eval_scores.npz files.")
+  flags.DEFINE_list("weights", None, "One weight per file (default: all 1).")
+  flags.DEFINE_string("out", None, "Optional JSON file for the result.")
+
+
+def main(argv):
+  del argv
+  if not FLAGS.scores:
+    raise app.UsageError("--scores is required")
+  try:
+    weights = [float(w) for w in (FLAGS.weights or [1.0] * len(FLAGS.scores))]
+    result = fuse([load_scores(p) for p in FLAGS.scores], weights)
+  except (FusionError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  for path, acc in zip(FLAGS.scores, result["stream_video_accuracy"]):
+    print(f"{path}: video accuracy {acc:.4f}")
+  print(f"fused (weights {result['weights']}): video accuracy "
+        f"{result['fused_video_accuracy']:.4f} on {result['num_videos']} videos")
+  if FLAGS.out:
+    with tf.io.gfile.GFile(FLAGS.out, "w") as f:
+      json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

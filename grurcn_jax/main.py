@@ -1,0 +1,86 @@
+"""Entry point: train (resuming by itself) or evaluate a GRU-RCN experiment.
+
+  python -m grurcn_jax.main --config=configs/demo.py --workdir=/tmp/grurcn_demo
+  python -m grurcn_jax.main --config=configs/demo.py --workdir=/tmp/grurcn_demo --mode=eval
+
+Config fields are overridden with --config.FIELD=VALUE (configs/default.py lists
+them). Errors in the config, the data or the run are printed as one message.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and eval results go here.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or eval only.")
+flags.DEFINE_integer("eval_step", None, "--mode=eval: checkpoint step (default newest).")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-host without auto-detection: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _initialize_distributed():
+  import jax
+  if FLAGS.coordinator_address:
+    if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes,
+                               process_id=FLAGS.process_id)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not FLAGS["verbosity"].present:  # orbax and TF log a lot at INFO; -v 0 shows it
+    logging.set_verbosity(logging.WARNING)
+  # TensorFlow (tf.data) must not take the accelerators JAX uses.
+  from grurcn_jax.data import pipeline
+  pipeline.hide_accelerators_from_tensorflow()
+  _initialize_distributed()
+
+  from grurcn_jax import errors, train
+  from grurcn_jax.data.features import FeatureFormatError
+  try:
+    if FLAGS.mode == "train":
+      metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    else:
+      from grurcn_jax import evaluate
+      metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.eval_step)
+  except (errors.ConfigError, errors.TrainingError, FeatureFormatError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  import jax
+  if jax.process_index() == 0:
+    levels = ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_level_video_accuracy"].items())
+    print(f"\nVideo accuracy {metrics['video_accuracy']:.3f} (clip {metrics['clip_accuracy']:.3f};"
+          f" per level: {levels}) on {metrics['num_videos']} videos at step {metrics['step']}.\n"
+          f"Results in {FLAGS.workdir}:\n"
+          f"  eval_metrics.json, eval_scores.npz (per-video scores for grurcn_jax.fuse),\n"
+          f"  confusion_matrix.png, checkpoints/, and TensorBoard logs:\n"
+          f"  tensorboard --logdir={FLAGS.workdir}")
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with config overrides that name no field (or give a value
+  of the wrong type) reported as one line instead of a traceback."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    message = str(e.args[0] if e.args else e)
+    message = message.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
+    print(f"error: a --config override does not fit the config: {message}", file=sys.stderr)
+  sys.exit(1)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,148 @@
+"""Whole runs of the demo config on 8 simulated devices: training, checkpoints,
+resume after SIGKILL, evaluation from a checkpoint, and clear errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow as tf
+
+from grurcn_jax import evaluate, train
+from grurcn_jax.errors import ConfigError, TrainingError
+from tests.training_setup import build_tiny_demo, overrides_as_flags, run_main, tiny_config
+
+CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos",
+                 "per_level_video_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return build_tiny_demo(tmp_path_factory.mktemp("demo_data"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(data_dir, num_train_steps=12, checkpoint_every_steps=6,
+                       eval_every_steps=12)
+  metrics = train.train_and_evaluate(config, workdir)
+  return config, workdir, metrics
+
+
+def train_losses(workdir):
+  losses = {}
+  for name in os.listdir(workdir):
+    if name.startswith("events.out.tfevents"):
+      for record in tf.data.TFRecordDataset(os.path.join(workdir, name)):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+          if value.tag == "train/loss":
+            losses[event.step] = float(tf.make_ndarray(value.tensor))
+  return [losses[s] for s in sorted(losses)]
+
+
+def saved_params(workdir, step):
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, "checkpoints", str(step), "state"))
+  return restored["params"]
+
+
+def test_whole_run_learns_checkpoints_and_reports(finished_run):
+  config, workdir, metrics = finished_run
+  assert jax.device_count() == 8
+  losses = train_losses(workdir)
+  assert len(losses) == 12
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    written = json.load(f)
+  assert CONTRACT_KEYS <= set(written)
+  assert written["step"] == 12 and written["num_videos"] == 8
+  assert set(written["per_level_video_accuracy"]) == {"pool2", "pool3"}
+  assert written == {**metrics, "scores_file": "eval_scores.npz",
+                     "confusion_matrix_file": "confusion_matrix.png"}
+  scores = np.load(os.path.join(workdir, "eval_scores.npz"))
+  assert scores["probs"].shape == (8, 8)
+  np.testing.assert_allclose(scores["probs"].sum(-1), 1, rtol=1e-5)
+  assert np.mean(scores["probs"].argmax(-1) == scores["label"]) == written["video_accuracy"]
+  assert len(set(scores["video_id"].tolist())) == 8
+  with open(os.path.join(workdir, "confusion_matrix.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
+  config, workdir, metrics = finished_run
+  again = evaluate.evaluate_checkpoint(config, workdir)
+  assert again == metrics
+  earlier = evaluate.evaluate_checkpoint(config, workdir, step=6)
+  assert earlier["step"] == 6
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, tmp_path):
+  config, reference_dir, reference = finished_run
+  flags = overrides_as_flags(data_dir, num_train_steps=12, checkpoint_every_steps=6,
+                             eval_every_steps=12)
+  workdir = str(tmp_path / "killed")
+  killed = run_main(f"--workdir={workdir}", *flags,
+                    env={"GRURCN_KILL_AFTER_CHECKPOINT": "6"})
+  assert killed.returncode == -9, killed.stderr[-2000:]
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["6"]
+  resumed = run_main(f"--workdir={workdir}", *flags)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "from step 6" in resumed.stdout
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    metrics = json.load(f)
+  np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               saved_params(workdir, 12), saved_params(reference_dir, 12))
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
+  config = tiny_config(data_dir, learning_rate=1e38, grad_clip_norm=0.0,
+                       checkpoint_every_steps=1, log_every_steps=1)
+  with pytest.raises(TrainingError, match="non-finite loss or gradient at step") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  latest = int(str(error.value).split("newest checkpoint (step ")[1].split(")")[0])
+  params = saved_params(str(tmp_path), latest)
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
+
+
+def test_config_that_does_not_match_the_checkpoint(data_dir, finished_run):
+  _, workdir, _ = finished_run
+  result = run_main(f"--workdir={workdir}", *overrides_as_flags(data_dir, hidden="(6,4)"),
+                    "--mode=eval")
+  assert result.returncode == 1
+  assert "model.hidden: checkpoint [4, 4], config [6, 4]" in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.model.name=c3d", "model.name='c3d' is not valid; choose one of: grurcn, vgg_frames, vgg_rnn"),
+    ("--config.batch_size=12", "batch_size=12 must be a positive multiple of the device count (8 devices"),
+    ("--config.optimizer=lamb", "optimizer='lamb' is not valid; choose one of: adam, sgd"),
+])
+def test_bad_settings_are_one_clear_error(data_dir, tmp_path, flag, message):
+  result = run_main(f"--workdir={tmp_path}", *overrides_as_flags(data_dir), flag)
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_levels_missing_from_the_features_are_a_clear_error(data_dir, tmp_path):
+  result = run_main(f"--workdir={tmp_path}",
+                    *overrides_as_flags(data_dir, levels="('pool2','pool5')"))
+  message = "model.levels names pool5, which"
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+
+
+def test_unknown_config_field_is_rejected(data_dir, tmp_path):
+  result = run_main(f"--workdir={tmp_path}", *overrides_as_flags(data_dir),
+                    "--config.model.hiden=(4,4)")
+  assert result.returncode != 0
+  assert "hiden" in result.stderr
+  assert "Traceback" not in result.stderr

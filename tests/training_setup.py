@@ -1,0 +1,63 @@
+"""A tiny demo dataset and config shared by the whole-run tests."""
+
+import os
+import subprocess
+import sys
+
+from configs import demo as demo_config
+from grurcn_jax.data import demo
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_SPEC = dict(seed=0, train_per_class=3, test_per_class=1, num_frames=4,
+                 image_size=32, levels=("pool2", "pool3"), videos_per_shard=4)
+
+
+def build_tiny_demo(directory):
+  demo.build(str(directory), demo.DemoSpec(**TINY_SPEC), progress=False)
+  return str(directory)
+
+
+def tiny_config(data_dir, **overrides):
+  config = demo_config.get_config()
+  config.data.dir = data_dir
+  config.data.demo = None
+  config.data.clip_length = 4
+  config.model.levels = ("pool2", "pool3")
+  config.model.hidden = (4, 4)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 6
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 3
+  config.eval_every_steps = 6
+  config.warmup_steps = 0
+  config.learning_rate = 1e-2
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split(".")
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config
+
+
+def overrides_as_flags(data_dir, hidden="(4,4)", levels="('pool2','pool3')",
+                       **overrides):
+  """The same config as `tiny_config`, as command-line flags for main. (A tuple
+  flag given twice is concatenated by config_flags: pass `hidden` and `levels` here instead.)"""
+  config = tiny_config(data_dir, **overrides)
+  flat = {"data.dir": config.data.dir, "data.clip_length": 4,
+          "model.levels": levels, "model.hidden": hidden,
+          "batch_size": 8, "eval_batch_size": 8, "num_train_steps": config.num_train_steps,
+          "log_every_steps": 1, "checkpoint_every_steps": config.checkpoint_every_steps,
+          "eval_every_steps": config.eval_every_steps, "warmup_steps": 0,
+          "learning_rate": config.learning_rate}
+  return [f"--config.{k}={v}" for k, v in flat.items()]
+
+
+def run_main(*args, env=None):
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  return subprocess.run([sys.executable, "-m", "grurcn_jax.main",
+                         "--config=configs/demo.py", *args],
+                        capture_output=True, text=True, cwd=REPO, env=full_env,
+                        timeout=900)
