@@ -42,6 +42,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.eval_clips = 10            # evenly spaced clips per test video, averaged
   data.shuffle_buffer = 16        # whole videos: keep it small
   data.skip_bad_records = False   # True: skip corrupt records and report the count
+  # Train data is read as this many independent streams, shared out to the hosts
+  # (0: one per host). Fix it (e.g. 8) and runs on any host count dividing it see
+  # the same batches.
+  data.num_streams = 0
   # A ConfigDict of grurcn_jax.data.demo.DemoSpec fields builds the synthetic demo
   # dataset into data.dir when it is not there yet (configs/demo.py).
   data.demo = None

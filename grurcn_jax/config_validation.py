@@ -15,7 +15,7 @@ TOP_LEVEL = ("seed", "batch_size", "eval_batch_size", "num_train_steps",
              "weight_decay", "schedule", "warmup_steps", "step_boundaries", "step_decay",
              "grad_clip_norm", "model", "data")
 DATA = ("dir", "train_split", "eval_split", "clip_length", "frame_stride", "eval_clips",
-        "shuffle_buffer", "skip_bad_records", "demo")
+        "shuffle_buffer", "skip_bad_records", "num_streams", "demo")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -52,6 +52,10 @@ def validate_config(config: Mapping) -> None:
     _positive_int(config, name)
   for name in ("clip_length", "frame_stride", "eval_clips", "shuffle_buffer"):
     _positive_int(config["data"], name)
+  streams = config["data"]["num_streams"]
+  if not isinstance(streams, int) or streams < 0:
+    raise ConfigError(f"data.num_streams={streams!r} must be 0 (one per host) or a "
+                      f"positive multiple of the host count")
   if config["optimizer"] not in OPTIMIZERS:
     raise ConfigError(f"optimizer={config['optimizer']!r} is not valid; choose one of: "
                       f"{', '.join(OPTIMIZERS)}")

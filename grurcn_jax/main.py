@@ -19,6 +19,9 @@ config_flags.DEFINE_config_file("config", None, "Experiment config file.",
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and eval results go here.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or eval only.")
 flags.DEFINE_integer("eval_step", None, "--mode=eval: checkpoint step (default newest).")
+flags.DEFINE_bool("distributed", False,
+                  "Multi-host where JAX detects the cluster (Cloud TPU pod slices): "
+                  "call jax.distributed.initialize() before anything else.")
 flags.DEFINE_string("coordinator_address", None,
                     "Multi-host without auto-detection: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
@@ -28,7 +31,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def _initialize_distributed():
   import jax
-  if FLAGS.coordinator_address:
+  if FLAGS.distributed and not FLAGS.coordinator_address:
+    jax.distributed.initialize()
+  elif FLAGS.coordinator_address:
     if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,

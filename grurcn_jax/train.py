@@ -195,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       clip_length=config.data.clip_length, frame_stride=config.data.frame_stride,
       seed=config.seed, levels=config.model.levels,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
+      num_streams=config.data.num_streams or None, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
       skip_bad_records=config.data.skip_bad_records))
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer)

@@ -6,13 +6,13 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow as tf
 
 from grurcn_jax import evaluate, train
 from grurcn_jax.errors import ConfigError, TrainingError
-from tests.training_setup import build_tiny_demo, overrides_as_flags, run_main, tiny_config
+from tests.training_setup import (build_tiny_demo, overrides_as_flags, restore_params,
+                                  run_main, tiny_config)
 
 CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos",
                  "per_level_video_accuracy"}
@@ -44,10 +44,6 @@ def train_losses(workdir):
   return [losses[s] for s in sorted(losses)]
 
 
-def saved_params(workdir, step):
-  restored = ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, "checkpoints", str(step), "state"))
-  return restored["params"]
 
 
 def test_whole_run_learns_checkpoints_and_reports(finished_run):
@@ -97,7 +93,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
     metrics = json.load(f)
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               saved_params(workdir, 12), saved_params(reference_dir, 12))
+               restore_params(config, workdir, 12), restore_params(config, reference_dir, 12))
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
@@ -106,7 +102,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_
   with pytest.raises(TrainingError, match="non-finite loss or gradient at step") as error:
     train.train_and_evaluate(config, str(tmp_path))
   latest = int(str(error.value).split("newest checkpoint (step ")[1].split(")")[0])
-  params = saved_params(str(tmp_path), latest)
+  params = restore_params(config, str(tmp_path), latest)
   assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
 
 

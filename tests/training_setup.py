@@ -33,6 +33,7 @@ def tiny_config(data_dir, **overrides):
   config.warmup_steps = 0
   config.learning_rate = 1e-2
   for key, value in overrides.items():
+    key = key.replace("__", ".")
     target = config
     *path, last = key.split(".")
     for part in path:
@@ -61,3 +62,20 @@ def run_main(*args, env=None):
                          "--config=configs/demo.py", *args],
                         capture_output=True, text=True, cwd=REPO, env=full_env,
                         timeout=900)
+
+
+def restore_params(config, workdir, step):
+  """Parameters of a checkpoint, restored onto this process's devices."""
+  import jax
+  from grurcn_jax import checkpoints, sharding, train
+  from grurcn_jax.data import features
+  from grurcn_jax.models import build_model
+  mesh = sharding.make_mesh()
+  model = build_model(config.model)
+  metadata = features.read_metadata(config.data.dir)
+  abstract = jax.eval_shape(lambda: train.create_state(model, config, mesh, metadata))
+  manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
+  state = manager.restore(checkpoints.abstract_like(abstract, sharding.replicated(mesh)),
+                          config.model.to_dict(), step)
+  manager.close()
+  return jax.device_get(state.params)

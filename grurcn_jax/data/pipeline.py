@@ -1,13 +1,17 @@
 """tf.data input pipeline: feature shards -> batches of clips (numpy, per host).
 
-Train order is a pure function of (seed, epoch, host): each epoch the shard files are
-permuted by (seed, epoch) and host p of P takes files p, p+P, ...; so every video is
-seen exactly once per epoch over all hosts. Within a host the shards are read round
-robin (`cycle_length` at a time) through a small shuffle buffer of whole records
-(clips are large: shuffling files plus a small buffer is what keeps memory flat),
-and each clip's start frame is drawn from (seed, host, element number). A run that
-resumes at step s starts the stream at element s * batch and sees exactly the
-batches an uninterrupted run would.
+Train order is a pure function of (seed, epoch, stream): the data is read as
+`num_streams` independent streams (default: one per host). Each epoch the shard files
+are permuted by (seed, epoch) and stream s of S takes files s, s+S, ...; so every
+video is seen exactly once per epoch. Host p of P owns the streams
+[p*S/P, (p+1)*S/P) and its part of every global batch is its streams' equal shares,
+in stream order: with a fixed `num_streams`, the global batches are the same for
+any number of hosts that divides it (one process or two give the same training).
+Within a stream the shards are read round robin (`cycle_length` at a time) through a
+small shuffle buffer of whole records (clips are large: shuffling files plus a small
+buffer is what keeps memory flat), and each clip's start frame is drawn from
+(seed, stream, element number). A run that resumes at step s starts every stream at
+its element s * share and sees exactly the batches an uninterrupted run would.
 
 Clips are `clip_length` frames `frame_stride` apart. A video shorter than that span
 loops (frame indices wrap around), so every video gives a clip of the full length.
@@ -87,11 +91,11 @@ class _RecordSource:
           yield record
 
 
-def host_shards(num_shards: int, seed: int, epoch: int, process_index: int,
-                process_count: int) -> List[int]:
-  """Shard indices host `process_index` reads in `epoch` (train)."""
+def stream_shards(num_shards: int, seed: int, epoch: int, stream: int,
+                  num_streams: int) -> List[int]:
+  """Shard indices train stream `stream` of `num_streams` reads in `epoch`."""
   order = np.random.default_rng([seed, epoch]).permutation(num_shards)
-  return [int(i) for i in order[process_index::process_count]]
+  return [int(i) for i in order[stream::num_streams]]
 
 
 def _shuffled(records: Iterator[bytes], buffer_size: int,
@@ -138,12 +142,12 @@ class Batches:
   """An iterator of numpy batches that turns tf.data errors about bad shards into
   FeatureFormatError naming the file."""
 
-  def __init__(self, dataset: tf.data.Dataset, source: _RecordSource,
+  def __init__(self, dataset: tf.data.Dataset, sources: Sequence[_RecordSource],
                num_batches: Optional[int] = None):
     self.dataset = dataset
-    self.stats = source.stats
+    self.stats = sources[0].stats
     self.num_batches = num_batches
-    self._source = source
+    self._sources = sources
     self._iterator = None
 
   def __iter__(self):
@@ -155,48 +159,81 @@ class Batches:
       iter(self)
     try:
       return next(self._iterator)
-    except tf.errors.OpError as e:
-      if self._source.error is not None:
-        raise self._source.error from None
+    except tf.errors.OpError:
+      for source in self._sources:
+        if source.error is not None:
+          raise source.error from None
       raise
 
 
 def train_batches(directory: str, *, split: str, batch_size: int, clip_length: int,
                   frame_stride: int = 1, seed: int = 0,
                   levels: Optional[Sequence[str]] = None, process_index: int = 0,
-                  process_count: int = 1, start_step: int = 0, shuffle_buffer: int = 16,
-                  cycle_length: int = 4, skip_bad_records: bool = False) -> Batches:
-  """Endless per-host train batches: {'features': {level: [b, T, ...] float16},
-  'label': [b] int32, 'video_index': [b] int32, 'mask': [b] float32}."""
+                  process_count: int = 1, num_streams: Optional[int] = None,
+                  start_step: int = 0, shuffle_buffer: int = 16, cycle_length: int = 4,
+                  skip_bad_records: bool = False) -> Batches:
+  """Endless per-host train batches of `batch_size` clips: {'features': {level:
+  [b, T, ...] float16}, 'label': [b] int32, 'video_index': [b] int32, 'mask': [b]}."""
   hide_accelerators_from_tensorflow()
   metadata = features_lib.read_metadata(directory)
   shards = features_lib.split_shards(metadata, split)
-  if len(shards) < process_count:
+  num_streams = num_streams or process_count
+  if num_streams % process_count:
     raise features_lib.FeatureFormatError(
-        f"split {split!r} has {len(shards)} shard(s) for {process_count} hosts: every "
-        f"host needs at least one; extract with more shards")
+        f"{num_streams} data streams cannot be shared by {process_count} hosts: "
+        f"num_streams must be a multiple of the host count")
+  streams_per_host = num_streams // process_count
+  if batch_size % streams_per_host:
+    raise features_lib.FeatureFormatError(
+        f"the host batch of {batch_size} does not split over this host's "
+        f"{streams_per_host} data streams")
+  if len(shards) < num_streams:
+    raise features_lib.FeatureFormatError(
+        f"split {split!r} has {len(shards)} shard(s) for {num_streams} data streams: "
+        f"every stream needs at least one; extract with more shards")
   level_shapes = _level_shapes(metadata, levels)
-  source = _RecordSource(directory, shards, skip_bad_records, PipelineStats())
+  share = batch_size // streams_per_host
+  stats = PipelineStats()
+  sources, datasets = [], []
+  for stream in range(process_index * streams_per_host,
+                      (process_index + 1) * streams_per_host):
+    source = _RecordSource(directory, shards, skip_bad_records, stats)
+    sources.append(source)
+    datasets.append(_stream_dataset(source, stream, num_streams, split, seed,
+                                    start_step * share, shuffle_buffer, cycle_length,
+                                    level_shapes, clip_length, frame_stride)
+                    .batch(share, drop_remainder=True))
+  if len(datasets) == 1:
+    dataset = datasets[0]
+  else:  # this host's part of the global batch: its streams' shares, in order
+    dataset = tf.data.Dataset.zip(tuple(datasets)).map(
+        lambda *parts: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *parts))
+  return Batches(dataset.prefetch(tf.data.AUTOTUNE), sources)
+
+
+def _stream_dataset(source, stream, num_streams, split, seed, start, shuffle_buffer,
+                    cycle_length, level_shapes, clip_length, frame_stride):
+  shards = source.shards
 
   def generator():
-    start = start_step * batch_size
+    skip = start
     epoch = 0
     while True:
-      indices = host_shards(len(shards), seed, epoch, process_index, process_count)
+      indices = stream_shards(len(shards), seed, epoch, stream, num_streams)
       epoch_size = sum(shards[i]["num_videos"] for i in indices)
       if epoch_size == 0:
         raise features_lib.FeatureFormatError(
-            f"host {process_index} has no videos in split {split!r} (its shards are empty)")
-      if start >= epoch_size > 0:  # skip whole epochs without reading them
-        start -= epoch_size
+            f"data stream {stream} has no videos in split {split!r} (its shards are empty)")
+      if skip >= epoch_size:  # skip whole epochs without reading them
+        skip -= epoch_size
         epoch += 1
         continue
-      rng = np.random.default_rng([seed, epoch, process_index])
+      rng = np.random.default_rng([seed, epoch, stream])
       records = _shuffled(source.interleaved(indices, cycle_length), shuffle_buffer, rng)
       for position, record in enumerate(records):
-        if position >= start:
+        if position >= skip:
           yield record, np.array([epoch, position], np.int64)
-      start = 0
+      skip = 0
       epoch += 1
 
   def make_clip(record, key):
@@ -204,19 +241,15 @@ def train_batches(directory: str, *, split: str, batch_size: int, clip_length: i
     span = (clip_length - 1) * frame_stride + 1
     max_start = tf.maximum(video["num_frames"] - span, 0)
     seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + key[0],
-                          tf.cast(process_index, tf.int64) * 1_000_003 + key[1]])
-    start = tf.random.stateless_uniform([], seed_pair, 0, max_start + 1, tf.int32)
-    return _clip(video, _clip_indices(video["num_frames"], start, clip_length,
+                          tf.cast(stream, tf.int64) * 1_000_003 + key[1]])
+    start_frame = tf.random.stateless_uniform([], seed_pair, 0, max_start + 1, tf.int32)
+    return _clip(video, _clip_indices(video["num_frames"], start_frame, clip_length,
                                       frame_stride))
 
-  dataset = tf.data.Dataset.from_generator(
+  return tf.data.Dataset.from_generator(
       generator, output_signature=(tf.TensorSpec([], tf.string),
-                                   tf.TensorSpec([2], tf.int64)))
-  dataset = (dataset.map(make_clip, num_parallel_calls=tf.data.AUTOTUNE,
-                         deterministic=True)
-             .batch(batch_size, drop_remainder=True)
-             .prefetch(tf.data.AUTOTUNE))
-  return Batches(dataset, source)
+                                   tf.TensorSpec([2], tf.int64))
+  ).map(make_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def eval_host_shards(num_shards: int, process_index: int, process_count: int) -> List[int]:
@@ -265,7 +298,7 @@ def eval_batches(directory: str, *, split: str, batch_size: int, clip_length: in
              .take(num_batches * batch_size)
              .batch(batch_size)
              .prefetch(tf.data.AUTOTUNE))
-  return Batches(dataset, source, num_batches)
+  return Batches(dataset, [source], num_batches)
 
 
 def _clip_signature(level_shapes, clip_length):

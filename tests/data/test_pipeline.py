@@ -24,7 +24,7 @@ def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
   metadata = features.read_metadata(feature_dir)
   shards = features.split_shards(metadata, "train")
   sizes = [sum(shards[i]["num_videos"] for i in
-               pipeline.host_shards(len(shards), seed, e, host, hosts))
+               pipeline.stream_shards(len(shards), seed, e, host, hosts))
            for e in range(epoch + 1)]
   batches = pipeline.train_batches(feature_dir, split="train", batch_size=1,
                                    clip_length=3, seed=seed, process_index=host,
@@ -137,3 +137,23 @@ def test_unknown_level_is_clear(feature_dir):
   with pytest.raises(features.FeatureFormatError, match="pool2.*available: pool4, fc7"):
     pipeline.train_batches(feature_dir, split="train", batch_size=1, clip_length=2,
                            levels=["pool2"])
+
+
+def test_global_batches_do_not_depend_on_the_host_count(feature_dir):
+  """With a fixed num_streams, hosts' batches concatenated in host order are the
+  one-host batches: 1, 2 or 4 hosts train on the same data."""
+  def stream(hosts, host, steps=6, start_step=0):
+    return list(itertools.islice(pipeline.train_batches(
+        feature_dir, split="train", batch_size=8 // hosts, clip_length=2, seed=3,
+        process_index=host, process_count=hosts, num_streams=4,
+        start_step=start_step), steps))
+  single = stream(1, 0)
+  for hosts in (2, 4):
+    parts = [stream(hosts, h) for h in range(hosts)]
+    for step, batch in enumerate(single):
+      joined = np.concatenate([p[step]["video_index"] for p in parts])
+      np.testing.assert_array_equal(joined, batch["video_index"])
+      joined = np.concatenate([p[step]["features"]["fc7"] for p in parts])
+      np.testing.assert_array_equal(joined, batch["features"]["fc7"])
+  resumed = stream(2, 1, steps=2, start_step=4)
+  np.testing.assert_array_equal(resumed[0]["video_index"], stream(2, 1)[4]["video_index"])

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Train on this machine's GPUs: the same entry point and config overrides as
+# everywhere else; one process drives every visible GPU (data parallel).
+#
+#   launch/gpu.sh --gpus=0,1 --config=configs/ucf101_grurcn.py --workdir=/runs/grurcn \
+#       --config.data.dir=/data/ucf101_split1 --config.model.dtype=bfloat16
+#
+# Once per machine, the CUDA build of jax (after pip install -e .):
+#   pip install -U "jax[cuda12]"        # CUDA 12 wheels, driver >= 525
+#
+# Options (the rest goes to python -m grurcn_jax.main unchanged):
+#   --gpus=LIST            GPUs to use, e.g. 0 or 0,1,2,3 (default: all visible)
+#   --mem_fraction=F       share of each GPU's memory XLA preallocates (default 0.9)
+#   --no_preallocate       allocate on demand instead (slower; for shared GPUs)
+#   --dry-run              print the command and environment, run nothing
+set -euo pipefail
+
+gpus="" mem_fraction="0.9" preallocate="true" dry_run=0
+args=()
+for arg in "$@"; do
+  case "$arg" in
+    --gpus=*) gpus="${arg#*=}" ;;
+    --mem_fraction=*) mem_fraction="${arg#*=}" ;;
+    --no_preallocate) preallocate="false" ;;
+    --dry-run|--dry_run) dry_run=1 ;;
+    --help|-h) sed -n '2,20p' "$0"; exit 0 ;;
+    *) args+=("$arg") ;;
+  esac
+done
+
+if [[ -n "$gpus" ]]; then
+  export CUDA_VISIBLE_DEVICES="$gpus"
+fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction"
+export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
+# tf.data runs on the CPU; the package also hides the GPUs from TensorFlow.
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+command_line=(python -m grurcn_jax.main "${args[@]}")
+if [[ "$dry_run" -eq 1 ]]; then
+  echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<all>} XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction XLA_PYTHON_CLIENT_PREALLOCATE=$preallocate"
+  printf '+'; printf ' %q' "${command_line[@]}"; printf '\n'
+  exit 0
+fi
+exec "${command_line[@]}"
