@@ -3,6 +3,9 @@ resume after SIGKILL, evaluation from a checkpoint, and clear errors."""
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -11,7 +14,7 @@ import tensorflow as tf
 
 from grurcn_jax import evaluate, train
 from grurcn_jax.errors import ConfigError, TrainingError
-from tests.training_setup import (build_tiny_demo, overrides_as_flags, restore_params,
+from tests.training_setup import (REPO, build_tiny_demo, overrides_as_flags, restore_params,
                                   run_main, tiny_config)
 
 CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos",
@@ -142,3 +145,22 @@ def test_unknown_config_field_is_rejected(data_dir, tmp_path):
   assert result.returncode != 0
   assert "hiden" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
+  flags = overrides_as_flags(data_dir, num_train_steps=100_000,
+                             checkpoint_every_steps=100_000, eval_every_steps=100_000)
+  workdir = tmp_path / "preempted"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
+       f"--workdir={workdir}", *flags], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  for line in process.stdout:
+    if line.startswith("step 2/"):
+      break
+  process.send_signal(signal.SIGTERM)
+  _, err = process.communicate(timeout=300)
+  assert process.returncode == 1
+  assert "stopped by SIGTERM at step" in err and "Traceback" not in err
+  step = err.split("stopped by SIGTERM at step ")[1].split(";")[0]
+  assert os.listdir(workdir / "checkpoints") == [step]
