@@ -13,9 +13,6 @@ LEVELS: Tuple[str, ...] = ("pool2", "pool3", "pool4", "pool5", "fc7")
 _STRIDES = {"pool2": 4, "pool3": 8, "pool4": 16, "pool5": 32}
 _CHANNELS = {"pool2": 128, "pool3": 256, "pool4": 512, "pool5": 512, "fc7": 4096}
 
-# GRU-RCN hidden channels per level in the paper (PAPER.md, "Levels").
-PAPER_HIDDEN = {"pool2": 64, "pool3": 128, "pool4": 256, "pool5": 256, "fc7": 512}
-
 
 def feature_shape(level: str, image_size: int = 224) -> Tuple[int, ...]:
   """Per-frame feature shape of `level` for square frames of side `image_size`.

@@ -229,7 +229,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 
       if metadata is None:
         metadata = features_lib.new_metadata(
-            levels=shapes, stats=_calibrate(chunk, extractor, settings),
+            levels=shapes, stats=_calibrate(split_videos, extractor, settings),
             class_names=class_names,
             backbone={"name": "vgg16", "weights": settings.weights,
                       "seed": settings.seed, "image_size": settings.image_size},

@@ -20,7 +20,8 @@ import numpy as np
 _BLOCKS = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
 # Keras 'caffe' preprocessing: BGR order, ImageNet mean subtracted, no scaling.
 BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
-POOL_LEVELS = ("pool1", "pool2", "pool3", "pool4", "pool5")
+# The block after which each level exists (fc7 needs the two dense layers, "6").
+_DEPTH = {"pool2": 2, "pool3": 3, "pool4": 4, "pool5": 5, "fc7": 6}
 
 
 def preprocess(frames_rgb_uint8: jax.Array) -> jax.Array:
@@ -50,8 +51,7 @@ class VGG16(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> Dict[str, jax.Array]:
     outputs = {}
-    deepest = max((2, 3, 4, 5, 6)[("pool2", "pool3", "pool4", "pool5", "fc7").index(l)]
-                  for l in self.levels)
+    deepest = max(_DEPTH[level] for level in self.levels)
     for block, convs, channels in _BLOCKS:
       if block > deepest:
         break
