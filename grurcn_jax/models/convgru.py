@@ -131,10 +131,11 @@ class ConvGRU(nn.Module):
           "remat applies to implementation='scan'; the fused recurrence already "
           "stores only h, z, r and the candidate per step")
     kernel_size = tuple(self.kernel_size)
+    # The batched convolutions take recurrence.batched_conv2d's kernel gradient.
     conv = lambda features, use_bias, init, name: nn.Conv(
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
-        name=name)
+        conv_general_dilated=recurrence.flax_conv_general_dilated, name=name)
     self.input = conv(3 * self.features, True, self.kernel_init, "input")
     self.hidden_gates = _Kernel(2 * self.features, kernel_size,
                                 self.recurrent_kernel_init, self.param_dtype)

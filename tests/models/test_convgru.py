@@ -203,3 +203,21 @@ def test_bfloat16_recurrence_keeps_bfloat16_carry(implementation):
 def test_bad_input_rank_is_a_clear_error():
   with pytest.raises(ValueError, match=r"\[batch, time, H, W, C\]"):
     ConvGRU(2).init(jax.random.key(0), jnp.zeros((2, 3, 4)))
+
+
+@pytest.mark.parametrize("kernel_size", [(1, 1), (2, 2), (3, 3), (5, 3)])
+def test_batched_convolution_gradients_equal_lax(kernel_size):
+  """The input convolution's own kernel gradient (one product per tap) equals
+  XLA's transposed convolution."""
+  from grurcn_jax.models import recurrence
+  x = jax.random.normal(jax.random.key(0), (6, 7, 5, 3))
+  plain = nn.Conv(4, kernel_size, padding="SAME")
+  batched = nn.Conv(4, kernel_size, padding="SAME",
+                    conv_general_dilated=recurrence.flax_conv_general_dilated)
+  variables = plain.init(jax.random.key(1), x)
+  grads = lambda m: jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))),
+                             argnums=(0, 1))(variables, x)
+  np.testing.assert_allclose(batched.apply(variables, x), plain.apply(variables, x),
+                             rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               grads(batched), grads(plain))
