@@ -70,15 +70,24 @@ def _input_transpose(kernel: Array, cotangent: Array) -> Array:
   return transpose(cotangent)[0]
 
 
+# Kernels with at least this many input x output channels take the per-tap
+# products below; narrower ones are faster as XLA's transposed convolution.
+_WIDE_KERNEL = 256 * 256
+
+
 def _kernel_transpose(x: Array, cotangent: Array, kernel: Array) -> Array:
   """Gradient of conv2d(x, kernel) with respect to kernel, summed over x's batch.
 
-  One matrix product per kernel tap over every frame and position (a loop of kh*kw
-  products, whatever T), instead of XLA's transposed convolution: on XLA:CPU that one slows
-  down sharply with the batch (about 18x the time for 4x the frames at pool4 size),
-  while these products stay at matrix-multiply speed.
+  For wide kernels, one matrix product per kernel tap over every frame and position
+  (a loop of kh*kw products, whatever T) instead of XLA's transposed convolution: on
+  XLA:CPU that one slows down sharply with the batch (about 18x the time for 4x the
+  frames at pool4 size), while these products stay at matrix-multiply speed.
   """
-  kh, kw = kernel.shape[:2]
+  kh, kw, channels_in, channels_out = kernel.shape
+  if channels_in * channels_out < _WIDE_KERNEL:
+    transpose = jax.linear_transpose(
+        lambda k: conv2d(x, k), jax.ShapeDtypeStruct(kernel.shape, x.dtype))
+    return transpose(cotangent)[0].astype(kernel.dtype)
   height, width = x.shape[1:3]
   top, left = (kh - 1) // 2, (kw - 1) // 2      # 'SAME', as lax pads it
   padded = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))

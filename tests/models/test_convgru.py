@@ -206,13 +206,15 @@ def test_bad_input_rank_is_a_clear_error():
 
 
 @pytest.mark.parametrize("kernel_size", [(1, 1), (2, 2), (3, 3), (5, 3)])
-def test_batched_convolution_gradients_equal_lax(kernel_size):
-  """The input convolution's own kernel gradient (one product per tap) equals
-  XLA's transposed convolution."""
+@pytest.mark.parametrize("channels,features", [(3, 4), (256, 256)])  # narrow, wide
+def test_batched_convolution_gradients_equal_lax(kernel_size, channels, features):
+  """The batched convolution's own kernel gradient (one product per tap for wide
+  kernels) equals XLA's transposed convolution."""
   from grurcn_jax.models import recurrence
-  x = jax.random.normal(jax.random.key(0), (6, 7, 5, 3))
-  plain = nn.Conv(4, kernel_size, padding="SAME")
-  batched = nn.Conv(4, kernel_size, padding="SAME",
+  assert (channels * features >= recurrence._WIDE_KERNEL) == (channels == 256)
+  x = jax.random.normal(jax.random.key(0), (3, 7, 5, channels))
+  plain = nn.Conv(features, kernel_size, padding="SAME")
+  batched = nn.Conv(features, kernel_size, padding="SAME",
                     conv_general_dilated=recurrence.flax_conv_general_dilated)
   variables = plain.init(jax.random.key(1), x)
   grads = lambda m: jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))),
