@@ -1,0 +1,43 @@
+"""Every config file: valid, buildable, and documents the command that runs it."""
+
+import glob
+import importlib
+import os
+
+import pytest
+
+from grurcn_jax import config_validation
+from grurcn_jax.models import build_model
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs")
+NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+               if not p.endswith("__init__.py"))
+
+
+def test_every_experiment_is_here():
+  assert {"default", "demo", "tpu", "ucf101_grurcn", "ucf101_bigrurcn", "ucf101_stacked",
+          "ucf101_vgg_frames", "ucf101_vgg_rnn"} <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_config_is_valid_and_documents_its_command(name):
+  module = importlib.import_module(f"configs.{name}")
+  config = module.get_config()
+  if not config.data.dir:  # paper configs point at features the user extracts
+    config.data.dir = "/features"
+  config_validation.validate_config(config)
+  build_model(config.model)
+  assert "python -m grurcn_jax.main --config=configs/" in module.__doc__ or \
+      "launch/tpu.sh" in module.__doc__
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith("ucf101_")])
+def test_paper_configs_use_the_paper_settings(name):
+  config = importlib.import_module(f"configs.{name}").get_config()
+  assert config.data.clip_length == 10 and config.batch_size == 64
+  assert config.model.num_classes == 101 and config.model.dropout_rate == 0.7
+  if config.model.name == "grurcn":
+    assert tuple(config.model.levels) == ("pool2", "pool3", "pool4", "pool5")
+    assert tuple(config.model.hidden) == (64, 128, 256, 256)
+    assert config.model.kernel_size == 3
