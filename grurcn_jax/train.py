@@ -10,6 +10,7 @@ stops with an error and the last good checkpoint stays as it was.
 
 import os
 import signal
+import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -141,7 +142,7 @@ class _Preemption:
     self._previous = None
 
   def __enter__(self):
-    if threading_main():
+    if threading.current_thread() is threading.main_thread():  # signals need it
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
@@ -152,11 +153,6 @@ class _Preemption:
   def __exit__(self, *exc):
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
-
-
-def threading_main() -> bool:
-  import threading
-  return threading.current_thread() is threading.main_thread()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
@@ -195,13 +191,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       clip_length=config.data.clip_length, frame_stride=config.data.frame_stride,
       seed=config.seed, levels=config.model.levels,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      num_streams=config.data.num_streams or None, start_step=start_step, shuffle_buffer=config.data.shuffle_buffer,
+      num_streams=config.data.num_streams or None, start_step=start_step,
+      shuffle_buffer=config.data.shuffle_buffer,
       skip_bad_records=config.data.skip_bad_records))
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer)
-
-  def save(step):
-    checkpoints.save(step, state, config.to_dict())
 
   eval_metrics: Optional[Dict] = None
   window, window_start = [], time.time()
@@ -217,10 +211,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       step += 1
       report_progress(step)
       window.append(metrics)
-      must_check = (step % config.log_every_steps == 0 or step % config.checkpoint_every_steps == 0
-                    or step % config.eval_every_steps == 0 or step == config.num_train_steps
-                    or preemption.requested)
-      if not must_check:
+      # Every periodic action also happens at the last step.
+      due = lambda every: step % every == 0 or step == config.num_train_steps
+      log, save, run_eval = (due(config.log_every_steps),
+                             due(config.checkpoint_every_steps) or preemption.requested,
+                             due(config.eval_every_steps))
+      if not (log or save or run_eval):
         continue
       window = jax.device_get(window)
       bad = [i for i, m in enumerate(window) if not m["finite"]]
@@ -232,7 +228,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
             f"{window[bad[0]]['loss']}, gradient norm {window[bad[0]]['grad_norm']}); "
             f"training stopped. The newest checkpoint (step {checkpoints.latest_step()}) "
             f"is intact; lower learning_rate or set grad_clip_norm and rerun")
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
+      if log:
         elapsed = time.time() - window_start
         steps_per_s = len(window) / max(elapsed, 1e-9)
         scalars = {k: float(np.mean([m[k] for m in window]))
@@ -242,14 +238,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                        analytic_flops_per_sec=steps_per_s * step_flops)
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         if is_chief:
-          eta = (config.num_train_steps - step) * (time.time() - run_start) / max(step - start_step, 1)
+          eta = ((config.num_train_steps - step) * (time.time() - run_start)
+                 / max(step - start_step, 1))
           print(f"step {step}/{config.num_train_steps}  loss {scalars['loss']:.4f}  "
                 f"acc {scalars['accuracy']:.3f}  {steps_per_s:.2f} steps/s  "
                 f"{scalars['clips_per_sec']:.1f} clips/s  ETA {eta / 60:.1f} min", flush=True)
-      window, window_start = [], time.time()
-      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps \
-          or preemption.requested:
-        save(step)
+      window = []
+      if save:
+        checkpoints.save(step, state, config.to_dict())
         if os.environ.get(_KILL_AFTER_CHECKPOINT) == str(step):
           checkpoints.wait()
           os.kill(os.getpid(), signal.SIGKILL)
@@ -257,7 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         checkpoints.close()
         raise TrainingError(f"stopped by SIGTERM at step {step}; the checkpoint is "
                             f"saved: run the same command again to resume")
-      if step % config.eval_every_steps == 0 or step == config.num_train_steps:
+      if run_eval:
         eval_metrics = evaluate.evaluate(model, state.params, config, mesh, metadata,
                                          step, workdir, eval_step)
         writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()
@@ -266,6 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           print(f"eval at step {step}: video accuracy {eval_metrics['video_accuracy']:.3f}, "
                 f"clip accuracy {eval_metrics['clip_accuracy']:.3f}, loss "
                 f"{eval_metrics['loss']:.4f}", flush=True)
+      window_start = time.time()  # steps/s counts training, not saving or evaluating
   if eval_metrics is None:  # resumed at the end: evaluate what is there
     eval_metrics = evaluate.evaluate(model, state.params, config, mesh, metadata, step,
                                      workdir, eval_step)
