@@ -10,7 +10,9 @@ any number of hosts that divides it (one process or two give the same training).
 Within a stream the shards are read round robin (`cycle_length` at a time) through a
 small shuffle buffer of whole records (clips are large: shuffling files plus a small
 buffer is what keeps memory flat), and each clip's start frame is drawn from
-(seed, stream, element number). A run that resumes at step s starts every stream at
+(seed, stream, element number). All of it runs inside tf.data (stateless shard
+permutations, seeded shuffles): no Python per record, so a host core delivers
+thousands of clips per second. A run that resumes at step s starts every stream at
 its element s * share and sees exactly the batches an uninterrupted run would.
 
 Clips are `clip_length` frames `frame_stride` apart. A video shorter than that span
@@ -24,7 +26,7 @@ all hosts yield the same number of batches.
 import dataclasses
 import logging
 import math
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -49,67 +51,108 @@ class PipelineStats:
   bad_files: List[str] = dataclasses.field(default_factory=list)
 
 
-class _RecordSource:
-  """Python-side record order: files, round-robin interleave, shuffle buffer."""
+class _ShardReader:
+  """Reads feature shards natively in tf.data and accounts for lost records.
 
-  def __init__(self, directory: str, shards: Sequence[dict], skip_bad_records: bool,
-               stats: PipelineStats):
-    self.directory = directory
-    self.shards = list(shards)
+  Each shard is read as `TFRecordDataset(path).ignore_errors()`, padded up to the
+  record count the metadata lists: a pad stands for a record the shard did not
+  deliver (corrupt, truncated or missing file). Pads are counted per shard in a
+  variable and dropped with skip_bad_records; otherwise the first one stops the
+  pipeline and `error()` names the shard. No Python runs per record.
+  """
+
+  def __init__(self, directory: str, shards: Sequence[dict], skip_bad_records: bool):
+    self.paths = [features_lib.join(directory, shard["file"]) for shard in shards]
+    self.counts = [int(shard["num_videos"]) for shard in shards]
     self.skip_bad_records = skip_bad_records
-    self.stats = stats
-    self.error: Optional[Exception] = None
+    self.lost = tf.Variable(tf.zeros([len(shards)], tf.int64), trainable=False)
+    # (shard, position) of the first unreadable record, when not skipping.
+    self.failure = tf.Variable(tf.constant([-1, -1], tf.int64), trainable=False)
+    self._reported = set()
 
-  def _records(self, shard: dict) -> Iterator[bytes]:
-    path = features_lib.join(self.directory, shard["file"])
-    read = 0
-    try:
-      for record in features_lib.read_shard(path):
-        read += 1
-        yield record
-    except features_lib.FeatureFormatError as e:
-      if not self.skip_bad_records:
-        self.error = e
-        raise
-      lost = max(1, shard.get("num_videos", read + 1) - read)
-      self.stats.skipped_records += lost
-      self.stats.bad_files.append(path)
-      logging.warning("%s; skipped %d record(s) (%d skipped so far)", e, lost,
-                      self.stats.skipped_records)
+  def stats(self) -> PipelineStats:
+    lost = self.lost.numpy()
+    return PipelineStats(skipped_records=int(lost.sum()),
+                         bad_files=[self.paths[i] for i in np.flatnonzero(lost)])
 
-  def interleaved(self, shard_indices: Sequence[int], cycle_length: int) -> Iterator[bytes]:
-    pending = list(shard_indices)
-    active = []
-    while pending or active:
-      while pending and len(active) < cycle_length:
-        active.append(self._records(self.shards[pending.pop(0)]))
-      for reader in list(active):
-        record = next(reader, None)
-        if record is None:
-          active.remove(reader)
-        else:
-          yield record
+  def log_new_losses(self) -> None:
+    for i in np.flatnonzero(self.lost.numpy()):
+      if i not in self._reported:
+        self._reported.add(i)
+        logging.warning("%s; skipping its unreadable records", self._problem(i, None))
+
+  def error(self) -> Optional[features_lib.FeatureFormatError]:
+    shard, position = (int(v) for v in self.failure.numpy())
+    return None if shard < 0 else features_lib.FeatureFormatError(
+        self._problem(shard, position))
+
+  def _problem(self, shard: int, position: Optional[int]) -> str:
+    path = self.paths[shard]
+    if not tf.io.gfile.exists(path):
+      return f"feature shard {path} does not exist"
+    if position is None:
+      return (f"feature shard {path} is corrupt or truncated: some of its "
+              f"{self.counts[shard]} records cannot be read")
+    return (f"feature shard {path} is corrupt or truncated: record {position + 1} of "
+            f"{self.counts[shard]} cannot be read")
+
+  def _shard_records(self, shard: tf.Tensor, path: tf.Tensor,
+                     expected: tf.Tensor) -> tf.data.Dataset:
+    # ignore_errors moves on past a bad record but retries a file it cannot open
+    # forever, so a missing file is read as empty instead (its records become pads).
+    exists = tf.size(tf.io.matching_files(path)) > 0
+    found = (tf.data.TFRecordDataset(path)
+             .take(tf.where(exists, tf.constant(-1, tf.int64), 0))
+             .ignore_errors().map(lambda r: (r, True)))
+    pad = tf.data.Dataset.from_tensors((tf.constant(b""), False)).repeat()
+
+    def count_loss(position):
+      if self.skip_bad_records:
+        update = self.lost.scatter_add(tf.IndexedSlices(
+            tf.ones([1], tf.int64), tf.reshape(shard, [1])))
+        with tf.control_dependencies([update]):
+          return tf.constant(False)
+      update = self.failure.assign(tf.stack([shard, position]))
+      with tf.control_dependencies([update]):
+        check = tf.debugging.Assert(False, ["unreadable feature record"])
+      with tf.control_dependencies([check]):
+        return tf.constant(False)
+
+    def readable(position, element):
+      _, ok = element
+      return tf.cond(ok, lambda: tf.constant(True), lambda: count_loss(position))
+
+    return (found.concatenate(pad).take(expected).enumerate()
+            .filter(readable).map(lambda _, element: element[0]))
+
+  def records(self, shard_indices: tf.Tensor, cycle_length: int) -> tf.data.Dataset:
+    """Records of the given shards, round robin over `cycle_length` at a time, in
+    an order fixed by `shard_indices` (parallel reads, deterministic output)."""
+    paths = tf.gather(tf.constant(self.paths), shard_indices)
+    counts = tf.gather(tf.constant(self.counts, tf.int64), shard_indices)
+    return tf.data.Dataset.from_tensor_slices((shard_indices, paths, counts)).interleave(
+        self._shard_records, cycle_length=cycle_length, block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _stream_plan(num_shards: int, seed: int, stream: int, num_streams: int):
+  """epoch -> the shard indices stream `stream` of `num_streams` reads in it: stream
+  s takes files s, s+S, ... of a permutation of all shards seeded by (seed, epoch).
+  In-graph (stateless Philox) so the plan runs inside tf.data with no Python."""
+  def plan(epoch):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_shards, dtype=tf.int64),
+        seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
+        alg="philox")
+    return order[stream::num_streams]
+  return plan
 
 
 def stream_shards(num_shards: int, seed: int, epoch: int, stream: int,
                   num_streams: int) -> List[int]:
   """Shard indices train stream `stream` of `num_streams` reads in `epoch`."""
-  order = np.random.default_rng([seed, epoch]).permutation(num_shards)
-  return [int(i) for i in order[stream::num_streams]]
-
-
-def _shuffled(records: Iterator[bytes], buffer_size: int,
-              rng: np.random.Generator) -> Iterator[bytes]:
-  buffer = []
-  for record in records:
-    if len(buffer) < buffer_size:
-      buffer.append(record)
-      continue
-    i = rng.integers(len(buffer))
-    yield buffer[i]
-    buffer[i] = record
-  rng.shuffle(buffer)
-  yield from buffer
+  plan = _stream_plan(num_shards, seed, stream, num_streams)
+  return [int(i) for i in plan(tf.constant(epoch, tf.int64)).numpy()]
 
 
 def _clip_indices(num_frames: tf.Tensor, start: tf.Tensor, clip_length: int,
@@ -139,16 +182,20 @@ def _level_shapes(metadata: Mapping, levels: Optional[Sequence[str]]) -> Dict:
 
 
 class Batches:
-  """An iterator of numpy batches that turns tf.data errors about bad shards into
-  FeatureFormatError naming the file."""
+  """An iterator of numpy batches; a shard that cannot be read raises the
+  FeatureFormatError naming it, not tf.data's error."""
 
-  def __init__(self, dataset: tf.data.Dataset, sources: Sequence[_RecordSource],
+  def __init__(self, dataset: tf.data.Dataset, reader: _ShardReader,
                num_batches: Optional[int] = None):
     self.dataset = dataset
-    self.stats = sources[0].stats
     self.num_batches = num_batches
-    self._sources = sources
+    self._reader = reader
     self._iterator = None
+
+  @property
+  def stats(self) -> PipelineStats:
+    """Records skipped so far (with skip_bad_records) and the shards they were in."""
+    return self._reader.stats()
 
   def __iter__(self):
     self._iterator = self.dataset.as_numpy_iterator()
@@ -158,12 +205,15 @@ class Batches:
     if self._iterator is None:
       iter(self)
     try:
-      return next(self._iterator)
+      batch = next(self._iterator)
     except tf.errors.OpError:
-      for source in self._sources:
-        if source.error is not None:
-          raise source.error from None
+      error = self._reader.error()
+      if error is not None:
+        raise error from None
       raise
+    if self._reader.skip_bad_records:
+      self._reader.log_new_losses()
+    return batch
 
 
 def train_batches(directory: str, *, split: str, batch_size: int, clip_length: int,
@@ -193,48 +243,47 @@ def train_batches(directory: str, *, split: str, batch_size: int, clip_length: i
         f"every stream needs at least one; extract with more shards")
   level_shapes = _level_shapes(metadata, levels)
   share = batch_size // streams_per_host
-  stats = PipelineStats()
-  sources, datasets = [], []
-  for stream in range(process_index * streams_per_host,
-                      (process_index + 1) * streams_per_host):
-    source = _RecordSource(directory, shards, skip_bad_records, stats)
-    sources.append(source)
-    datasets.append(_stream_dataset(source, stream, num_streams, split, seed,
-                                    start_step * share, shuffle_buffer, cycle_length,
-                                    level_shapes, clip_length, frame_stride)
-                    .batch(share, drop_remainder=True))
+  reader = _ShardReader(directory, shards, skip_bad_records)
+  datasets = [
+      _stream_dataset(reader, stream, num_streams, split, seed, start_step * share,
+                      shuffle_buffer, cycle_length, level_shapes, clip_length,
+                      frame_stride).batch(share, drop_remainder=True)
+      for stream in range(process_index * streams_per_host,
+                          (process_index + 1) * streams_per_host)]
   if len(datasets) == 1:
     dataset = datasets[0]
   else:  # this host's part of the global batch: its streams' shares, in order
     dataset = tf.data.Dataset.zip(tuple(datasets)).map(
         lambda *parts: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *parts))
-  return Batches(dataset.prefetch(tf.data.AUTOTUNE), sources)
+  return Batches(dataset.prefetch(tf.data.AUTOTUNE), reader)
 
 
-def _stream_dataset(source, stream, num_streams, split, seed, start, shuffle_buffer,
+def _stream_dataset(reader, stream, num_streams, split, seed, start, shuffle_buffer,
                     cycle_length, level_shapes, clip_length, frame_stride):
-  shards = source.shards
+  counts = reader.counts
+  plan = _stream_plan(len(counts), seed, stream, num_streams)
+  # Whole epochs before `start` are skipped without reading them.
+  first_epoch, skip = 0, start
+  while True:
+    epoch_size = sum(counts[i] for i in stream_shards(len(counts), seed, first_epoch,
+                                                      stream, num_streams))
+    if epoch_size == 0:
+      raise features_lib.FeatureFormatError(
+          f"data stream {stream} has no videos in split {split!r} (its shards are empty)")
+    if skip < epoch_size:
+      break
+    skip -= epoch_size
+    first_epoch += 1
 
-  def generator():
-    skip = start
-    epoch = 0
-    while True:
-      indices = stream_shards(len(shards), seed, epoch, stream, num_streams)
-      epoch_size = sum(shards[i]["num_videos"] for i in indices)
-      if epoch_size == 0:
-        raise features_lib.FeatureFormatError(
-            f"data stream {stream} has no videos in split {split!r} (its shards are empty)")
-      if skip >= epoch_size:  # skip whole epochs without reading them
-        skip -= epoch_size
-        epoch += 1
-        continue
-      rng = np.random.default_rng([seed, epoch, stream])
-      records = _shuffled(source.interleaved(indices, cycle_length), shuffle_buffer, rng)
-      for position, record in enumerate(records):
-        if position >= skip:
-          yield record, np.array([epoch, position], np.int64)
-      skip = 0
-      epoch += 1
+  def epoch_records(epoch):
+    # The shuffle buffer's seed is fixed by (seed, epoch, stream): the same order on
+    # every run, and after a resume.
+    shuffle_seed = (tf.constant(seed, tf.int64) * 1_000_003 + epoch) * 1_000_003 + stream
+    records = reader.records(plan(epoch), cycle_length).shuffle(shuffle_buffer,
+                                                                 seed=shuffle_seed)
+    skipped = tf.where(epoch == first_epoch, tf.constant(skip, tf.int64), 0)
+    return records.enumerate().skip(skipped).map(
+        lambda position, record: (record, tf.stack([epoch, position])))
 
   def make_clip(record, key):
     video = features_lib.parse_video(record, level_shapes)
@@ -246,10 +295,10 @@ def _stream_dataset(source, stream, num_streams, split, seed, start, shuffle_buf
     return _clip(video, _clip_indices(video["num_frames"], start_frame, clip_length,
                                       frame_stride))
 
-  return tf.data.Dataset.from_generator(
-      generator, output_signature=(tf.TensorSpec([], tf.string),
-                                   tf.TensorSpec([2], tf.int64))
-  ).map(make_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  # Not Dataset.from_generator: a Python source makes the whole stream ~3x slower.
+  return (tf.data.Dataset.counter(first_epoch, dtype=tf.int64)
+          .flat_map(epoch_records)
+          .map(make_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def eval_host_shards(num_shards: int, process_index: int, process_count: int) -> List[int]:
@@ -266,16 +315,13 @@ def eval_batches(directory: str, *, split: str, batch_size: int, clip_length: in
   metadata = features_lib.read_metadata(directory)
   shards = features_lib.split_shards(metadata, split)
   level_shapes = _level_shapes(metadata, levels)
-  source = _RecordSource(directory, shards, skip_bad_records, PipelineStats())
+  reader = _ShardReader(directory, shards, skip_bad_records)
   clips_per_host = [
       eval_clips * sum(shards[i]["num_videos"]
                        for i in eval_host_shards(len(shards), p, process_count))
       for p in range(process_count)]
   num_batches = max(math.ceil(c / batch_size) for c in clips_per_host)
   mine = eval_host_shards(len(shards), process_index, process_count)
-
-  def generator():
-    yield from source.interleaved(mine, cycle_length=1)
 
   def make_clips(record):
     video = features_lib.parse_video(record, level_shapes)
@@ -291,14 +337,13 @@ def eval_batches(directory: str, *, split: str, batch_size: int, clip_length: in
 
   padding = tf.data.Dataset.from_tensors(
       _padding_element(level_shapes, clip_length)).repeat()
-  dataset = (tf.data.Dataset.from_generator(
-      generator, output_signature=tf.TensorSpec([], tf.string))
+  dataset = (reader.records(tf.constant(mine, tf.int64), cycle_length=1)
              .flat_map(make_clips)
              .concatenate(padding)
              .take(num_batches * batch_size)
              .batch(batch_size)
              .prefetch(tf.data.AUTOTUNE))
-  return Batches(dataset, [source], num_batches)
+  return Batches(dataset, reader, num_batches)
 
 
 def _clip_signature(level_shapes, clip_length):

@@ -133,6 +133,30 @@ def test_truncated_shard_is_a_clear_error_or_skipped_on_request(tmp_path):
   assert batches.stats.bad_files == [path]
 
 
+def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
+  write_fake_features(tmp_path, videos_per_split={"train": 9, "test": 3})
+  shards = features.split_shards(features.read_metadata(str(tmp_path)), "train")
+  truncated = os.path.join(tmp_path, shards[0]["file"])
+  data = open(truncated, "rb").read()
+  open(truncated, "wb").write(data[: len(data) - 40])
+  missing = os.path.join(tmp_path, shards[1]["file"])
+  os.remove(missing)
+  lost = 1 + shards[1]["num_videos"]
+
+  def batches(**kwargs):
+    return pipeline.train_batches(str(tmp_path), split="train", batch_size=1,
+                                  clip_length=2, **kwargs)
+  with pytest.raises(features.FeatureFormatError,
+                     match=r"(tfrecord is corrupt or truncated|tfrecord does not exist)"):
+    list(itertools.islice(batches(), 9))
+  skipping = batches(skip_bad_records=True)
+  # Two epochs: every readable video twice, the lost ones never.
+  seen = [int(b["video_index"][0]) for b in itertools.islice(skipping, 2 * (9 - lost))]
+  assert len(set(seen)) == 9 - lost and collections.Counter(seen).most_common(1)[0][1] == 2
+  assert skipping.stats.skipped_records >= 2 * lost  # more once prefetch reads ahead
+  assert sorted(skipping.stats.bad_files) == sorted([truncated, missing])
+
+
 def test_unknown_level_is_clear(feature_dir):
   with pytest.raises(features.FeatureFormatError, match="pool2.*available: pool4, fc7"):
     pipeline.train_batches(feature_dir, split="train", batch_size=1, clip_length=2,
