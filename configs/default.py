@@ -69,8 +69,9 @@ def get_config() -> ml_collections.ConfigDict:
   # How the bi variant merges its two directions: concat (channels) | sum.
   model.bi_merge = "concat"
   # fused (hand-written VJP, weight gradients once per clip; the fast default)
-  # | scan (nn.scan differentiated by JAX; allows remat).
+  # | scan (nn.scan differentiated by JAX; the reference).
   model.recurrence = "fused"
+  # Long clips: keep only input frames and states, recompute the rest backwards.
   model.remat = False
   model.unroll = 1
   # Compute dtype: float32 | bfloat16. Parameters are always float32.

@@ -72,10 +72,6 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
     raise ConfigError(f"model.num_classes={cfg['num_classes']!r} must be an integer > 1")
   if not (isinstance(cfg["unroll"], int) and cfg["unroll"] >= 1):
     raise ConfigError(f"model.unroll={cfg['unroll']!r} must be an integer >= 1")
-  if cfg["remat"] and cfg["recurrence"] != "scan":
-    raise ConfigError("model.remat=True needs model.recurrence='scan'; the fused "
-                      "recurrence already stores only h, z, r and the candidate "
-                      "per step")
 
 
 def build_model(cfg: Mapping[str, Any]) -> nn.Module:

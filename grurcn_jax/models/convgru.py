@@ -85,6 +85,23 @@ class _Kernel(nn.Module):
     return self.param("kernel", self.kernel_init, shape, self.param_dtype)
 
 
+class _ConvParameters(nn.Module):
+  """`nn.Conv`'s parameters {'kernel': HWIO, 'bias'} without the convolution: the
+  rematerialised recurrence convolves step by step itself."""
+
+  features: int
+  kernel_size: Tuple[int, int]
+  kernel_init: nn.initializers.Initializer
+  bias_init: nn.initializers.Initializer
+  param_dtype: Dtype
+
+  @nn.compact
+  def __call__(self, in_features: int) -> Tuple[Array, Array]:
+    shape = tuple(self.kernel_size) + (in_features, self.features)
+    return (self.param("kernel", self.kernel_init, shape, self.param_dtype),
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype))
+
+
 class ConvGRU(nn.Module):
   """GRU-RCN over a clip [B, T, H, W, C]; the fast equivalent of nn.RNN(ConvGRUCell).
 
@@ -100,10 +117,10 @@ class ConvGRU(nn.Module):
       [B, H, W, F] (an attention decoder needs every step).
     implementation: 'fused' (default): the hand-written VJP of
       `recurrence.fused_recurrence`, weight gradients computed once after the loop;
-      'scan': a Flax `nn.scan` differentiated by JAX (the reference path; supports
-      `remat`).
-    remat: rematerialise each step in the backward pass ('scan' only; the fused
-      recurrence already keeps only h, z, r and the candidate per step).
+      'scan': a Flax `nn.scan` differentiated by JAX (the reference path).
+    remat: trade compute for memory on long clips. 'fused': `remat_recurrence`
+      keeps only the input frames and the states, and recomputes each step's input
+      convolution and gates in the backward loop; 'scan': `nn.remat` of the step.
     unroll: loop unroll factor (1 keeps the program size independent of T).
     dtype: compute dtype; the carry is kept in it. param_dtype: parameter dtype.
   """
@@ -126,17 +143,17 @@ class ConvGRU(nn.Module):
       raise ValueError(
           f"unknown recurrence implementation {self.implementation!r}; valid: "
           f"{', '.join(RECURRENCE_IMPLEMENTATIONS)}")
-    if self.remat and self.implementation != "scan":
-      raise ValueError(
-          "remat applies to implementation='scan'; the fused recurrence already "
-          "stores only h, z, r and the candidate per step")
     kernel_size = tuple(self.kernel_size)
     # The batched convolutions take recurrence.batched_conv2d's kernel gradient.
     conv = lambda features, use_bias, init, name: nn.Conv(
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
         conv_general_dilated=recurrence.flax_conv_general_dilated, name=name)
-    self.input = conv(3 * self.features, True, self.kernel_init, "input")
+    if self._remat_fused:  # the same parameters, convolved inside the recurrence
+      self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
+                                   self.bias_init, self.param_dtype)
+    else:
+      self.input = conv(3 * self.features, True, self.kernel_init, "input")
     self.hidden_gates = _Kernel(2 * self.features, kernel_size,
                                 self.recurrent_kernel_init, self.param_dtype)
     self.hidden_candidate = _Kernel(self.features, kernel_size,
@@ -160,6 +177,8 @@ class ConvGRU(nn.Module):
     """
     if inputs.ndim != 5:
       raise ValueError(f"ConvGRU expects [batch, time, H, W, C], got {inputs.shape}")
+    if self._remat_fused:
+      return self._remat_fused_call(inputs, initial_carry, gate_inputs)
     # Time-major from here on: lax.scan walks the leading axis.
     input_proj = self.input(einops.rearrange(inputs, "b t h w c -> t b h w c"))
     if gate_inputs is not None:
@@ -193,6 +212,37 @@ class ConvGRU(nn.Module):
     if self.return_sequences:
       return einops.rearrange(states, "t b h w f -> b t h w f")
     return final
+
+  @property
+  def _remat_fused(self) -> bool:
+    return self.remat and self.implementation == "fused"
+
+  def _remat_fused_call(self, inputs, initial_carry, gate_inputs):
+    dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
+    kernel, bias = self.input(inputs.shape[-1])
+    extra_gates = None
+    if gate_inputs is not None:
+      extra_gates = self.lower_gates(
+          einops.rearrange(gate_inputs, "b t h w c -> t b h w c")).astype(dtype)
+    if initial_carry is None:
+      initial_carry = jnp.zeros(inputs.shape[:1] + inputs.shape[2:4] + (self.features,),
+                                dtype)
+    # The inputs stay in their own dtype (float16 features): they are what is kept.
+    inputs = einops.rearrange(inputs, "b t h w c -> t b h w c")
+    if self.reverse:
+      inputs = jnp.flip(inputs, axis=0)
+      extra_gates = None if extra_gates is None else jnp.flip(extra_gates, axis=0)
+    states = recurrence.remat_recurrence(
+        inputs, kernel.astype(dtype), bias.astype(dtype), extra_gates,
+        initial_carry.astype(dtype),
+        self.hidden_gates(self.features).astype(dtype),
+        self.hidden_candidate(self.features).astype(dtype), self.unroll)
+    final = states[-1]
+    if not self.return_sequences:
+      return final
+    if self.reverse:
+      states = jnp.flip(states, axis=0)
+    return einops.rearrange(states, "t b h w f -> b t h w f")
 
   def _scan_step(self, h: Array, input_proj: Array) -> Tuple[Array, Array]:
     gates_kernel = self.hidden_gates(self.features).astype(h.dtype)

@@ -79,21 +79,26 @@ def _kernel_transpose(x: Array, cotangent: Array, kernel: Array) -> Array:
   """Gradient of conv2d(x, kernel) with respect to kernel, summed over x's batch.
 
   For wide kernels, one matrix product per kernel tap over every frame and position
-  (a loop of kh*kw products, whatever T) instead of XLA's transposed convolution: on
-  XLA:CPU that one slows down sharply with the batch (about 18x the time for 4x the
-  frames at pool4 size), while these products stay at matrix-multiply speed.
+  (`_tap_products`) instead of XLA's transposed convolution: on XLA:CPU that one
+  slows down sharply with the batch (about 18x the time for 4x the frames at pool4
+  size), while these products stay at matrix-multiply speed.
   """
-  kh, kw, channels_in, channels_out = kernel.shape
-  if channels_in * channels_out < _WIDE_KERNEL:
+  if kernel.shape[2] * kernel.shape[3] < _WIDE_KERNEL:
     transpose = jax.linear_transpose(
         lambda k: conv2d(x, k), jax.ShapeDtypeStruct(kernel.shape, x.dtype))
     return transpose(cotangent)[0].astype(kernel.dtype)
-  height, width = x.shape[1:3]
+  return _tap_products(x, cotangent, kernel.shape).astype(kernel.dtype)
+
+
+def _tap_products(x: Array, cotangent: Array, kernel_shape) -> Array:
+  """The kernel gradient of a 'SAME' conv2d as kh*kw matrix products (float32),
+  in a loop over the taps: one shifted copy of x alive at a time, whatever T."""
+  kh, kw = kernel_shape[:2]
+  n, height, width, channels = x.shape
   top, left = (kh - 1) // 2, (kw - 1) // 2      # 'SAME', as lax pads it
   padded = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
-  n, _, _, channels = x.shape
 
-  def tap(_, offset):  # a loop over taps: one shifted copy of x alive at a time
+  def tap(_, offset):
     window = lax.dynamic_slice(padded, (0, offset[0], offset[1], 0),
                                (n, height, width, channels))
     return None, jnp.einsum("nhwc,nhwo->co", window, cotangent,
@@ -101,7 +106,7 @@ def _kernel_transpose(x: Array, cotangent: Array, kernel: Array) -> Array:
 
   offsets = jnp.array([(i, j) for i in range(kh) for j in range(kw)], jnp.int32)
   _, taps = lax.scan(tap, None, offsets)
-  return taps.reshape(kernel.shape).astype(kernel.dtype)
+  return taps.reshape(tuple(kernel_shape))
 
 
 @jax.custom_vjp
@@ -176,20 +181,26 @@ def _fused_forward(input_proj, h0, gates_kernel, candidate_kernel, unroll):
   return states, (h0, states, z, r, candidate, gates_kernel, candidate_kernel)
 
 
+def _step_backward(dh, h, z, r, candidate, gates_kernel, candidate_kernel):
+  """One step back through gate_update: dL/dh_t -> (dL/dh_{t-1}, gradients of the
+  gate pre-activations (z, r) and of the candidate's)."""
+  d_z = dh * (candidate - h) * z * (1 - z)        # through the sigmoid
+  d_c = dh * z * (1 - candidate * candidate)      # through the tanh
+  d_q = _input_transpose(candidate_kernel, d_c)
+  d_r = d_q * h * r * (1 - r)
+  d_gates = jnp.concatenate([d_z, d_r], axis=-1)
+  dh_prev = dh * (1 - z) + d_q * r + _input_transpose(gates_kernel, d_gates)
+  return dh_prev, d_gates, d_c
+
+
 def _fused_backward(unroll, residuals, states_cotangent):
   h0, states, z, r, candidate, gates_kernel, candidate_kernel = residuals
   previous = jnp.concatenate([h0[None], states[:-1]], axis=0)  # h_{t-1} for each t
 
   def body(dh_carry, xs):
     dh_out, h, z_t, r_t, c_t = xs
-    dh = dh_out + dh_carry                      # dL/dh_t
-    d_z = dh * (c_t - h) * z_t * (1 - z_t)      # through the sigmoid
-    d_c = dh * z_t * (1 - c_t * c_t)            # through the tanh
-    d_q = _input_transpose(candidate_kernel, d_c)
-    d_r = d_q * h * r_t * (1 - r_t)
-    d_gates = jnp.concatenate([d_z, d_r], axis=-1)
-    dh_prev = (dh * (1 - z_t) + d_q * r_t
-               + _input_transpose(gates_kernel, d_gates))
+    dh_prev, d_gates, d_c = _step_backward(dh_out + dh_carry, h, z_t, r_t, c_t,
+                                           gates_kernel, candidate_kernel)
     return dh_prev, (d_gates, d_c)
 
   dh0, (d_gates, d_candidate) = lax.scan(
@@ -206,3 +217,97 @@ def _fused_backward(unroll, residuals, states_cotangent):
 
 
 fused_recurrence.defvjp(_fused_forward, _fused_backward)
+
+
+# ---------------------------------------------------------------------------
+# Rematerialised recurrence: memory per step is the input frame and the state.
+
+def _input_projection(x: Array, input_kernel: Array, input_bias: Array,
+                      extra_gates) -> Array:
+  """W * x_t + b (channels z, r, candidate), plus optional extra gate inputs."""
+  proj = conv2d(x.astype(input_kernel.dtype), input_kernel) + input_bias
+  if extra_gates is None:
+    return proj
+  gates, candidate = jnp.split(proj, [extra_gates.shape[-1]], axis=-1)
+  return jnp.concatenate([gates + extra_gates, candidate], axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
+def remat_recurrence(inputs: Array, input_kernel: Array, input_bias: Array,
+                     extra_gates, h0: Array, gates_kernel: Array,
+                     candidate_kernel: Array, unroll: int = 1) -> Array:
+  """`fused_recurrence(conv2d(inputs, input_kernel) + input_bias, ...)` that keeps
+  only the inputs (in their own dtype) and the states for the backward pass.
+
+  The backward loop recomputes each step's input convolution and gates, and adds up
+  every kernel gradient step by step as matrix products per tap (not XLA's
+  transposed convolution, which is slow inside a loop on XLA:CPU). Compared with
+  `fused_recurrence` this drops z, r, the candidate, the batched input projection and
+  its gradient (about 2.6x the state's size per frame) for one more input
+  convolution per step.
+
+  Args:
+    inputs: [T, B, H, W, C], any float dtype (cast per step to the kernels' dtype).
+    input_kernel: [kh, kw, C, 3F]; input_bias: [3F].
+    extra_gates: None or [T, B, H, W, 2F], added to the z and r pre-activations
+      (the stacked model's lower-level input).
+    h0, gates_kernel, candidate_kernel, unroll: as in `fused_recurrence`.
+  """
+  states, _ = _remat_forward(inputs, input_kernel, input_bias, extra_gates, h0,
+                             gates_kernel, candidate_kernel, unroll)
+  return states
+
+
+def _remat_forward(inputs, input_kernel, input_bias, extra_gates, h0, gates_kernel,
+                   candidate_kernel, unroll):
+  def body(h, xs):
+    x_t, extra_t = xs
+    proj = _input_projection(x_t, input_kernel, input_bias, extra_t)
+    h_new, _ = step(proj, h, gates_kernel, candidate_kernel)
+    return h_new, h_new
+  _, states = lax.scan(body, h0, (inputs, extra_gates), unroll=unroll)
+  return states, (inputs, input_kernel, input_bias, extra_gates, h0, states,
+                  gates_kernel, candidate_kernel)
+
+
+def _remat_backward(unroll, residuals, states_cotangent):
+  (inputs, input_kernel, input_bias, extra_gates, h0, states, gates_kernel,
+   candidate_kernel) = residuals
+  num_steps = inputs.shape[0]
+  f32 = lambda a: jnp.zeros(a.shape, jnp.float32)
+
+  def body(carry, xs):
+    dh_carry, d_input_kernel, d_input_bias, d_gates_kernel, d_candidate_kernel = carry
+    t, dh_out, x_t, extra_t = xs
+    # h_{t-1}: read from the saved states rather than a shifted copy of them.
+    h = jnp.where(t == 0, h0, lax.dynamic_index_in_dim(
+        states, jnp.maximum(t - 1, 0), keepdims=False))
+    proj = _input_projection(x_t, input_kernel, input_bias, extra_t)
+    _, (z, r, candidate) = step(proj, h, gates_kernel, candidate_kernel)
+    dh_prev, d_gates, d_c = _step_backward(dh_out + dh_carry, h, z, r, candidate,
+                                           gates_kernel, candidate_kernel)
+    d_proj = jnp.concatenate([d_gates, d_c], axis=-1)
+    x_t = x_t.astype(input_kernel.dtype)
+    carry = (dh_prev,
+             d_input_kernel + _tap_products(x_t, d_proj, input_kernel.shape),
+             d_input_bias + jnp.sum(d_proj, axis=(0, 1, 2), dtype=jnp.float32),
+             d_gates_kernel + _tap_products(h, d_gates, gates_kernel.shape),
+             d_candidate_kernel + _tap_products(r * h, d_c, candidate_kernel.shape))
+    d_x = _input_transpose(input_kernel, d_proj).astype(inputs.dtype)
+    return carry, (d_x, None if extra_t is None else d_gates)
+
+  initial = (jnp.zeros_like(h0), f32(input_kernel), f32(input_bias), f32(gates_kernel),
+             f32(candidate_kernel))
+  (dh0, d_input_kernel, d_input_bias, d_gates_kernel, d_candidate_kernel), (
+      d_inputs, d_extra) = lax.scan(
+          body, initial,
+          (jnp.arange(num_steps), states_cotangent, inputs, extra_gates),
+          reverse=True, unroll=unroll)
+  return (d_inputs, d_input_kernel.astype(input_kernel.dtype),
+          d_input_bias.astype(input_bias.dtype),
+          None if extra_gates is None else d_extra.astype(extra_gates.dtype), dh0,
+          d_gates_kernel.astype(gates_kernel.dtype),
+          d_candidate_kernel.astype(candidate_kernel.dtype))
+
+
+remat_recurrence.defvjp(_remat_forward, _remat_backward)

@@ -29,7 +29,6 @@ def model_config(**overrides):
     (dict(bi_merge="mean"), "choose one of: concat, sum"),
     (dict(recurrence="unrolled"), "choose one of: fused, scan"),
     (dict(loss="focal"), "choose one of: level_mean, ensemble"),
-    (dict(remat=True), "needs model.recurrence='scan'"),
     (dict(dropout_rate=1.0), "must be in [0, 1)"),
     (dict(kernel_size=0), "positive integer"),
     (dict(num_classes=1), "must be an integer > 1"),

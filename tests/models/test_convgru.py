@@ -112,13 +112,14 @@ def _perturbed_init(module, rng, *args, **kwargs):
       tree, [0.4 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)])
 
 
-@pytest.mark.parametrize("implementation", ["fused", "scan"])
+@pytest.mark.parametrize("implementation,remat",
+                         [("fused", False), ("fused", True), ("scan", False)])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_sequence_layer_matches_rnn_of_cell(implementation, reverse):
+def test_sequence_layer_matches_rnn_of_cell(implementation, remat, reverse):
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4, 3))
   h0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 5, 4, 4))
   layer = ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True,
-                  implementation=implementation)
+                  implementation=implementation, remat=remat)
   variables = _perturbed_init(layer, jax.random.key(2), x)
   rnn = nn.RNN(ConvGRUCell(4, (3, 3)), reverse=reverse, keep_order=True)
   rnn_variables = {"params": {"cell": variables["params"]}}
@@ -161,6 +162,7 @@ def test_unroll_and_remat_keep_values_and_gradients():
   loss = lambda layer: lambda v: jnp.sum(layer.apply(v, x) ** 2)
   expected = jax.grad(loss(reference))(variables)
   for layer in [ConvGRU(4, implementation="scan", remat=True),
+                ConvGRU(4, implementation="fused", remat=True, unroll=2),
                 ConvGRU(4, implementation="scan", unroll=3),
                 ConvGRU(4, implementation="fused", unroll=2)]:
     got = jax.grad(loss(layer))(variables)
@@ -168,17 +170,37 @@ def test_unroll_and_remat_keep_values_and_gradients():
                  got, expected)
 
 
-def test_remat_is_rejected_for_fused_recurrence():
-  x = jnp.zeros((1, 2, 3, 3, 1))
-  with pytest.raises(ValueError, match="remat applies to implementation='scan'"):
-    ConvGRU(2, implementation="fused", remat=True).init(jax.random.key(0), x)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_fused_remat_with_gate_inputs_and_float16_frames(reverse):
+  """The stacked model's path (extra gate inputs) and float16 features, which the
+  rematerialised recurrence keeps in float16: same values and gradients as scan."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 4, 4, 6)).astype(jnp.float16)
+  lower = jax.random.normal(jax.random.key(1), (2, 5, 4, 4, 3))
+  make = lambda **kw: ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True, **kw)
+  reference = make(implementation="scan")
+  variables = _perturbed_init(reference, jax.random.key(2), x, gate_inputs=lower)
+  def loss(layer):
+    def f(v, x, lower):
+      states = layer.apply(v, x, gate_inputs=lower)
+      return jnp.sum(jnp.sin(states) * jnp.arange(5)[:, None, None, None])
+    return f
+  remat = make(implementation="fused", remat=True)
+  np.testing.assert_allclose(remat.apply(variables, x, gate_inputs=lower),
+                             reference.apply(variables, x, gate_inputs=lower),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.grad(loss(remat), argnums=(0, 1, 2))(variables, x, lower)
+  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(variables, x, lower)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+               got, expected)
+  assert got[1].dtype == jnp.float16
 
 
-@pytest.mark.parametrize("implementation", ["fused", "scan"])
-def test_bfloat16_recurrence_keeps_bfloat16_carry(implementation):
+@pytest.mark.parametrize("implementation,remat",
+                         [("fused", False), ("fused", True), ("scan", False)])
+def test_bfloat16_recurrence_keeps_bfloat16_carry(implementation, remat):
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3))
   layer = ConvGRU(4, return_sequences=True, dtype=jnp.bfloat16,
-                  implementation=implementation)
+                  implementation=implementation, remat=remat)
   variables = layer.init(jax.random.key(1), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   # A float32 initial carry must not upcast the recurrence.
