@@ -46,7 +46,7 @@ def define_flags():
   flags.DEFINE_enum("recurrence", None, ["fused", "scan", "rnn_cell"],
                     "Override model.recurrence; rnn_cell differentiates through "
                     "flax.linen.RNN(ConvGRUCell) (uni grurcn only).")
-  flags.DEFINE_bool("remat", None, "Override model.remat (with --recurrence=scan).")
+  flags.DEFINE_bool("remat", None, "Override model.remat: recompute per step, keep less.")
   flags.DEFINE_integer("image_size", 224, "Frame side the level shapes derive from.")
 
 
