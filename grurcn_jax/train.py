@@ -213,8 +213,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       window.append(metrics)
       # Every periodic action also happens at the last step.
       due = lambda every: step % every == 0 or step == config.num_train_steps
+      # Read the flag once: a SIGTERM arriving later in this step must not stop the
+      # run without the save that the stop promises (it is handled next step).
+      preempted = preemption.requested
       log, save, run_eval = (due(config.log_every_steps),
-                             due(config.checkpoint_every_steps) or preemption.requested,
+                             due(config.checkpoint_every_steps) or preempted,
                              due(config.eval_every_steps))
       if not (log or save or run_eval):
         continue
@@ -249,7 +252,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         if os.environ.get(_KILL_AFTER_CHECKPOINT) == str(step):
           checkpoints.wait()
           os.kill(os.getpid(), signal.SIGKILL)
-      if preemption.requested:
+      if preempted:
         checkpoints.close()
         raise TrainingError(f"stopped by SIGTERM at step {step}; the checkpoint is "
                             f"saved: run the same command again to resume")
