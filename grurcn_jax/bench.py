@@ -8,6 +8,9 @@ r"""Throughput benchmark: prints one JSON line.
   # The same step differentiated through flax's nn.RNN(ConvGRUCell):
   ... --what=train_step --recurrence=rnn_cell
 
+  # Long clips: compile time and XLA's memory estimate only, with and without remat:
+  ... --clip_length=64 --steps=0 [--remat]
+
   # The input pipeline on the demo data:
   python -m grurcn_jax.bench --config=configs/demo.py --what=pipeline --batch=32
 
