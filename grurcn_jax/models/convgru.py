@@ -195,23 +195,27 @@ class ConvGRU(nn.Module):
     if self.implementation == "fused":
       if self.reverse:
         input_proj = jnp.flip(input_proj, axis=0)
-      states = recurrence.fused_recurrence(
+      return self._output(recurrence.fused_recurrence(
           input_proj, initial_carry,
           self.hidden_gates(self.features).astype(carry_dtype),
-          self.hidden_candidate(self.features).astype(carry_dtype), self.unroll)
-      final = states[-1]
-      if self.reverse:
-        states = jnp.flip(states, axis=0)
-    else:
-      step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
-      scan = nn.scan(step, variable_broadcast="params",
-                     split_rngs={"params": False}, reverse=self.reverse,
-                     unroll=self.unroll)
-      final, states = scan(self, initial_carry, input_proj)
-
+          self.hidden_candidate(self.features).astype(carry_dtype), self.unroll))
+    step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
+    scan = nn.scan(step, variable_broadcast="params",
+                   split_rngs={"params": False}, reverse=self.reverse,
+                   unroll=self.unroll)
+    final, states = scan(self, initial_carry, input_proj)
     if self.return_sequences:
       return einops.rearrange(states, "t b h w f -> b t h w f")
     return final
+
+  def _output(self, states: Array) -> Array:
+    """The layer's output from time-major states in the order they were computed
+    (last frame first when `reverse`)."""
+    if not self.return_sequences:
+      return states[-1]
+    if self.reverse:
+      states = jnp.flip(states, axis=0)
+    return einops.rearrange(states, "t b h w f -> b t h w f")
 
   @property
   def _remat_fused(self) -> bool:
@@ -232,17 +236,11 @@ class ConvGRU(nn.Module):
     if self.reverse:
       inputs = jnp.flip(inputs, axis=0)
       extra_gates = None if extra_gates is None else jnp.flip(extra_gates, axis=0)
-    states = recurrence.remat_recurrence(
+    return self._output(recurrence.remat_recurrence(
         inputs, kernel.astype(dtype), bias.astype(dtype), extra_gates,
         initial_carry.astype(dtype),
         self.hidden_gates(self.features).astype(dtype),
-        self.hidden_candidate(self.features).astype(dtype), self.unroll)
-    final = states[-1]
-    if not self.return_sequences:
-      return final
-    if self.reverse:
-      states = jnp.flip(states, axis=0)
-    return einops.rearrange(states, "t b h w f -> b t h w f")
+        self.hidden_candidate(self.features).astype(dtype), self.unroll))
 
   def _scan_step(self, h: Array, input_proj: Array) -> Tuple[Array, Array]:
     gates_kernel = self.hidden_gates(self.features).astype(h.dtype)
