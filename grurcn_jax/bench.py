@@ -24,7 +24,6 @@ batches, batch, device.
 """
 
 import json
-import os
 import statistics
 import sys
 import time

@@ -1,6 +1,5 @@
 """Score fusion of per-video score files."""
 
-import io
 
 import numpy as np
 import pytest

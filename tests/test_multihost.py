@@ -10,7 +10,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from grurcn_jax import train
 from tests.training_setup import (REPO, build_tiny_demo, overrides_as_flags,

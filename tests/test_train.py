@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from grurcn_jax import evaluate, train
-from grurcn_jax.errors import ConfigError, TrainingError
+from grurcn_jax.errors import TrainingError
 from tests.training_setup import (REPO, build_tiny_demo, overrides_as_flags, restore_params,
                                   run_main, tiny_config)
 

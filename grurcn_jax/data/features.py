@@ -26,7 +26,7 @@ rename): an interrupted extraction never leaves a half shard that reads as valid
 import dataclasses
 import json
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf

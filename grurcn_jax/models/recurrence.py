@@ -13,7 +13,7 @@ then computes each weight gradient as one convolution over all T*B frames.
 """
 
 import functools
-from typing import Callable, Tuple
+from typing import Callable
 
 import jax
 from jax import lax

@@ -1,6 +1,5 @@
 """Extraction end to end on a tiny UCF-101-style tree encoded here with PyAV."""
 
-import json
 import os
 import subprocess
 import sys
