@@ -46,6 +46,8 @@ def get_config() -> ml_collections.ConfigDict:
   # (0: one per host). Fix it (e.g. 8) and runs on any host count dividing it see
   # the same batches.
   data.num_streams = 0
+  # Global batches copied to the devices ahead of the running step (0: none).
+  data.device_prefetch = 2
   # A ConfigDict of grurcn_jax.data.demo.DemoSpec fields builds the synthetic demo
   # dataset into data.dir when it is not there yet (configs/demo.py).
   data.demo = None
@@ -74,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Long clips: keep only input frames and states, recompute the rest backwards.
   model.remat = False
   model.unroll = 1
+  # How convolution kernel gradients are computed: auto (per backend: XLA's own
+  # on GPU/TPU, per-tap matrix products for wide kernels on CPU) | xla | taps.
+  model.kernel_gradient = "auto"
   # Compute dtype: float32 | bfloat16. Parameters are always float32.
   model.dtype = "float32"
   # level_mean: mean of the per-level cross-entropies | ensemble: cross-entropy of

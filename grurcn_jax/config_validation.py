@@ -15,7 +15,7 @@ TOP_LEVEL = ("seed", "batch_size", "eval_batch_size", "num_train_steps",
              "weight_decay", "schedule", "warmup_steps", "step_boundaries", "step_decay",
              "grad_clip_norm", "model", "data")
 DATA = ("dir", "train_split", "eval_split", "clip_length", "frame_stride", "eval_clips",
-        "shuffle_buffer", "skip_bad_records", "num_streams", "demo")
+        "shuffle_buffer", "skip_bad_records", "num_streams", "device_prefetch", "demo")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
@@ -52,6 +52,9 @@ def validate_config(config: Mapping) -> None:
     _positive_int(config, name)
   for name in ("clip_length", "frame_stride", "eval_clips", "shuffle_buffer"):
     _positive_int(config["data"], name)
+  prefetch = config["data"]["device_prefetch"]
+  if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+    raise ConfigError(f"data.device_prefetch={prefetch!r} must be an integer >= 0")
   streams = config["data"]["num_streams"]
   if not isinstance(streams, int) or streams < 0:
     raise ConfigError(f"data.num_streams={streams!r} must be 0 (one per host) or a "

@@ -61,6 +61,7 @@ class VGGRNN(nn.Module):
   recurrence: str = "fused"
   remat: bool = False
   unroll: int = 1
+  kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
@@ -70,7 +71,8 @@ class VGGRNN(nn.Module):
     for level, hidden in zip(self.levels, self.hidden):
       x = frame_vectors(features[level])[:, :, None, None, :]
       state = ConvGRU(hidden, (1, 1), implementation=self.recurrence,
-                      remat=self.remat, unroll=self.unroll, dtype=self.dtype,
+                      remat=self.remat, unroll=self.unroll,
+                      kernel_gradient=self.kernel_gradient, dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"{level}_gru")(x)
       level_logits[level] = heads.ClassifierHead(
           self.num_classes, self.dropout_rate, self.dtype, self.param_dtype,

@@ -11,14 +11,14 @@ from flax import linen as nn
 
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
-from grurcn_jax.models import baselines, convgru, grurcn, losses
+from grurcn_jax.models import baselines, conv_kernels, convgru, grurcn, losses
 
 MODEL_NAMES = ("grurcn", "vgg_frames", "vgg_rnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 MODEL_FIELDS = ("name", "variant", "levels", "hidden", "kernel_size", "dropout_rate",
-                "num_classes", "bi_merge", "recurrence", "remat", "unroll", "dtype",
-                "loss")
+                "num_classes", "bi_merge", "recurrence", "remat", "unroll",
+                "kernel_gradient", "dtype", "loss")
 
 
 def _one_of(field: str, value: Any, valid) -> None:
@@ -40,6 +40,7 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   _one_of("variant", cfg["variant"], grurcn.VARIANTS)
   _one_of("bi_merge", cfg["bi_merge"], grurcn.BI_MERGES)
   _one_of("recurrence", cfg["recurrence"], convgru.RECURRENCE_IMPLEMENTATIONS)
+  _one_of("kernel_gradient", cfg["kernel_gradient"], conv_kernels.KERNEL_GRADIENTS)
   _one_of("dtype", cfg["dtype"], tuple(DTYPES))
   _one_of("loss", cfg["loss"], losses.LOSSES)
 
@@ -81,7 +82,8 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
   common = dict(num_classes=cfg["num_classes"], levels=tuple(cfg["levels"]),
                 dropout_rate=cfg["dropout_rate"], dtype=dtype)
   recurrent = dict(hidden=tuple(cfg["hidden"]), recurrence=cfg["recurrence"],
-                   remat=cfg["remat"], unroll=cfg["unroll"])
+                   remat=cfg["remat"], unroll=cfg["unroll"],
+                   kernel_gradient=cfg["kernel_gradient"])
   if cfg["name"] == "vgg_frames":
     return baselines.VGGFrames(**common)
   if cfg["name"] == "vgg_rnn":

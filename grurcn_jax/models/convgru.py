@@ -1,7 +1,6 @@
 """The convolutional GRU of GRU-RCN: a cell for `nn.RNN`, and a fast sequence layer.
 
-Both compute exactly PAPER.md's equations and share one parameter layout
-(DESIGN.md contract 4):
+Both compute exactly the paper's equations and share one parameter layout:
 
     input             conv, 3*features outputs (z, r, candidate), with bias
     hidden_gates      conv, 2*features outputs (z, r), no bias
@@ -18,7 +17,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from grurcn_jax.models import recurrence
+from grurcn_jax.models import conv_kernels, recurrence
 
 Array = jax.Array
 Dtype = Any
@@ -87,7 +86,8 @@ class _Kernel(nn.Module):
 
 class _ConvParameters(nn.Module):
   """`nn.Conv`'s parameters {'kernel': HWIO, 'bias'} without the convolution: the
-  rematerialised recurrence convolves step by step itself."""
+  fused layer convolves itself (in the backward pass it keeps the inputs in their
+  own dtype, and with remat it convolves step by step)."""
 
   features: int
   kernel_size: Tuple[int, int]
@@ -105,8 +105,9 @@ class _ConvParameters(nn.Module):
 class ConvGRU(nn.Module):
   """GRU-RCN over a clip [B, T, H, W, C]; the fast equivalent of nn.RNN(ConvGRUCell).
 
-  The input convolution of all T frames runs once over B*T frames, outside the
-  recurrence; only the hidden-to-hidden part is a loop over time.
+  The input convolution of all T frames runs once over B*T frames (batch-major,
+  so a batch-sharded clip stays sharded), outside the recurrence; only the
+  hidden-to-hidden part is a loop over time.
 
   Attributes:
     features: hidden channels F.
@@ -115,13 +116,15 @@ class ConvGRU(nn.Module):
       input frames; the final state is then the one at frame 0.
     return_sequences: return every state [B, T, H, W, F] instead of the final one
       [B, H, W, F] (an attention decoder needs every step).
-    implementation: 'fused' (default): the hand-written VJP of
-      `recurrence.fused_recurrence`, weight gradients computed once after the loop;
+    implementation: 'fused' (default): `recurrence.convgru_sequence`, a
+      hand-written VJP whose weight gradients are computed once after the loop;
       'scan': a Flax `nn.scan` differentiated by JAX (the reference path).
-    remat: trade compute for memory on long clips. 'fused': `remat_recurrence`
-      keeps only the input frames and the states, and recomputes each step's input
-      convolution and gates in the backward loop; 'scan': `nn.remat` of the step.
+    remat: trade compute for memory on long clips. 'fused': keep only the input
+      frames and the states, and recompute each step's input convolution and gates
+      in the backward loop; 'scan': `nn.remat` of the step.
     unroll: loop unroll factor (1 keeps the program size independent of T).
+    kernel_gradient: how kernel gradients are computed (`conv_kernels`): 'auto'
+      picks per backend.
     dtype: compute dtype; the carry is kept in it. param_dtype: parameter dtype.
   """
 
@@ -132,6 +135,7 @@ class ConvGRU(nn.Module):
   implementation: str = "fused"
   remat: bool = False
   unroll: int = 1
+  kernel_gradient: str = "auto"
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
@@ -143,13 +147,14 @@ class ConvGRU(nn.Module):
       raise ValueError(
           f"unknown recurrence implementation {self.implementation!r}; valid: "
           f"{', '.join(RECURRENCE_IMPLEMENTATIONS)}")
+    conv_kernels.check_kernel_gradient(self.kernel_gradient)
     kernel_size = tuple(self.kernel_size)
-    # The batched convolutions take recurrence.batched_conv2d's kernel gradient.
+    # Batched convolutions over B*T frames, with the backend's kernel gradient.
     conv = lambda features, use_bias, init, name: nn.Conv(
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
-        conv_general_dilated=recurrence.flax_conv_general_dilated, name=name)
-    if self._remat_fused:  # the same parameters, convolved inside the recurrence
+        conv_general_dilated=conv_kernels.flax_conv(self.kernel_gradient), name=name)
+    if self.implementation == "fused":  # the same parameters, convolved by the layer
       self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
                                    self.bias_init, self.param_dtype)
     else:
@@ -177,28 +182,35 @@ class ConvGRU(nn.Module):
     """
     if inputs.ndim != 5:
       raise ValueError(f"ConvGRU expects [batch, time, H, W, C], got {inputs.shape}")
-    if self._remat_fused:
-      return self._remat_fused_call(inputs, initial_carry, gate_inputs)
-    # Time-major from here on: lax.scan walks the leading axis.
-    input_proj = self.input(einops.rearrange(inputs, "b t h w c -> t b h w c"))
-    if gate_inputs is not None:
-      lower = self.lower_gates(
-          einops.rearrange(gate_inputs, "b t h w c -> t b h w c"))
+    # The compute dtype; the carry is kept in it (never upcast by a float32 h0).
+    dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
+    if initial_carry is None:
+      initial_carry = jnp.zeros(inputs.shape[:1] + inputs.shape[2:4] + (self.features,),
+                                dtype)
+    initial_carry = initial_carry.astype(dtype)
+    lower = None
+    if gate_inputs is not None:   # [B, T, ..., 2F], batch-major like the inputs
+      lower = self.lower_gates(gate_inputs).astype(dtype)
+    if self.implementation == "fused":
+      kernel, bias = self.input(inputs.shape[-1])
+      # The inputs stay in their own dtype (float16 features): they are what is kept.
+      states = recurrence.convgru_sequence(
+          inputs, kernel.astype(dtype), bias.astype(dtype), initial_carry,
+          self.hidden_gates(self.features).astype(dtype),
+          self.hidden_candidate(self.features).astype(dtype), lower,
+          reverse=self.reverse, remat=self.remat, unroll=self.unroll,
+          kernel_gradient=self.kernel_gradient)
+      if self.return_sequences:
+        return states
+      return states[:, 0] if self.reverse else states[:, -1]
+
+    # Time-major from here on: nn.scan walks the leading axis. The batched
+    # convolution above ran batch-major; the transpose keeps the batch axis sharded.
+    input_proj = self.input(inputs)
+    if lower is not None:
       gates, candidate = jnp.split(input_proj, [2 * self.features], axis=-1)
       input_proj = jnp.concatenate([gates + lower, candidate], axis=-1)
-    carry_dtype = input_proj.dtype  # the compute dtype: never upcast the carry
-    if initial_carry is None:
-      initial_carry = jnp.zeros(input_proj.shape[1:-1] + (self.features,),
-                                carry_dtype)
-    initial_carry = initial_carry.astype(carry_dtype)
-
-    if self.implementation == "fused":
-      if self.reverse:
-        input_proj = jnp.flip(input_proj, axis=0)
-      return self._output(recurrence.fused_recurrence(
-          input_proj, initial_carry,
-          self.hidden_gates(self.features).astype(carry_dtype),
-          self.hidden_candidate(self.features).astype(carry_dtype), self.unroll))
+    input_proj = einops.rearrange(input_proj.astype(dtype), "b t h w c -> t b h w c")
     step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
     scan = nn.scan(step, variable_broadcast="params",
                    split_rngs={"params": False}, reverse=self.reverse,
@@ -207,40 +219,6 @@ class ConvGRU(nn.Module):
     if self.return_sequences:
       return einops.rearrange(states, "t b h w f -> b t h w f")
     return final
-
-  def _output(self, states: Array) -> Array:
-    """The layer's output from time-major states in the order they were computed
-    (last frame first when `reverse`)."""
-    if not self.return_sequences:
-      return states[-1]
-    if self.reverse:
-      states = jnp.flip(states, axis=0)
-    return einops.rearrange(states, "t b h w f -> b t h w f")
-
-  @property
-  def _remat_fused(self) -> bool:
-    return self.remat and self.implementation == "fused"
-
-  def _remat_fused_call(self, inputs, initial_carry, gate_inputs):
-    dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
-    kernel, bias = self.input(inputs.shape[-1])
-    extra_gates = None
-    if gate_inputs is not None:
-      extra_gates = self.lower_gates(
-          einops.rearrange(gate_inputs, "b t h w c -> t b h w c")).astype(dtype)
-    if initial_carry is None:
-      initial_carry = jnp.zeros(inputs.shape[:1] + inputs.shape[2:4] + (self.features,),
-                                dtype)
-    # The inputs stay in their own dtype (float16 features): they are what is kept.
-    inputs = einops.rearrange(inputs, "b t h w c -> t b h w c")
-    if self.reverse:
-      inputs = jnp.flip(inputs, axis=0)
-      extra_gates = None if extra_gates is None else jnp.flip(extra_gates, axis=0)
-    return self._output(recurrence.remat_recurrence(
-        inputs, kernel.astype(dtype), bias.astype(dtype), extra_gates,
-        initial_carry.astype(dtype),
-        self.hidden_gates(self.features).astype(dtype),
-        self.hidden_candidate(self.features).astype(dtype), self.unroll))
 
   def _scan_step(self, h: Array, input_proj: Array) -> Tuple[Array, Array]:
     gates_kernel = self.hidden_gates(self.features).astype(h.dtype)

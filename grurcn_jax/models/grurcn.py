@@ -63,7 +63,8 @@ class GRURCNEncoder(nn.Module):
       gates also see level l-1's state at the same step, max-pooled to level l's
       size).
     kernel_size: side of every convolution kernel on map levels (fc7 uses 1x1).
-    recurrence, remat, unroll: see `ConvGRU`.
+    recurrence, remat, unroll, kernel_gradient: see `ConvGRU` (`recurrence` is
+      its `implementation`).
   """
 
   levels: Sequence[str]
@@ -74,6 +75,7 @@ class GRURCNEncoder(nn.Module):
   recurrence: str = "fused"
   remat: bool = False
   unroll: int = 1
+  kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
@@ -94,8 +96,8 @@ class GRURCNEncoder(nn.Module):
       size = 1 if levels_lib.is_vector_level(level) else self.kernel_size
       layer = functools.partial(
           ConvGRU, hidden, (size, size), implementation=self.recurrence,
-          remat=self.remat, unroll=self.unroll, dtype=self.dtype,
-          param_dtype=self.param_dtype)
+          remat=self.remat, unroll=self.unroll, kernel_gradient=self.kernel_gradient,
+          dtype=self.dtype, param_dtype=self.param_dtype)
       if self.variant == "uni":
         outputs[level] = layer(return_sequences=return_sequences, name=level)(x)
       elif self.variant == "bi":
@@ -136,13 +138,15 @@ class GRURCN(nn.Module):
   recurrence: str = "fused"
   remat: bool = False
   unroll: int = 1
+  kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
 
   def setup(self):
     self.encoder = GRURCNEncoder(
         self.levels, self.hidden, self.variant, self.kernel_size, self.bi_merge,
-        self.recurrence, self.remat, self.unroll, self.dtype, self.param_dtype)
+        self.recurrence, self.remat, self.unroll, self.kernel_gradient, self.dtype,
+        self.param_dtype)
     self.classifiers = {
         level: heads.ClassifierHead(self.num_classes, self.dropout_rate, self.dtype,
                                     self.param_dtype, name=f"{level}_classifier")

@@ -28,6 +28,8 @@ def model_config(**overrides):
     (dict(dtype="float16"), "choose one of: float32, bfloat16"),
     (dict(bi_merge="mean"), "choose one of: concat, sum"),
     (dict(recurrence="unrolled"), "choose one of: fused, scan"),
+    (dict(kernel_gradient="cudnn"), "model.kernel_gradient='cudnn' is not valid; "
+                                    "choose one of: auto, xla, taps"),
     (dict(loss="focal"), "choose one of: level_mean, ensemble"),
     (dict(dropout_rate=1.0), "must be in [0, 1)"),
     (dict(kernel_size=0), "positive integer"),
