@@ -1,28 +1,50 @@
 r"""Throughput benchmark: prints one JSON line.
 
-  # The paper's pool4 level, batch 8, T=10, float32:
+  # The paper model (pool2..pool5), global batch 64, T=10, bfloat16, on a GPU/TPU:
+  python -m grurcn_jax.bench --config=configs/ucf101_grurcn.py --batch=64 \
+      --dtype=bfloat16
+
+  # The paper's pool4 level, batch 8, T=10, float32, on a CPU:
   python -m grurcn_jax.bench --config=configs/ucf101_grurcn.py \
-      --config.model.levels="('pool4',)" --config.model.hidden="(256,)" \
-      --batch=8 --clip_length=10 --what=train_step
+      --config.model.levels="('pool4',)" --config.model.hidden="(256,)" --batch=8
 
   # The same step differentiated through flax's nn.RNN(ConvGRUCell):
-  ... --what=train_step --recurrence=rnn_cell
+  ... --recurrence=rnn_cell
+  # Long clips, with and without remat (--steps=0: compile and memory only):
+  ... --clip_length=64 [--remat]
+  # Batches fed from host memory, with and without device prefetch:
+  ... --host_feed
 
-  # Long clips: compile time and XLA's memory estimate only, with and without remat:
-  ... --clip_length=64 --steps=0 [--remat]
+  # Data parallelism: the step compiled for N devices against 1 device with the
+  # same clips per device (N simulated CPU devices here; real devices where there):
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+      python -m grurcn_jax.bench --config=configs/ucf101_grurcn.py --what=scaling \
+      --batch=64
 
   # The input pipeline on the demo data:
   python -m grurcn_jax.bench --config=configs/demo.py --what=pipeline --batch=32
 
 train_step fields: params, step_ms (median over --steps timed steps after warm-up),
 clips_per_s, compile_s, flops_per_step (analytic, forward and backward),
-achieved_flops_per_s, reference_flops_per_s (one large convolution, forward and
-backward, timed in the same run on the same device: the ratio holds on a noisy
-machine), peak_memory_bytes (the device's peak where it reports one, else XLA's
-static estimate of the step's buffers), device. pipeline fields: clips_per_s,
-batches, batch, device.
+achieved_flops_per_s, reference_flops_per_s and reference (what it is, measured in
+the same run on the same device: on GPU/TPU the ceiling, the faster of a large
+matrix product and a large convolution in the step's dtype, also given as
+matmul_flops_per_s and conv_flops_per_s; on CPU one large float32 convolution,
+forward and backward), utilisation (achieved / reference), peak_memory_bytes (the
+device's peak where it reports one, else XLA's estimate), compiled_memory_bytes
+(XLA's estimate of the step's buffers), device; with --host_feed also
+host_fed_step_ms and host_fed_unprefetched_step_ms (mean per step over the run).
+scaling fields: num_devices, batch, xla_flops_per_device and
+xla_flops_one_device (XLA's count for the step on all devices and on one device
+with the same clips per device: equal when every device does only its share; loop
+bodies count once), flops_ratio, collective_bytes (per kind, per device, each
+instruction once), all_gather_bytes. pipeline fields: clips_per_s, batches, batch.
+
+Needs only jax, flax, optax and ml-collections for train_step and scaling
+(TensorFlow is imported for the pipeline alone).
 """
 
+import itertools
 import json
 import statistics
 import sys
@@ -44,11 +66,16 @@ def define_flags():
   flags.DEFINE_integer("steps", 10, "Timed steps after a warm-up step; 0 compiles and "
                        "reports compile time and memory only.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
-  flags.DEFINE_enum("what", "train_step", ["train_step", "pipeline"], "What to time.")
+  flags.DEFINE_enum("what", "train_step", ["train_step", "scaling", "pipeline"],
+                    "What to measure.")
   flags.DEFINE_enum("recurrence", None, ["fused", "scan", "rnn_cell"],
                     "Override model.recurrence; rnn_cell differentiates through "
                     "flax.linen.RNN(ConvGRUCell) (uni grurcn only).")
   flags.DEFINE_bool("remat", None, "Override model.remat: recompute per step, keep less.")
+  flags.DEFINE_enum("kernel_gradient", None, ["auto", "xla", "taps"],
+                    "Override model.kernel_gradient.")
+  flags.DEFINE_bool("host_feed", False, "Also time steps whose batches come from host "
+                    "memory, through the device prefetcher and without it.")
   flags.DEFINE_integer("image_size", 224, "Frame side the level shapes derive from.")
 
 
@@ -61,17 +88,39 @@ def _median_time(fn, steps):
   return statistics.median(times)
 
 
-def reference_flops_per_s(steps: int = 5) -> float:
-  """FLOP/s of one large 3x3 convolution, forward and backward (input and kernel)."""
+def cpu_reference_flops_per_s(steps: int = 5) -> float:
+  """FLOP/s of one large 3x3 float32 convolution, forward and backward."""
   n, size, c_in, c_out = 16, 28, 256, 256
   x = jax.random.normal(jax.random.key(0), (n, size, size, c_in))
   k = jax.random.normal(jax.random.key(1), (3, 3, c_in, c_out)) * 0.02
-  conv = lambda x, k: jax.lax.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  step = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1)))
+  step = jax.jit(jax.grad(lambda x, k: jnp.sum(_conv(x, k) ** 2), argnums=(0, 1)))
   jax.block_until_ready(step(x, k))
   seconds = _median_time(lambda: step(x, k), steps)
   return 3 * 2 * n * size * size * 9 * c_in * c_out / seconds
+
+
+def accelerator_ceilings(dtype, steps: int = 10):
+  """FLOP/s of an 8192^3 matrix product and of a pool3-sized 3x3 convolution
+  (64 x 10 frames of 28x28x256 -> 256), in `dtype`: what the chip can do."""
+  keys = jax.random.split(jax.random.key(0), 4)
+  n = 8192
+  a, b = (jax.random.normal(k, (n, n), dtype) for k in keys[:2])
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, b))
+  matmul_rate = 2 * n ** 3 / _median_time(lambda: matmul(a, b), steps)
+  frames, size, channels = 640, 28, 256
+  x = jax.random.normal(keys[2], (frames, size, size, channels), dtype)
+  k = (jax.random.normal(keys[3], (3, 3, channels, channels)) * 0.02).astype(dtype)
+  conv = jax.jit(_conv)
+  jax.block_until_ready(conv(x, k))
+  conv_rate = (2 * frames * size * size * 9 * channels * channels
+               / _median_time(lambda: conv(x, k), steps))
+  return matmul_rate, conv_rate
+
+
+def _conv(x, k):
+  return jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class _RNNCellModel:
@@ -100,32 +149,59 @@ class _RNNCellModel:
     return RNNCellGRURCN()
 
 
-def bench_train_step(config) -> dict:
-  from grurcn_jax import flops, levels as levels_lib, sharding, train
+def _model(model_cfg):
   from grurcn_jax.models import build_model
-  model_cfg = config.model
   if FLAGS.recurrence == "rnn_cell":
     if model_cfg.name != "grurcn" or model_cfg.variant != "uni":
       raise SystemExit("--recurrence=rnn_cell compares the uni grurcn model only")
-    model = _RNNCellModel(model_cfg)
-  else:
-    model = build_model(model_cfg)
-  mesh = sharding.make_mesh()
-  shapes = {l: levels_lib.feature_shape(l, FLAGS.image_size) for l in model_cfg.levels}
-  rng = np.random.default_rng(0)
-  batch = {"features": {l: rng.standard_normal((FLAGS.batch, FLAGS.clip_length, *s))
-                        .astype(np.float16) for l, s in shapes.items()},
-           "label": rng.integers(0, model_cfg.num_classes, FLAGS.batch).astype(np.int32)}
-  metadata = {"levels": {l: {"shape": list(s)} for l, s in shapes.items()}}
-  config.data.clip_length = FLAGS.clip_length
-  state = train.create_state(model, config, mesh, metadata)
-  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  step = train.make_train_step(model, config, mesh, sharding.replicated(mesh))
-  global_batch = sharding.global_batch(mesh, batch)
+    return _RNNCellModel(model_cfg)
+  return build_model(model_cfg)
 
+
+def _level_shapes(model_cfg):
+  from grurcn_jax import levels as levels_lib
+  return {l: levels_lib.feature_shape(l, FLAGS.image_size) for l in model_cfg.levels}
+
+
+def _host_batch(model_cfg, batch_size, seed=0):
+  """Random float16 features and labels, as the pipeline delivers them."""
+  rng = np.random.default_rng(seed)
+  return {"features": {l: rng.standard_normal((batch_size, FLAGS.clip_length, *s))
+                       .astype(np.float16) for l, s in _level_shapes(model_cfg).items()},
+          "label": rng.integers(0, model_cfg.num_classes, batch_size).astype(np.int32)}
+
+
+def _compile_step(config, model, mesh, batch_size, state=None):
+  """The sharded train step compiled for `batch_size` clips on `mesh`, for
+  `state` or (default) from shapes alone; returns (compiled, seconds)."""
+  from grurcn_jax import sharding, steps
+  replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  if state is None:
+    state = jax.eval_shape(lambda: steps.create_state(model, config, mesh,
+                                                      _level_shapes(config.model)))
+  state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
+  batch = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype,
+                                     sharding=batched),
+      jax.eval_shape(lambda: _host_batch(config.model, 1)))
+  step = steps.make_train_step(model, config, mesh, replicated)
   start = time.perf_counter()
-  compiled = step.lower(state, global_batch).compile()
-  compile_s = time.perf_counter() - start
+  compiled = step.lower(state, batch).compile()
+  return compiled, time.perf_counter() - start
+
+
+def bench_train_step(config) -> dict:
+  from grurcn_jax import flops, sharding, steps
+  model_cfg = config.model
+  model = _model(model_cfg)
+  mesh = sharding.make_mesh()
+  shapes = _level_shapes(model_cfg)
+  state = steps.create_state(model, config, mesh, shapes)
+  params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  compiled, compile_s = _compile_step(config, model, mesh, FLAGS.batch, state)
+  global_batch = sharding.global_batch(mesh, _host_batch(model_cfg, FLAGS.batch))
+
   step_s = float("nan")  # --steps=0: compile and memory only
   if FLAGS.steps:
     state, _ = compiled(state, global_batch)  # warm-up
@@ -137,33 +213,95 @@ def bench_train_step(config) -> dict:
       jax.block_until_ready(metrics)
       times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+  analysis = compiled.memory_analysis()
+  compiled_memory = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+                        + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = int(stats.get("peak_bytes_in_use", compiled_memory))
   flops_per_step = flops.train_step_flops(model_cfg, shapes, FLAGS.batch,
                                           FLAGS.clip_length)
-  peak = None
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    peak = int(stats["peak_bytes_in_use"])
-  else:
-    analysis = compiled.memory_analysis()
-    peak = int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes
-               + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
-  return {
+  result = {
       "what": "train_step", "model": model_cfg.name, "variant": model_cfg.variant,
       "recurrence": FLAGS.recurrence or model_cfg.recurrence, "remat": model_cfg.remat,
+      "kernel_gradient": model_cfg.kernel_gradient,
       "levels": list(model_cfg.levels), "dtype": model_cfg.dtype, "batch": FLAGS.batch,
       "clip_length": FLAGS.clip_length, "params": params,
       "step_ms": step_s * 1e3, "clips_per_s": FLAGS.batch / step_s,
       "compile_s": compile_s, "flops_per_step": flops_per_step,
       "achieved_flops_per_s": flops_per_step / step_s,
-      "reference_flops_per_s": reference_flops_per_s() if FLAGS.steps else None,
-      "peak_memory_bytes": peak, "device": jax.devices()[0].device_kind,
+      "peak_memory_bytes": peak, "compiled_memory_bytes": compiled_memory,
+      "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
       "num_devices": jax.device_count(),
   }
+  if FLAGS.steps and FLAGS.host_feed:
+    result.update(_host_fed_step_ms(compiled, state, model_cfg, mesh))
+  result.update(reference_flops_per_s=None, reference=None)
+  if FLAGS.steps:
+    if jax.default_backend() == "cpu":
+      result.update(reference_flops_per_s=cpu_reference_flops_per_s(),
+                    reference="float32 3x3 convolution, forward and backward")
+    else:
+      matmul, conv = accelerator_ceilings(jnp.dtype(model_cfg.dtype))
+      result.update(matmul_flops_per_s=matmul, conv_flops_per_s=conv,
+                    reference_flops_per_s=max(matmul, conv),
+                    reference=f"max(8192^3 matmul, 3x3 convolution) in {model_cfg.dtype}")
+    result["utilisation"] = result["achieved_flops_per_s"] / result["reference_flops_per_s"]
+  return result
+
+
+def _host_fed_step_ms(compiled, state, model_cfg, mesh) -> dict:
+  """Mean step time when every step's batch comes from host memory (3 distinct
+  batches in turn), without the device prefetcher and with it (2 ahead). Each
+  mode first runs every host batch once, so one-time costs of a first transfer
+  (staging buffers) stay out of both."""
+  from grurcn_jax import sharding
+  host_batches = [_host_batch(model_cfg, FLAGS.batch, seed) for seed in range(3)]
+  result = {}
+  for size, name in ((0, "host_fed_unprefetched_step_ms"), (2, "host_fed_step_ms")):
+    batches = sharding.prefetch_to_device(itertools.cycle(host_batches), mesh, size)
+    for _ in range(len(host_batches) + 1):
+      state, metrics = compiled(state, next(batches))
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(FLAGS.steps):
+      state, metrics = compiled(state, next(batches))
+    jax.block_until_ready(metrics)
+    result[name] = (time.perf_counter() - start) / FLAGS.steps * 1e3
+  return result
+
+
+def bench_scaling(config) -> dict:
+  from grurcn_jax import hlo, sharding
+  model = _model(config.model)
+  devices = jax.device_count()
+  if FLAGS.batch % devices:
+    raise SystemExit(f"--batch={FLAGS.batch} must be a multiple of the {devices} devices")
+
+  def xla_flops(compiled):
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"])
+
+  everywhere, compile_s = _compile_step(config, model, sharding.make_mesh(), FLAGS.batch)
+  alone, _ = _compile_step(config, model, sharding.make_mesh(jax.devices()[:1]),
+                           FLAGS.batch // devices)
+  program = everywhere.as_text()
+  collectives = hlo.collective_bytes(program)
+  per_device, one_device = xla_flops(everywhere), xla_flops(alone)
+  return {"what": "scaling", "num_devices": devices, "batch": FLAGS.batch,
+          "clip_length": FLAGS.clip_length, "variant": config.model.variant,
+          "recurrence": FLAGS.recurrence or config.model.recurrence,
+          "remat": config.model.remat, "levels": list(config.model.levels),
+          "xla_flops_per_device": per_device, "xla_flops_one_device": one_device,
+          "flops_ratio": per_device / one_device, "collective_bytes": collectives,
+          "all_gather_bytes": collectives["all-gather"], "compile_s": compile_s,
+          "device": jax.devices()[0].device_kind}
 
 
 def bench_pipeline(config) -> dict:
   from grurcn_jax import train
   from grurcn_jax.data import pipeline
+  pipeline.hide_accelerators_from_tensorflow()
   train.prepare_data(config)  # builds the demo data when the config asks for it
   batches = iter(pipeline.train_batches(
       config.data.dir, split=config.data.train_split, batch_size=FLAGS.batch,
@@ -183,8 +321,6 @@ def bench_pipeline(config) -> dict:
 
 def main(argv):
   del argv
-  from grurcn_jax.data import pipeline
-  pipeline.hide_accelerators_from_tensorflow()
   config = FLAGS.config
   with config.unlocked():
     if FLAGS.dtype:
@@ -193,9 +329,15 @@ def main(argv):
       config.model.recurrence = FLAGS.recurrence
     if FLAGS.remat is not None:
       config.model.remat = FLAGS.remat
+    if FLAGS.kernel_gradient:
+      config.model.kernel_gradient = FLAGS.kernel_gradient
+    if FLAGS.what != "pipeline":   # the pipeline reads its clips as configured
+      config.data.clip_length = FLAGS.clip_length
   from grurcn_jax.errors import ConfigError
+  benches = {"train_step": bench_train_step, "scaling": bench_scaling,
+             "pipeline": bench_pipeline}
   try:
-    result = bench_pipeline(config) if FLAGS.what == "pipeline" else bench_train_step(config)
+    result = benches[FLAGS.what](config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -1,14 +1,18 @@
-"""Orbax checkpoints: the only module that talks to orbax.
+"""Orbax checkpoints and preemption: when to save, and saving.
 
-Each checkpoint holds the train state and the config it was trained with (JSON), so
-restoring into a different model fails with a message naming what differs instead
-of a shape error deep inside orbax. Saves are asynchronous; `wait` blocks until the
-last one is durable (before exit, and before anything that must see it).
+The only module that talks to orbax. Each checkpoint holds the train state and the
+config it was trained with (JSON), so restoring into a different model fails with a
+message naming what differs instead of a shape error deep inside orbax. Saves are
+asynchronous; `wait` blocks until the last one is durable (before exit, and before
+anything that must see it).
 """
 
+import signal
+import threading
 from typing import Any, Mapping, Optional
 
 import jax
+from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from grurcn_jax import config_validation
@@ -83,3 +87,39 @@ def abstract_like(tree: Any, sharding) -> Any:
   """Shape/dtype/sharding structs of `tree` (a restore target, no memory)."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+class Preemption:
+  """Whether to save and stop at this step, the same answer on every host.
+
+  A preemption notice (SIGTERM) can reach one host of a slice alone, while saving
+  is collective: hosts that decided at different steps would each wait for the
+  others' part of a different save. With several processes, JAX's distributed
+  runtime catches SIGTERM and its coordination service makes every host see the
+  preemption at the same step (`reached_preemption_sync_point`, what orbax's
+  `reached_preemption` uses). A single process turns SIGTERM into a flag.
+  """
+
+  def __init__(self):
+    self._requested = False
+    self._previous = None
+
+  def __enter__(self):
+    single = jax.process_count() == 1
+    if single and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._requested = True
+
+  def reached(self, step: int) -> bool:
+    """Call once per step, on every host, with increasing steps."""
+    if jax.process_count() > 1:
+      return bool(multihost_utils.reached_preemption_sync_point(step))
+    return self._requested
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)

@@ -170,7 +170,7 @@ def evaluate_checkpoint(config, workdir: str, step=None) -> Dict:
   """--mode=eval: restores the newest (or `step`) checkpoint of `workdir` and
   evaluates it, writing the files above."""
   from grurcn_jax import checkpoints as checkpoints_lib
-  from grurcn_jax import config_validation, train
+  from grurcn_jax import config_validation, steps, train
   from grurcn_jax.models import build_model
   config_validation.validate_config(config)
   mesh = sharding.make_mesh()
@@ -180,7 +180,8 @@ def evaluate_checkpoint(config, workdir: str, step=None) -> Dict:
   if checkpoints.latest_step() is None:
     from grurcn_jax.errors import ConfigError
     raise ConfigError(f"no checkpoint in {workdir}/checkpoints to evaluate")
-  abstract = jax.eval_shape(lambda: train.create_state(model, config, mesh, metadata))
+  abstract = jax.eval_shape(lambda: steps.create_state(
+      model, config, mesh, steps.level_shapes(config, metadata)))
   state = checkpoints.restore(
       checkpoints_lib.abstract_like(abstract, sharding.replicated(mesh)),
       config.model.to_dict(), step)

@@ -1,11 +1,12 @@
-"""Device placement: the mesh, shardings, and host batches -> global arrays.
+"""Device placement: the mesh, shardings, host batches -> global arrays, prefetch.
 
 One data-parallel axis over every device of every host. Parameters and optimiser
 state are replicated; batches are split along their first axis. Each host feeds only
 its own part of the global batch (`jax.make_array_from_process_local_data`).
 """
 
-from typing import Any
+import collections
+from typing import Any, Iterable, Iterator
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -16,8 +17,9 @@ from grurcn_jax.errors import ConfigError
 DATA_AXIS = "data"
 
 
-def make_mesh() -> Mesh:
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices=None) -> Mesh:
+  """A data-parallel mesh over `devices` (default: every device of every host)."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -45,3 +47,35 @@ def global_batch(mesh: Mesh, host_batch: Any) -> Any:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       host_batch)
+
+
+def prefetch_to_device(host_batches: Iterable[Any], mesh: Mesh,
+                       size: int = 2) -> Iterator[Any]:
+  """Global batches of `host_batches`, with the next `size` already on their way
+  to the devices.
+
+  Copies to the devices are asynchronous: a batch handed to them here travels
+  while the step before it runs, so a step never waits for its input's copy (a
+  paper-shape batch is about 1 GB). `size=0` copies each batch when it is asked for.
+  """
+  iterator = iter(host_batches)
+  queue = collections.deque()
+
+  def enqueue(count):
+    # next(), not islice: islice would call iter() again, which restarts some
+    # iterators (the pipeline's Batches).
+    for _ in range(count):
+      try:
+        queue.append(global_batch(mesh, next(iterator)))
+      except StopIteration:
+        return
+
+  enqueue(size)
+  while True:
+    if not queue:  # size=0, or the end
+      enqueue(1)
+      if not queue:
+        return
+    yield queue.popleft()
+    # Resumed: the caller has dispatched its step; start the next copy behind it.
+    enqueue(1 if size else 0)

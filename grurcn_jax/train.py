@@ -3,98 +3,28 @@
 One jit-compiled step with explicit shardings over a data-parallel mesh, the train
 state donated, dropout RNG `fold_in(rng, step)`. Resumes from the newest checkpoint
 in `workdir` without being asked; the input stream restarts at the same step, so a
-resumed run ends exactly where an uninterrupted one does. SIGTERM (preemption) saves
-a checkpoint and stops. A non-finite loss or gradient is never applied: training
+resumed run ends exactly where an uninterrupted one does. SIGTERM (preemption) to
+any host makes every host save a checkpoint at the same step and stop. A non-finite loss or gradient is never applied: training
 stops with an error and the last good checkpoint stays as it was.
 """
 
 import os
-import signal
-import threading
 import time
 from typing import Any, Dict, Optional
 
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax.training import train_state
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from grurcn_jax import checkpoints as checkpoints_lib
-from grurcn_jax import config_validation, evaluate, flops, sharding
+from grurcn_jax import config_validation, evaluate, flops, sharding, steps
 from grurcn_jax.data import demo as demo_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import pipeline
 from grurcn_jax.errors import ConfigError, TrainingError
-from grurcn_jax.models import build_model, classification_loss
-
-TrainState = train_state.TrainState
-# Fault injection for the resume test: SIGKILL this process right after the
-# checkpoint of this step is durable, as a preemption without warning would.
-_KILL_AFTER_CHECKPOINT = "GRURCN_KILL_AFTER_CHECKPOINT"
-
-
-def learning_rate_schedule(config) -> optax.Schedule:
-  lr, steps, warmup = config.learning_rate, config.num_train_steps, config.warmup_steps
-  if config.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
-  if config.schedule == "step":
-    boundaries = {int(f * steps): config.step_decay for f in config.step_boundaries}
-    decay = optax.piecewise_constant_schedule(lr, boundaries)
-  else:
-    decay = optax.constant_schedule(lr)
-  if not warmup:
-    return decay
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
-
-
-def create_optimizer(config) -> optax.GradientTransformation:
-  schedule = learning_rate_schedule(config)
-  parts = []
-  if config.grad_clip_norm:
-    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if config.optimizer == "adam":
-    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
-  else:
-    if config.weight_decay:
-      parts.append(optax.add_decayed_weights(config.weight_decay))
-    parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=True))
-  return optax.chain(*parts)
-
-
-def make_train_step(model, config, mesh, state_sharding):
-  loss_kind = config.model.loss
-  schedule = learning_rate_schedule(config)
-  base_rng = jax.random.key(config.seed)
-
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(base_rng, state.step)
-
-    def loss_fn(params):
-      out = model.apply({"params": params}, batch["features"], train=True,
-                        rngs={"dropout": rng})
-      loss = jnp.mean(classification_loss(out, batch["label"], loss_kind))
-      accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
-      return loss, accuracy
-
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updated = state.apply_gradients(grads=grads)
-    # A non-finite step is never applied: the state stays the last good one.
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(new_state.params),
-               "learning_rate": schedule(state.step), "finite": finite}
-    return new_state, metrics
-
-  return jax.jit(train_step,
-                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_sharding, sharding.replicated(mesh)),
-                 donate_argnums=(0,))
+from grurcn_jax.models import build_model
 
 
 def prepare_data(config) -> Dict:
@@ -122,39 +52,6 @@ def prepare_data(config) -> Dict:
   return metadata
 
 
-def create_state(model, config, mesh, metadata) -> TrainState:
-  level_shapes = {l: metadata["levels"][l]["shape"] for l in config.model.levels}
-  dummy = {l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
-           for l, s in level_shapes.items()}
-  tx = create_optimizer(config)
-
-  def init():
-    params = model.init(jax.random.key(config.seed), dummy)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
-
-
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks at step boundaries."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():  # signals need it
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[str, Any]:
   """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
 
@@ -168,7 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   model = build_model(config.model)
   is_chief = jax.process_index() == 0
 
-  state = create_state(model, config, mesh, metadata)
+  state = steps.create_state(model, config, mesh, steps.level_shapes(config, metadata))
   state_sharding = sharding.replicated(mesh)
   checkpoints = checkpoints_lib.Checkpoints(os.path.join(workdir, "checkpoints"),
                                             max_to_keep=config.keep_checkpoints)
@@ -181,19 +78,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_validation.flatten(config).items()})
-  level_shapes = {l: metadata["levels"][l]["shape"] for l in config.model.levels}
-  step_flops = flops.train_step_flops(config.model, level_shapes, config.batch_size,
+  step_flops = flops.train_step_flops(config.model, steps.level_shapes(config, metadata),
+                                      config.batch_size,
                                       config.data.clip_length)
-  train_step = make_train_step(model, config, mesh, state_sharding)
+  train_step = steps.make_train_step(model, config, mesh, state_sharding)
   eval_step = evaluate.make_eval_step(model, config.model.loss, mesh)
-  batches = iter(pipeline.train_batches(
+  host_batches = pipeline.train_batches(
       config.data.dir, split=config.data.train_split, batch_size=host_batch,
       clip_length=config.data.clip_length, frame_stride=config.data.frame_stride,
       seed=config.seed, levels=config.model.levels,
       process_index=jax.process_index(), process_count=jax.process_count(),
       num_streams=config.data.num_streams or None, start_step=start_step,
       shuffle_buffer=config.data.shuffle_buffer,
-      skip_bad_records=config.data.skip_bad_records))
+      skip_bad_records=config.data.skip_bad_records)
+  # The next batches travel to the devices while a step runs.
+  batches = sharding.prefetch_to_device(host_batches, mesh, config.data.device_prefetch)
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=config.num_train_steps, writer=writer)
 
@@ -205,17 +104,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     print(f"Training {config.model.name}/{config.model.variant} from step {start_step} "
           f"to {config.num_train_steps} on {jax.device_count()} device(s); "
           f"workdir {workdir}", flush=True)
-  with _Preemption() as preemption, metric_writers.ensure_flushes(writer):
+  with checkpoints_lib.Preemption() as preemption, \
+      metric_writers.ensure_flushes(writer):
     while step < config.num_train_steps:
-      state, metrics = train_step(state, sharding.global_batch(mesh, next(batches)))
+      state, metrics = train_step(state, next(batches))
       step += 1
       report_progress(step)
       window.append(metrics)
       # Every periodic action also happens at the last step.
       due = lambda every: step % every == 0 or step == config.num_train_steps
-      # Read the flag once: a SIGTERM arriving later in this step must not stop the
-      # run without the save that the stop promises (it is handled next step).
-      preempted = preemption.requested
+      # Asked once per step: every host gets the same answer at the same step, and
+      # a SIGTERM arriving later in this step is handled at the next one.
+      preempted = preemption.reached(step)
       log, save, run_eval = (due(config.log_every_steps),
                              due(config.checkpoint_every_steps) or preempted,
                              due(config.eval_every_steps))
@@ -249,9 +149,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       window = []
       if save:
         checkpoints.save(step, state, config.to_dict())
-        if os.environ.get(_KILL_AFTER_CHECKPOINT) == str(step):
-          checkpoints.wait()
-          os.kill(os.getpid(), signal.SIGKILL)
       if preempted:
         checkpoints.close()
         raise TrainingError(f"stopped by SIGTERM at step {step}; the checkpoint is "

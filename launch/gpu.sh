@@ -5,8 +5,9 @@
 #   launch/gpu.sh --gpus=0,1 --config=configs/ucf101_grurcn.py --workdir=/runs/grurcn \
 #       --config.data.dir=/data/ucf101_split1 --config.model.dtype=bfloat16
 #
-# Once per machine, the CUDA build of jax (after pip install -e .):
-#   pip install -U "jax[cuda12]"        # CUDA 12 wheels, driver >= 525
+# Once per machine, the CUDA build of jax in the range setup.cfg admits:
+#   pip install -e . "jax[cuda13]>=0.10.2,<0.12"   # CUDA 13 wheels, driver >= 580
+#   (or "jax[cuda12]>=0.10.2,<0.12" for drivers >= 525)
 #
 # Options (the rest goes to python -m grurcn_jax.main unchanged):
 #   --gpus=LIST            GPUs to use, e.g. 0 or 0,1,2,3 (default: all visible)

@@ -1,7 +1,10 @@
-"""Test set-up: 8 simulated CPU devices, set before anything imports jax."""
+"""Test set-up: 8 simulated CPU devices, set before anything imports jax; the tiny
+demo dataset, built once per run for every test that only reads it."""
 
 import os
 import sys
+
+import pytest
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
@@ -17,3 +20,10 @@ import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 
 # Tests compare float32 numbers with tight tolerances.
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_dir(tmp_path_factory):
+  """tests.training_setup's tiny demo features. Read it; never write into it."""
+  from tests.training_setup import build_tiny_demo
+  return build_tiny_demo(tmp_path_factory.mktemp("tiny_demo"))

@@ -10,14 +10,33 @@ import numpy as np
 import pytest
 
 from grurcn_jax import flops, levels as levels_lib
-from tests.training_setup import REPO, build_tiny_demo
+from tests.training_setup import REPO
 
 TINY_MODEL = ["--config.model.levels=('pool2','pool3')", "--config.model.hidden=(4,4)"]
 
 
-def run_bench(*args):
+# Runs the bench as `python -m grurcn_jax.bench`, optionally with modules made
+# unimportable (as on accelerator images without TensorFlow or clu).
+_LAUNCH = """
+import importlib.abc, runpy, sys
+blocked = [name for name in sys.argv[1].split(",") if name]
+
+class Missing(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in blocked:
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    return None
+
+sys.meta_path.insert(0, Missing())
+sys.argv = ["grurcn_jax.bench"] + sys.argv[2:]
+runpy.run_module("grurcn_jax.bench", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_bench(*args, without=()):
   result = subprocess.run(
-      [sys.executable, "-m", "grurcn_jax.bench", "--config=configs/demo.py", *args],
+      [sys.executable, "-c", _LAUNCH, ",".join(without), "--config=configs/demo.py",
+       *args],
       capture_output=True, text=True, cwd=REPO, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -35,10 +54,12 @@ def expected_params(levels, hidden, channels, num_classes, kernel=3):
   return total
 
 
-@pytest.mark.parametrize("extra", [[], ["--remat"], ["--recurrence=rnn_cell"]])
+@pytest.mark.parametrize("extra", [[], ["--remat", "--kernel_gradient=taps"],
+                                   ["--recurrence=rnn_cell"], ["--host_feed"]])
 def test_train_step_report(extra):
+  # The train step needs neither TensorFlow nor clu (GPU images often lack both).
   report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=3", "--image_size=32",
-                     "--steps=2", *extra)
+                     "--steps=2", *extra, without=("tensorflow", "clu"))
   shapes = {l: levels_lib.feature_shape(l, 32) for l in ("pool2", "pool3")}
   channels = {l: s[-1] for l, s in shapes.items()}
   assert report["params"] == expected_params(("pool2", "pool3"), (4, 4), channels, 8)
@@ -53,7 +74,16 @@ def test_train_step_report(extra):
   np.testing.assert_allclose(report["achieved_flops_per_s"],
                              report["flops_per_step"] / (report["step_ms"] / 1e3))
   assert report["reference_flops_per_s"] > 0 and report["peak_memory_bytes"] > 0
+  assert report["compiled_memory_bytes"] > 0 and report["platform"] == "cpu"
+  assert "convolution" in report["reference"]
+  np.testing.assert_allclose(report["utilisation"], report["achieved_flops_per_s"]
+                             / report["reference_flops_per_s"])
   assert report["remat"] == ("--remat" in extra)
+  assert report["kernel_gradient"] == ("taps" if "--remat" in extra else "auto")
+  if "--host_feed" in extra:
+    assert report["host_fed_step_ms"] > 0 and report["host_fed_unprefetched_step_ms"] > 0
+  else:
+    assert "host_fed_step_ms" not in report
   assert report["recurrence"] == ("rnn_cell" if extra == ["--recurrence=rnn_cell"]
                                   else "fused")
 
@@ -66,8 +96,22 @@ def test_compile_only_reports_time_and_memory():
   assert report["reference_flops_per_s"] is None
 
 
-def test_pipeline_report(tmp_path):
-  data_dir = build_tiny_demo(tmp_path / "demo")
+@pytest.mark.parametrize("variant", ["uni", "stacked"])
+def test_scaling_report_shows_each_device_doing_its_share(variant):
+  report = run_bench(*TINY_MODEL, f"--config.model.variant={variant}", "--what=scaling",
+                     "--batch=16", "--clip_length=3", "--image_size=32",
+                     without=("tensorflow", "clu"))
+  assert report["num_devices"] == 8 and report["batch"] == 16
+  # The per-device program does what one device does with 2 clips.
+  assert 0.95 < report["flops_ratio"] < 1.05
+  np.testing.assert_allclose(report["flops_ratio"], report["xla_flops_per_device"]
+                             / report["xla_flops_one_device"])
+  assert report["all_gather_bytes"] == 0
+  assert report["collective_bytes"]["all-reduce"] > 0   # the gradients' sum
+
+
+def test_pipeline_report(tiny_demo_dir):
+  data_dir = tiny_demo_dir
   report = run_bench(*TINY_MODEL, f"--config.data.dir={data_dir}",
                      "--config.data.clip_length=4", "--what=pipeline", "--batch=4",
                      "--steps=5")

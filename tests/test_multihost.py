@@ -1,19 +1,24 @@
 """Two processes on one machine (4 CPU devices each, gloo collectives) train the
 demo config to the same parameters and eval loss as one process with 8 devices
-and the same global batch, each reading only its own data streams."""
+and the same global batch, each reading only its own data streams; a SIGTERM to
+one of them stops both at the same step with the same checkpoint, and the same
+command resumes to the uninterrupted result."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
 from grurcn_jax import train
-from tests.training_setup import (REPO, build_tiny_demo, overrides_as_flags,
-                                  restore_params, tiny_config)
+from tests.training_setup import REPO, overrides_as_flags, restore_params, tiny_config
+
+SETTINGS = dict(num_train_steps=12, checkpoint_every_steps=100, eval_every_steps=12)
 
 
 def free_port():
@@ -22,34 +27,67 @@ def free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one(tmp_path):
-  data_dir = build_tiny_demo(tmp_path / "data")
-  settings = dict(num_train_steps=6, checkpoint_every_steps=3, eval_every_steps=6)
-  reference_dir = str(tmp_path / "one")
-  config = tiny_config(data_dir, data__num_streams=2, **settings)
-  reference = train.train_and_evaluate(config, reference_dir)
-
-  workdir = str(tmp_path / "two")
+def start_two_processes(data_dir, workdir, logs):
+  """Both processes of one run; their output goes to files under `logs`."""
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
-  processes = [subprocess.Popen(
-      [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
-       f"--workdir={workdir}", *overrides_as_flags(data_dir, **settings),
-       "--config.data.num_streams=2", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in processes]
-  for p, (out, err) in zip(processes, outputs):
-    assert p.returncode == 0, err[-3000:]
-  assert "on 8 device(s)" in outputs[0][0]
+  processes = []
+  for i in range(2):
+    out, err = (open(os.path.join(logs, f"{i}.{kind}"), "w") for kind in ("out", "err"))
+    processes.append(subprocess.Popen(
+        [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
+         f"--workdir={workdir}", *overrides_as_flags(data_dir, **SETTINGS),
+         "--config.data.num_streams=2", f"--coordinator_address=127.0.0.1:{port}",
+         "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env, stdout=out, stderr=err, text=True))
+  return processes
 
+
+def read(logs, name):
+  with open(os.path.join(logs, name)) as f:
+    return f.read()
+
+
+def wait(processes, timeout=600):
+  return [p.wait(timeout=timeout) for p in processes]
+
+
+def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
+                                                                 tmp_path):
+  data_dir = tiny_demo_dir
+  reference_dir = str(tmp_path / "one")
+  config = tiny_config(data_dir, data__num_streams=2, **SETTINGS)
+  reference = train.train_and_evaluate(config, reference_dir)
+
+  workdir = str(tmp_path / "two")
+  first, second = tmp_path / "first", tmp_path / "second"
+  first.mkdir(), second.mkdir()
+  processes = start_two_processes(data_dir, workdir, first)
+  deadline = time.time() + 600
+  while "step 2/" not in read(first, "0.out"):   # process 0 reports the steps
+    assert time.time() < deadline and all(p.poll() is None for p in processes), (
+        read(first, "0.err")[-3000:] + read(first, "1.err")[-3000:])
+    time.sleep(0.2)
+  processes[1].terminate()                        # SIGTERM to ONE host only
+  assert wait(processes, timeout=300) == [1, 1]
+  messages = [re.findall(r"error: stopped by SIGTERM at step (\d+);",
+                         read(first, f"{i}.err")) for i in range(2)]
+  assert messages[0] == messages[1] and len(messages[0]) == 1, messages
+  step = messages[0][0]
+  assert int(step) < SETTINGS["num_train_steps"]
+  assert "Traceback" not in read(first, "0.err") + read(first, "1.err")
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == [step]
+
+  # The same command resumes and ends where the uninterrupted run did.
+  processes = start_two_processes(data_dir, workdir, second)
+  assert wait(processes) == [0, 0], read(second, "0.err")[-3000:]
+  assert f"from step {step} to 12 on 8 device(s)" in read(second, "0.out")
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
     metrics = json.load(f)
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
   assert metrics["num_videos"] == reference["num_videos"]
-  # One consistent set of checkpoints, equal to the one-process run's.
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted([step, "12"])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-               restore_params(config, workdir, 6), restore_params(config, reference_dir, 6))
+               restore_params(config, workdir, 12),
+               restore_params(config, reference_dir, 12))

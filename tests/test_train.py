@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from grurcn_jax import evaluate, train
 from grurcn_jax.errors import TrainingError
-from tests.training_setup import (REPO, build_tiny_demo, overrides_as_flags, restore_params,
+from tests.training_setup import (REPO, overrides_as_flags, restore_params,
                                   run_main, tiny_config)
 
 CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos",
@@ -22,8 +22,8 @@ CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return build_tiny_demo(tmp_path_factory.mktemp("demo_data"))
+def data_dir(tiny_demo_dir):
+  return tiny_demo_dir
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +85,11 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
   flags = overrides_as_flags(data_dir, num_train_steps=12, checkpoint_every_steps=6,
                              eval_every_steps=12)
   workdir = str(tmp_path / "killed")
-  killed = run_main(f"--workdir={workdir}", *flags,
-                    env={"GRURCN_KILL_AFTER_CHECKPOINT": "6"})
+  killed = subprocess.run(
+      [sys.executable, "-m", "tests.kill_after_checkpoint", "6",
+       "--config=configs/demo.py", f"--workdir={workdir}", *flags],
+      capture_output=True, text=True, cwd=REPO, timeout=900,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["6"]
   resumed = run_main(f"--workdir={workdir}", *flags)

@@ -1,0 +1,95 @@
+"""The jit-compiled training step, its optimiser and its initial state.
+
+Pure JAX/Flax/optax: no TensorFlow or clu, so the benchmark can time the step on
+accelerator images that have neither.
+"""
+
+from typing import Mapping, Sequence
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+from grurcn_jax import sharding
+from grurcn_jax.models import classification_loss
+
+TrainState = train_state.TrainState
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  lr, steps, warmup = config.learning_rate, config.num_train_steps, config.warmup_steps
+  if config.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
+  if config.schedule == "step":
+    boundaries = {int(f * steps): config.step_decay for f in config.step_boundaries}
+    decay = optax.piecewise_constant_schedule(lr, boundaries)
+  else:
+    decay = optax.constant_schedule(lr)
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def create_optimizer(config) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(config)
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  if config.optimizer == "adam":
+    parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+  else:
+    if config.weight_decay:
+      parts.append(optax.add_decayed_weights(config.weight_decay))
+    parts.append(optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  return optax.chain(*parts)
+
+
+def make_train_step(model, config, mesh, state_sharding):
+  loss_kind = config.model.loss
+  schedule = learning_rate_schedule(config)
+  base_rng = jax.random.key(config.seed)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+
+    def loss_fn(params):
+      out = model.apply({"params": params}, batch["features"], train=True,
+                        rngs={"dropout": rng})
+      loss = jnp.mean(classification_loss(out, batch["label"], loss_kind))
+      accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
+      return loss, accuracy
+
+    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updated = state.apply_gradients(grads=grads)
+    # A non-finite step is never applied: the state stays the last good one.
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+               "param_norm": optax.tree.norm(new_state.params),
+               "learning_rate": schedule(state.step), "finite": finite}
+    return new_state, metrics
+
+  return jax.jit(train_step,
+                 in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sharding, sharding.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+def level_shapes(config, metadata: Mapping) -> dict:
+  """level -> per-frame feature shape, for the levels the model uses."""
+  return {l: tuple(metadata["levels"][l]["shape"]) for l in config.model.levels}
+
+
+def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]]) -> TrainState:
+  """The initial train state, replicated over the mesh; `shapes` maps each level
+  to its per-frame feature shape (`level_shapes`)."""
+  dummy = {l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
+           for l, s in shapes.items()}
+  tx = create_optimizer(config)
+
+  def init():
+    params = model.init(jax.random.key(config.seed), dummy)["params"]
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  return jax.jit(init, out_shardings=sharding.replicated(mesh))()

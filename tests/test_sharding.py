@@ -1,0 +1,130 @@
+"""Data parallelism that survives compilation, and device prefetch.
+
+The train step is compiled on the 8 simulated devices with the batch sharded over
+`data`; the per-device program must hold only its own clips: no all-gather of
+activations, no convolution over more frames than the device's own.
+"""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import numpy as np
+import pytest
+
+from configs import default
+from grurcn_jax import hlo, levels as levels_lib, sharding, steps
+from grurcn_jax.models import build_model
+
+GLOBAL_BATCH, CLIP_LENGTH = 16, 3   # 2 clips, 6 frames per device
+# Sizes chosen so that no other dimension of the program equals these two.
+GLOBAL_SIZES = {GLOBAL_BATCH, GLOBAL_BATCH * CLIP_LENGTH}
+
+
+def compiled_train_step(variant, recurrence, remat):
+  config = default.get_config()
+  config.model.levels, config.model.hidden = ("pool3", "pool4"), (6, 5)
+  config.model.num_classes = 7
+  config.model.variant, config.model.recurrence = variant, recurrence
+  config.model.remat = remat
+  config.data.clip_length = CLIP_LENGTH
+  mesh = sharding.make_mesh()
+  shapes = {l: levels_lib.feature_shape(l, 32) for l in config.model.levels}
+  model = build_model(config.model)
+  state = jax.eval_shape(lambda: steps.create_state(model, config, mesh, shapes))
+  replicated, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state = jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
+  clips = {"features": {l: jax.ShapeDtypeStruct((GLOBAL_BATCH, CLIP_LENGTH, *s),
+                                                jnp.float16, sharding=batch)
+                        for l, s in shapes.items()},
+           "label": jax.ShapeDtypeStruct((GLOBAL_BATCH,), jnp.int32, sharding=batch)}
+  step = steps.make_train_step(model, config, mesh, replicated)
+  return step.lower(state, clips).compile().as_text()
+
+
+def global_sized_dimensions(program):
+  """Dimensions of convolutions and all-gathers that only the global batch has."""
+  found = [dims for shapes in hlo.convolution_shapes(program) for dims in shapes
+           if GLOBAL_SIZES & set(dims)]
+  found += [i.shapes for i in hlo.all_gathers(program)]
+  return found
+
+
+@pytest.mark.parametrize("recurrence,remat",
+                         [("fused", False), ("fused", True), ("scan", False)])
+@pytest.mark.parametrize("variant", ["uni", "bi", "stacked"])
+def test_every_device_computes_only_its_own_clips(variant, recurrence, remat):
+  program = compiled_train_step(variant, recurrence, remat)
+  assert hlo.convolution_shapes(program), "no convolutions found: parser out of date?"
+  assert global_sized_dimensions(program) == []
+  # The local input convolutions are there: each device's 6 frames of pool3
+  # (4x4x256) at once, or with remat its 2 clips' frame per step.
+  local = 2 if (recurrence, remat) == ("fused", True) else 2 * CLIP_LENGTH
+  assert any(shapes[0] == (local, 4, 4, 256)
+             for shapes in hlo.convolution_shapes(program))
+  # Gradients are summed over devices: parameter-sized all-reduces only.
+  assert 0 < hlo.collective_bytes(program)["all-reduce"] < 1_000_000
+
+
+def test_time_major_merge_is_caught():
+  """The check above fails on the layout that lost data parallelism: time folded
+  into the batch time-major puts the sharded axis inside."""
+  mesh = sharding.make_mesh()
+  clips = NamedSharding(mesh, P(sharding.DATA_AXIS))
+  x = jax.ShapeDtypeStruct((GLOBAL_BATCH, CLIP_LENGTH, 4, 4, 8), jnp.float32,
+                           sharding=clips)
+  kernel = jnp.ones((3, 3, 8, 8))
+
+  def time_major_conv(x):
+    frames = jnp.swapaxes(x, 0, 1).reshape((-1, 4, 4, 8))
+    return jax.lax.conv_general_dilated(frames, kernel, (1, 1), "SAME",
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  program = jax.jit(time_major_conv).lower(x).compile().as_text()
+  assert global_sized_dimensions(program)
+
+
+def test_prefetch_to_device_yields_global_batches_in_order_ahead_of_use():
+  mesh = sharding.make_mesh()
+  pulled = []
+
+  def host_batches():
+    for i in itertools.count():
+      pulled.append(i)
+      yield {"x": np.full((8, 3), i, np.float32), "label": np.arange(8) + i}
+
+  batches = sharding.prefetch_to_device(host_batches(), mesh, size=2)
+  first = next(batches)
+  assert pulled == [0, 1]                      # the next one is already on its way
+  assert first["x"].sharding == sharding.batch_sharding(mesh)
+  np.testing.assert_array_equal(first["x"], np.zeros((8, 3)))
+  second = next(batches)
+  assert pulled == [0, 1, 2]
+  np.testing.assert_array_equal(second["label"], np.arange(8) + 1)
+
+  # An iterator that restarts when iter() is called on it again (as the
+  # pipeline's Batches does) is read on, not restarted.
+  class Restarting:
+    def __iter__(self):
+      self.position = 0
+      return self
+
+    def __next__(self):
+      self.position += 1
+      if self.position > 4:
+        raise StopIteration
+      return {"x": np.full((8,), self.position, np.float32)}
+
+  for size in (0, 2):
+    got = [int(b["x"][0]) for b in sharding.prefetch_to_device(Restarting(), mesh, size)]
+    assert got == [1, 2, 3, 4], (size, got)
+
+  # size=0 copies on demand; a finite stream ends.
+  plain = list(sharding.prefetch_to_device(
+      ({"x": np.full((8,), i, np.float32)} for i in range(3)), mesh, size=0))
+  assert [int(b["x"][0]) for b in plain] == [0, 1, 2]
+  ahead = list(sharding.prefetch_to_device(
+      ({"x": np.full((8,), i, np.float32)} for i in range(3)), mesh, size=5))
+  assert [int(b["x"][0]) for b in ahead] == [0, 1, 2]
