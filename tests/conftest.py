@@ -1,5 +1,6 @@
-"""Test set-up: 8 simulated CPU devices, set before anything imports jax; the tiny
-demo dataset, built once per run for every test that only reads it."""
+"""Test set-up: 8 simulated CPU devices, set before anything imports jax; XLA's
+optimisation passes off except for tests marked `optimized`; the tiny demo dataset,
+built once per run for every test that only reads it."""
 
 import os
 import sys
@@ -10,6 +11,11 @@ os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# On tiny shapes XLA's optimisation passes cost far more than they save (about 3x
+# the time of the model tests). Subprocesses (whole runs, the benchmark) inherit
+# this. Tests of compiled programs and of kernels' numbers run optimised (below).
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+_UNOPTIMIZED = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"].lower() in ("1", "true")
 
 # configs/ is imported as a package from the repository root.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,3 +33,16 @@ def tiny_demo_dir(tmp_path_factory):
   """tests.training_setup's tiny demo features. Read it; never write into it."""
   from tests.training_setup import build_tiny_demo
   return build_tiny_demo(tmp_path_factory.mktemp("tiny_demo"))
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "optimized: compile with XLA's optimisation passes, as real runs do")
+
+
+@pytest.fixture(autouse=True)
+def _xla_optimizations(request):
+  optimized = request.node.get_closest_marker("optimized") is not None
+  jax.config.update("jax_disable_most_optimizations", _UNOPTIMIZED and not optimized)
+  yield
+  jax.config.update("jax_disable_most_optimizations", _UNOPTIMIZED)

@@ -88,6 +88,11 @@ def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
   assert metrics["num_videos"] == reference["num_videos"]
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted([step, "12"])
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+  # Two processes sum the gradients in another order than one; Adam's
+  # normalisation turns such rounding in near-zero gradients into parameter
+  # differences far below one step's update (learning_rate), while a wrong batch
+  # or a lost step moves parameters by about that much.
+  tolerance = 1e-3 * config.learning_rate * SETTINGS["num_train_steps"]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=tolerance),
                restore_params(config, workdir, 12),
                restore_params(config, reference_dir, 12))

@@ -17,6 +17,9 @@ from configs import default
 from grurcn_jax import hlo, levels as levels_lib, sharding, steps
 from grurcn_jax.models import build_model
 
+# What real runs compile, XLA's optimisations included.
+pytestmark = pytest.mark.optimized
+
 GLOBAL_BATCH, CLIP_LENGTH = 16, 3   # 2 clips, 6 frames per device
 # Sizes chosen so that no other dimension of the program equals these two.
 GLOBAL_SIZES = {GLOBAL_BATCH, GLOBAL_BATCH * CLIP_LENGTH}

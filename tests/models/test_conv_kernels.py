@@ -13,6 +13,9 @@ from configs import default
 from grurcn_jax import hlo, levels as levels_lib, sharding
 from grurcn_jax.models import build_model, classification_loss, conv_kernels
 
+# The kernels' numbers as real runs compute them, XLA's optimisations included.
+pytestmark = pytest.mark.optimized
+
 F32_UNIT_ROUNDOFF = 2.0 ** -24
 
 
