@@ -20,7 +20,7 @@ def np_conv_same(x, kernel, bias=None):
   top, left = (kh - 1) // 2, (kw - 1) // 2
   padded = np.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
   b, h, w, _ = x.shape
-  y = np.zeros((b, h, w, out), np.float64)
+  y = np.zeros((b, h, w, out), x.dtype)   # float64, or float32 for its own error
   for i in range(kh):
     for j in range(kw):
       y += np.einsum("bhwc,co->bhwo", padded[:, i:i + h, j:j + w, :], kernel[i, j])
@@ -68,13 +68,16 @@ def test_cell_matches_paper_equations(batch, height, width, channels, features,
   init_vars = cell.init(jax.random.key(0), cell.initialize_carry(None, x0.shape), x0)
   assert jax.tree.map(jnp.shape, init_vars["params"]) == jax.tree.map(np.shape, params)
 
+  params32 = jax.tree.map(np.float32, params)
   h = np.zeros((batch, height, width, features))
+  h32 = np.zeros_like(h, np.float32)
   h_jax = cell.initialize_carry(jax.random.key(0), x0.shape)
   for _ in range(3):
     x = rng.standard_normal((batch, height, width, channels))
     h = np_paper_cell(h, x, params)
+    h32 = np_paper_cell(h32, np.float32(x), params32)   # the same in float32
     h_jax, out = cell.apply(variables, h_jax, jnp.asarray(x, jnp.float32))
-    np.testing.assert_allclose(h_jax, h, rtol=2e-5, atol=2e-5)
+    assert_float32_close(h_jax, h32, h)
     np.testing.assert_array_equal(out, h_jax)
 
 
@@ -95,7 +98,9 @@ def test_cell_is_not_one_of_the_usual_misreadings():
   got, _ = ConvGRUCell(3).apply(
       {"params": jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)},
       jnp.asarray(h, jnp.float32), jnp.asarray(x, jnp.float32))
-  np.testing.assert_allclose(got, np_paper_cell(h, x, params), rtol=2e-5, atol=2e-5)
+  assert_float32_close(got, np_paper_cell(np.float32(h), np.float32(x),
+                                          jax.tree.map(np.float32, params)),
+                       np_paper_cell(h, x, params))
   for wrong in misreadings:
     assert np.max(np.abs(np.asarray(got) - wrong)) > 1e-2
 
@@ -225,9 +230,11 @@ def test_fused_with_gate_inputs_and_float16_frames(reverse, remat):
       return jnp.sum(jnp.sin(states) * jnp.arange(5)[:, None, None, None])
     return f
   fused = make(implementation="fused", remat=remat)
-  np.testing.assert_allclose(fused.apply(variables, x, gate_inputs=lower),
-                             reference.apply(variables, x, gate_inputs=lower),
-                             rtol=1e-5, atol=1e-5)
+  assert_float32_close(
+      fused.apply(variables, x, gate_inputs=lower),
+      reference.apply(variables, x, gate_inputs=lower),
+      float64_run(lambda v, x, lower: reference.apply(v, x, gate_inputs=lower),
+                  variables, x.astype(jnp.float32), lower))
   got = jax.grad(loss(fused), argnums=(0, 1, 2))(variables, x, lower)
   expected = jax.grad(loss(reference), argnums=(0, 1, 2))(variables, x, lower)
   expected64 = float64_run(
