@@ -34,10 +34,6 @@ class Instruction:
   def bytes(self) -> int:
     return sum(_dtype_bytes(dtype) * int(np.prod(dims)) for dtype, dims in self.shapes)
 
-  @property
-  def elements(self) -> int:
-    return max((int(np.prod(dims)) for _, dims in self.shapes), default=0)
-
 
 def _dtype_bytes(dtype: str) -> int:
   if dtype in _BYTES:

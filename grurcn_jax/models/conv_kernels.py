@@ -11,9 +11,10 @@ Kernel (weight) gradients, `model.kernel_gradient`:
         sharply with the number of frames (about 18x the time for 4x the frames at
         pool4 size) while these products stay at matrix-multiply speed.
   auto  `xla` on GPU and TPU; on CPU `taps` for wide kernels (at least 256 x 256
-        channels) and inside loops over time, `xla` for the other batched ones. Chosen with `lax.platform_dependent`,
-        i.e. when the program is lowered for its platform, so a program exported
-        for GPU or TPU from a CPU host gets the GPU/TPU kernel.
+        channels) and inside loops over time, `xla` for the other batched ones.
+        Chosen with `lax.platform_dependent`, i.e. when the program is lowered for
+        its platform, so a program exported for GPU or TPU from a CPU host gets
+        the GPU/TPU kernel.
 
 Frames arrive batch-major ([B*T, H, W, C], the batch outermost), so the frames of
 one data-parallel shard stay together and every device reduces only its own.
@@ -78,9 +79,7 @@ def kernel_gradient(x: Array, cotangent: Array, kernel_shape: Sequence[int],
     float32 [kh, kw, C, O].
   """
   kernel_shape = tuple(kernel_shape)
-  if not isinstance(cotangent, (tuple, list)):
-    cotangent = (cotangent,)
-  cotangent = tuple(cotangent)
+  cotangent = tuple(cotangent) if isinstance(cotangent, (tuple, list)) else (cotangent,)
   if method == "xla":
     return _xla_kernel_gradient(x, cotangent, kernel_shape)
   if method == "taps":

@@ -221,7 +221,7 @@ def _sequence_backward(options, residuals, states_cotangent):
   if isinstance(states_cotangent, jax.custom_derivatives.SymbolicZero):
     states_cotangent = jnp.zeros(states.shape, states.dtype)
   states_cotangent = states_cotangent.astype(states.dtype)
-  batch, num_steps = inputs.shape[:2]
+  num_steps = inputs.shape[1]
   dtype = h0.dtype
   features = h0.shape[-1]
   method = options.kernel_gradient
