@@ -301,7 +301,6 @@ def bench_scaling(config) -> dict:
 def bench_pipeline(config) -> dict:
   from grurcn_jax import train
   from grurcn_jax.data import pipeline
-  pipeline.hide_accelerators_from_tensorflow()
   train.prepare_data(config)  # builds the demo data when the config asks for it
   batches = iter(pipeline.train_batches(
       config.data.dir, split=config.data.train_split, batch_size=FLAGS.batch,

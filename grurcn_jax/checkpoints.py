@@ -16,11 +16,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from grurcn_jax import config_validation
-from grurcn_jax.errors import ConfigError
-
-
-class CheckpointMismatchError(ConfigError):
-  """The checkpoint was trained with a model config other than the current one."""
+from grurcn_jax.errors import CheckpointMismatchError, ConfigError
 
 
 def _flatten(config: Mapping) -> dict:

@@ -1,9 +1,38 @@
-"""Errors meant for the person running the job, printed without a traceback."""
+"""Every error meant for the person running the job, in one place.
+
+Each is a problem the user can fix from the message alone (which names the field,
+file or value and what would work); the command-line programs print it as one line
+with no traceback. Anything else is a bug in this package and keeps its traceback.
+"""
 
 
-class ConfigError(ValueError):
+class Error(Exception):
+  """Base class: the message says what is wrong and what to do."""
+
+
+class ConfigError(Error, ValueError):
   """A config name or value that cannot work; the message lists the valid ones."""
 
 
-class TrainingError(RuntimeError):
+class CheckpointMismatchError(ConfigError):
+  """The checkpoint was trained with a model config other than the current one."""
+
+
+class TrainingError(Error, RuntimeError):
   """Training cannot go on (non-finite loss, preemption); the message says what to do."""
+
+
+class FeatureFormatError(Error, RuntimeError):
+  """A feature directory or shard that cannot be read; the message names the file."""
+
+
+class SplitFileError(Error, RuntimeError):
+  """A missing or malformed split file or class index (reported before any work)."""
+
+
+class VideoDecodeError(Error, RuntimeError):
+  """A video file that cannot be decoded (skipped and reported by extraction)."""
+
+
+class FusionError(Error, ValueError):
+  """Score files that cannot be fused; the message says why."""

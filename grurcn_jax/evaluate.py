@@ -21,9 +21,9 @@ from typing import Dict, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from grurcn_jax import sharding
+from grurcn_jax.host_tf import tf
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import pipeline
 from grurcn_jax.models import classification_loss

@@ -15,11 +15,9 @@ from typing import Dict, Sequence
 
 from absl import app, flags
 import numpy as np
-import tensorflow as tf
 
-
-class FusionError(ValueError):
-  """Score files that cannot be fused; the message says why."""
+from grurcn_jax.errors import FusionError
+from grurcn_jax.host_tf import tf
 
 
 def load_scores(path: str) -> Dict[str, np.ndarray]:

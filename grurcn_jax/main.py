@@ -46,20 +46,16 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not FLAGS["verbosity"].present:  # orbax and TF log a lot at INFO; -v 0 shows it
     logging.set_verbosity(logging.WARNING)
-  # TensorFlow (tf.data) must not take the accelerators JAX uses.
-  from grurcn_jax.data import pipeline
-  pipeline.hide_accelerators_from_tensorflow()
   _initialize_distributed()
 
   from grurcn_jax import errors, train
-  from grurcn_jax.data.features import FeatureFormatError
   try:
     if FLAGS.mode == "train":
       metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
       from grurcn_jax import evaluate
       metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.eval_step)
-  except (errors.ConfigError, errors.TrainingError, FeatureFormatError) as e:
+  except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   import jax

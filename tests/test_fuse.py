@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from grurcn_jax import fuse
+from grurcn_jax.errors import FusionError
 
 
 def scores(ids, labels, probs):
@@ -36,11 +37,11 @@ def test_round_trip_through_an_npz_file(tmp_path):
 
 def test_mismatches_are_clear():
   a = scores(["v1"], [0], [[1, 0]])
-  with pytest.raises(fuse.FusionError, match="disagree on the labels"):
+  with pytest.raises(FusionError, match="disagree on the labels"):
     fuse.fuse([a, scores(["v1"], [1], [[1, 0]])], [1, 1])
-  with pytest.raises(fuse.FusionError, match="share no video id"):
+  with pytest.raises(FusionError, match="share no video id"):
     fuse.fuse([a, scores(["v9"], [0], [[1, 0]])], [1, 1])
-  with pytest.raises(fuse.FusionError, match="one weight each"):
+  with pytest.raises(FusionError, match="one weight each"):
     fuse.fuse([a, a], [1])
-  with pytest.raises(fuse.FusionError, match="cannot read scores"):
+  with pytest.raises(FusionError, match="cannot read scores"):
     fuse.load_scores("/nonexistent/scores.npz")

@@ -22,6 +22,7 @@ import numpy as np
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import ucf101, video as video_lib
+from grurcn_jax.errors import SplitFileError, VideoDecodeError
 
 SOURCES = ("ucf101", "folders", "tfds")
 # Bytes per record besides the features (ids, label, indices, framing): generous.
@@ -161,7 +162,7 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
   for video in videos:
     try:
       frames, _ = video.load()
-    except video_lib.VideoDecodeError:
+    except VideoDecodeError:
       continue
     frames = video_lib.resize_and_crop(frames, settings.image_size, None)
     for level, a in extractor(frames).items():
@@ -244,7 +245,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
             frames, indices = video.load()
             frames = video_lib.resize_and_crop(frames, settings.image_size,
                                                _crop_for(video, settings))
-          except video_lib.VideoDecodeError as e:
+          except VideoDecodeError as e:
             failed.append((video.video_id, str(e)))
             logging.warning("skipping undecodable video %s", e)
             bar.update(1)
@@ -392,7 +393,7 @@ def main(argv):
       else:
         class_names, entries = ucf101.folder_entries(FLAGS.videos)
       videos = _file_videos(entries, settings)
-  except ucf101.SplitFileError as e:
+  except SplitFileError as e:
     raise SystemExit(f"error: {e}") from None
   summary = extract(videos, class_names, FLAGS.out, settings, source=FLAGS.source,
                     dry_run=FLAGS.dry_run)

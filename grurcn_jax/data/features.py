@@ -29,15 +29,13 @@ import os
 from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+from grurcn_jax.errors import FeatureFormatError
+from grurcn_jax.host_tf import tf
 
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 STORAGE_DTYPE = np.float16
-
-
-class FeatureFormatError(RuntimeError):
-  """A feature directory or shard that cannot be read; the message names the file."""
 
 
 @dataclasses.dataclass

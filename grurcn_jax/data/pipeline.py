@@ -29,20 +29,10 @@ import math
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from grurcn_jax.data import features as features_lib
-
-_hidden = False
-
-
-def hide_accelerators_from_tensorflow() -> None:
-  """tf.data runs on the host; TensorFlow must not grab GPU/TPU memory JAX needs."""
-  global _hidden
-  if not _hidden:
-    tf.config.set_visible_devices([], "GPU")
-    _hidden = True
-
+from grurcn_jax.errors import FeatureFormatError
+from grurcn_jax.host_tf import tf
 
 @dataclasses.dataclass
 class PipelineStats:
@@ -81,9 +71,9 @@ class _ShardReader:
         self._reported.add(i)
         logging.warning("%s; skipping its unreadable records", self._problem(i, None))
 
-  def error(self) -> Optional[features_lib.FeatureFormatError]:
+  def error(self) -> Optional[FeatureFormatError]:
     shard, position = (int(v) for v in self.failure.numpy())
-    return None if shard < 0 else features_lib.FeatureFormatError(
+    return None if shard < 0 else FeatureFormatError(
         self._problem(shard, position))
 
   def _problem(self, shard: int, position: Optional[int]) -> str:
@@ -175,7 +165,7 @@ def _level_shapes(metadata: Mapping, levels: Optional[Sequence[str]]) -> Dict:
   levels = list(levels) if levels else list(available)
   missing = [level for level in levels if level not in available]
   if missing:
-    raise features_lib.FeatureFormatError(
+    raise FeatureFormatError(
         f"level(s) {', '.join(missing)} not in the features; available: "
         f"{', '.join(available)}")
   return {level: available[level]["shape"] for level in levels}
@@ -224,21 +214,20 @@ def train_batches(directory: str, *, split: str, batch_size: int, clip_length: i
                   skip_bad_records: bool = False) -> Batches:
   """Endless per-host train batches of `batch_size` clips: {'features': {level:
   [b, T, ...] float16}, 'label': [b] int32, 'video_index': [b] int32, 'mask': [b]}."""
-  hide_accelerators_from_tensorflow()
   metadata = features_lib.read_metadata(directory)
   shards = features_lib.split_shards(metadata, split)
   num_streams = num_streams or process_count
   if num_streams % process_count:
-    raise features_lib.FeatureFormatError(
+    raise FeatureFormatError(
         f"{num_streams} data streams cannot be shared by {process_count} hosts: "
         f"num_streams must be a multiple of the host count")
   streams_per_host = num_streams // process_count
   if batch_size % streams_per_host:
-    raise features_lib.FeatureFormatError(
+    raise FeatureFormatError(
         f"the host batch of {batch_size} does not split over this host's "
         f"{streams_per_host} data streams")
   if len(shards) < num_streams:
-    raise features_lib.FeatureFormatError(
+    raise FeatureFormatError(
         f"split {split!r} has {len(shards)} shard(s) for {num_streams} data streams: "
         f"every stream needs at least one; extract with more shards")
   level_shapes = _level_shapes(metadata, levels)
@@ -268,7 +257,7 @@ def _stream_dataset(reader, stream, num_streams, split, seed, start, shuffle_buf
     epoch_size = sum(counts[i] for i in stream_shards(len(counts), seed, first_epoch,
                                                       stream, num_streams))
     if epoch_size == 0:
-      raise features_lib.FeatureFormatError(
+      raise FeatureFormatError(
           f"data stream {stream} has no videos in split {split!r} (its shards are empty)")
     if skip < epoch_size:
       break
@@ -311,7 +300,6 @@ def eval_batches(directory: str, *, split: str, batch_size: int, clip_length: in
                  process_count: int = 1, skip_bad_records: bool = False) -> Batches:
   """Finite, deterministic per-host eval batches; `num_batches` is the same on every
   host and padding elements have mask 0."""
-  hide_accelerators_from_tensorflow()
   metadata = features_lib.read_metadata(directory)
   shards = features_lib.split_shards(metadata, split)
   level_shapes = _level_shapes(metadata, levels)

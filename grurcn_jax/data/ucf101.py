@@ -10,11 +10,9 @@ import dataclasses
 import os
 from typing import Dict, List, Sequence, Tuple
 
+from grurcn_jax.errors import SplitFileError
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg")
-
-
-class SplitFileError(RuntimeError):
-  """A missing or malformed split file or class index (reported before any work)."""
 
 
 @dataclasses.dataclass(frozen=True)

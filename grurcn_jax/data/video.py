@@ -5,15 +5,13 @@ from typing import Optional, Tuple
 
 import av
 import numpy as np
-import tensorflow as tf
+
+from grurcn_jax.errors import VideoDecodeError
+from grurcn_jax.host_tf import tf
 
 # PAPER.md: training crops of side {256, 224, 192, 168} (of a 256 frame), resized
 # to 224; expressed as fractions of the resized frame so any image_size works.
 CROP_FRACTIONS = (256 / 256, 224 / 256, 192 / 256, 168 / 256)
-
-
-class VideoDecodeError(RuntimeError):
-  """A video PyAV cannot decode (listed and skipped by the extractor)."""
 
 
 def select_frame(index: int, time_s: float, *, frame_stride: Optional[int],

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import features
+from grurcn_jax.errors import FeatureFormatError
 from tests.data.fake import LEVEL_SHAPES, write_fake_features
 
 
@@ -45,7 +46,7 @@ def test_truncated_shard_error_names_the_file(tmp_path):
   path = os.path.join(tmp_path, "train-00001.tfrecord")
   data = open(path, "rb").read()
   open(path, "wb").write(data[: len(data) // 2])
-  with pytest.raises(features.FeatureFormatError, match="train-00001.tfrecord is corrupt or truncated"):
+  with pytest.raises(FeatureFormatError, match="train-00001.tfrecord is corrupt or truncated"):
     list(features.read_shard(path))
 
 
@@ -63,8 +64,8 @@ def test_interrupted_write_leaves_no_shard(tmp_path):
 
 
 def test_missing_metadata_and_unknown_split_are_clear(tmp_path):
-  with pytest.raises(features.FeatureFormatError, match="no feature metadata"):
+  with pytest.raises(FeatureFormatError, match="no feature metadata"):
     features.read_metadata(str(tmp_path))
   write_fake_features(tmp_path)
-  with pytest.raises(features.FeatureFormatError, match="available: test, train"):
+  with pytest.raises(FeatureFormatError, match="available: test, train"):
     features.split_shards(features.read_metadata(str(tmp_path)), "validation")

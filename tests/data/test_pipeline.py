@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import features, pipeline
+from grurcn_jax.errors import FeatureFormatError
 from tests.data.fake import write_fake_features
 
 
@@ -123,7 +124,7 @@ def test_truncated_shard_is_a_clear_error_or_skipped_on_request(tmp_path):
   path = os.path.join(tmp_path, "test-00001.tfrecord")
   data = open(path, "rb").read()
   open(path, "wb").write(data[: len(data) - 40])
-  with pytest.raises(features.FeatureFormatError, match="test-00001.tfrecord is corrupt"):
+  with pytest.raises(FeatureFormatError, match="test-00001.tfrecord is corrupt"):
     list(pipeline.eval_batches(str(tmp_path), split="test", batch_size=2, clip_length=2))
   batches = pipeline.eval_batches(str(tmp_path), split="test", batch_size=2,
                                   clip_length=2, skip_bad_records=True)
@@ -146,7 +147,7 @@ def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
   def batches(**kwargs):
     return pipeline.train_batches(str(tmp_path), split="train", batch_size=1,
                                   clip_length=2, **kwargs)
-  with pytest.raises(features.FeatureFormatError,
+  with pytest.raises(FeatureFormatError,
                      match=r"(tfrecord is corrupt or truncated|tfrecord does not exist)"):
     list(itertools.islice(batches(), 9))
   skipping = batches(skip_bad_records=True)
@@ -158,7 +159,7 @@ def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
 
 
 def test_unknown_level_is_clear(feature_dir):
-  with pytest.raises(features.FeatureFormatError, match="pool2.*available: pool4, fc7"):
+  with pytest.raises(FeatureFormatError, match="pool2.*available: pool4, fc7"):
     pipeline.train_batches(feature_dir, split="train", batch_size=1, clip_length=2,
                            levels=["pool2"])
 
