@@ -14,8 +14,10 @@
 #   --name=NAME            TPU VM (or queued resource) name            [required]
 #   --zone=ZONE            default: $CLOUDSDK_COMPUTE_ZONE             [required]
 #   --project=PROJECT      default: $CLOUDSDK_CORE_PROJECT             [required]
-#   --accelerator=TYPE     e.g. v4-8, v4-32, v5litepod-16 (default v4-8)
-#   --runtime=VERSION      TPU software version (default tpu-ubuntu2204-base)
+#   --accelerator=TYPE     e.g. v4-8, v4-32, v5litepod-16 (default v4-8);
+#                          also gcloud's --accelerator-type=TYPE (or --accelerator_type)
+#   --runtime=VERSION      TPU software version (default tpu-ubuntu2204-base);
+#                          also gcloud's --version=VERSION
 #   --config=FILE          experiment config (default configs/ucf101_grurcn.py)
 #   --workdir=DIR          checkpoints and metrics; gs:// required on multi-host
 #   --data_dir=DIR         feature directory (config.data.dir); gs:// on multi-host
@@ -23,6 +25,9 @@
 #   --queued               create through a queued resource (waits for capacity)
 #   --delete               tear the TPU down and exit
 #   --dry-run              print every gcloud command, run none
+# An option's value may also be the next word, as gcloud allows: --zone us-central2-b.
+# Two spellings of one option (--accelerator and --accelerator-type, --runtime and
+# --version) given different values are an error.
 set -euo pipefail
 
 name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="${CLOUDSDK_CORE_PROJECT:-}"
@@ -32,24 +37,54 @@ extra=()
 
 die() { echo "tpu.sh: error: $*" >&2; exit 2; }
 
+# set_opt VAR SPELLING VALUE: VAR=VALUE, remembering the spelling that set it; a
+# different spelling of the same option (--accelerator-type for --accelerator) must
+# not contradict it. The same spelling given twice keeps the last value.
+set_opt() {
+  local var="$1" spelling="$2" value="$3" seen_var="seen_$1"
+  local seen="${!seen_var:-}"
+  if [[ -n "$seen" && "${seen%%=*}" != "$spelling" && "${seen#*=}" != "$value" ]]; then
+    die "conflicting values: $seen and $spelling=$value are the same option"
+  fi
+  printf -v "$seen_var" '%s' "$spelling=$value"
+  printf -v "$var" '%s' "$value"
+}
+
 while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --name=*) name="${1#*=}" ;;
-    --zone=*) zone="${1#*=}" ;;
-    --project=*) project="${1#*=}" ;;
-    --accelerator=*) accelerator="${1#*=}" ;;
-    --runtime=*) runtime="${1#*=}" ;;
-    --config=*) config="${1#*=}" ;;
-    --workdir=*) workdir="${1#*=}" ;;
-    --data_dir=*) data_dir="${1#*=}" ;;
-    --spot) spot=1 ;;
-    --queued) queued=1 ;;
-    --delete) delete=1 ;;
-    --dry-run|--dry_run) dry_run=1 ;;
-    --help|-h) sed -n '2,30p' "$0"; exit 0 ;;
-    --) shift; extra=("$@"); break ;;
+  opt="$1" value="" inline=0 var=""
+  if [[ "$opt" == --*=* ]]; then value="${opt#*=}" opt="${opt%%=*}" inline=1; fi
+  case "$opt" in
+    --name) var=name ;;
+    --zone) var=zone ;;
+    --project) var=project ;;
+    --accelerator|--accelerator-type|--accelerator_type) var=accelerator ;;
+    --runtime|--version) var=runtime ;;
+    --config) var=config ;;
+    --workdir) var=workdir ;;
+    --data_dir) var=data_dir ;;
+    --spot|--queued|--delete|--dry-run|--dry_run|--help|-h|--) ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
+  if [[ -n "$var" ]]; then
+    if [[ "$inline" -eq 0 ]]; then
+      # The space-separated form: the value is the next word, which must be there.
+      [[ $# -ge 2 ]] || die "$opt needs a value: $opt=VALUE or $opt VALUE"
+      [[ "$2" != -* ]] || die "$opt needs a value, got the option $2 instead"
+      value="$2"
+      shift
+    fi
+    set_opt "$var" "$opt" "$value"
+  else
+    [[ "$inline" -eq 0 ]] || die "$opt takes no value: $1"
+    case "$opt" in
+      --spot) spot=1 ;;
+      --queued) queued=1 ;;
+      --delete) delete=1 ;;
+      --dry-run|--dry_run) dry_run=1 ;;
+      --help|-h) sed -n '2,/^[^#]/{/^#/p;}' "$0"; exit 0 ;;
+      --) shift; extra=("$@"); break ;;
+    esac
+  fi
   shift
 done
 

@@ -98,6 +98,84 @@ def test_errors_before_anything_is_created(gcloud, args, env, message):
   assert calls == []
 
 
+# The same launch spelled the launcher's way and gcloud's way: (flags, values).
+SPELLED = ["--name=grurcn", "--zone=us-central2-b", "--project=proj",
+           "--workdir=gs://bucket/run", "--data_dir=gs://bucket/feats", "--dry-run"]
+
+
+def dry_run_output(gcloud, *args):
+  result, calls = gcloud(*args)
+  assert result.returncode == 0, result.stderr
+  assert calls == []
+  return result.stdout
+
+
+def test_gcloud_spellings_are_synonyms(gcloud):
+  ours = dry_run_output(gcloud, *SPELLED, "--accelerator=v4-32", "--runtime=tpu-vm-v4-base")
+  assert "--accelerator-type=v4-32 --version=tpu-vm-v4-base" in ours  # the values arrived
+  for synonyms in (["--accelerator-type=v4-32", "--version=tpu-vm-v4-base"],
+                   ["--accelerator_type=v4-32", "--version=tpu-vm-v4-base"],
+                   # both spellings agreeing is not a conflict
+                   ["--accelerator=v4-32", "--accelerator-type=v4-32",
+                    "--runtime=tpu-vm-v4-base", "--version=tpu-vm-v4-base"]):
+    assert dry_run_output(gcloud, *SPELLED, *synonyms) == ours, synonyms
+  queued = dry_run_output(gcloud, *SPELLED, "--queued", "--accelerator=v4-32",
+                          "--runtime=tpu-vm-v4-base")
+  assert "--accelerator-type=v4-32 --runtime-version=tpu-vm-v4-base" in queued
+  assert dry_run_output(gcloud, *SPELLED, "--queued", "--accelerator-type=v4-32",
+                        "--version=tpu-vm-v4-base") == queued
+
+
+def test_space_separated_values(gcloud):
+  ours = dry_run_output(gcloud, *SPELLED, "--accelerator=v4-32", "--runtime=tpu-vm-v4-base",
+                        "--config=configs/ucf101_grurcn.py")
+  spaced = []
+  for arg in SPELLED:
+    spaced += arg.split("=", 1)
+  assert dry_run_output(gcloud, *spaced, "--accelerator-type", "v4-32",
+                        "--version", "tpu-vm-v4-base",
+                        "--config", "configs/ucf101_grurcn.py") == ours
+  assert dry_run_output(gcloud, *spaced, "--accelerator", "v4-32",
+                        "--runtime", "tpu-vm-v4-base") == ours
+  # The forms mix, and `--` still ends the options.
+  tail = dry_run_output(gcloud, *SPELLED, "--accelerator", "v4-32", "--runtime",
+                        "tpu-vm-v4-base", "--", "--config.batch_size=128")
+  assert "--distributed --config.batch_size=128" in tail.replace("\\", "")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--zone"], "--zone needs a value"),
+    (["--accelerator-type"], "--accelerator-type needs a value"),
+    (["--version"], "--version needs a value"),
+    (["--data_dir"], "--data_dir needs a value"),
+    (["--zone", "--spot"], "--zone needs a value, got the option --spot"),
+    (["--accelerator=v4-8", "--accelerator-type=v4-32"],
+     "--accelerator=v4-8 and --accelerator-type=v4-32"),
+    (["--accelerator_type", "v4-32", "--accelerator=v4-8"],
+     "--accelerator_type=v4-32 and --accelerator=v4-8"),
+    (["--version=tpu-vm-v4-base", "--runtime", "tpu-ubuntu2204-base"],
+     "--version=tpu-vm-v4-base and --runtime=tpu-ubuntu2204-base"),
+    (["--spot=yes"], "--spot takes no value"),
+])
+def test_option_value_errors(gcloud, args, message):
+  # Without --dry-run: a parse error must stop before any gcloud call.
+  result, calls = gcloud(*BASE, *args)
+  assert result.returncode == 2, result.stdout
+  assert result.stderr.startswith("tpu.sh: error: ")
+  assert message in result.stderr
+  assert len(result.stderr.splitlines()) == 1  # one message, no bash traceback
+  assert result.stdout == ""
+  assert calls == []
+
+
+def test_help_lists_the_synonyms(gcloud):
+  result, calls = gcloud("--help")
+  assert result.returncode == 0 and calls == []
+  assert "--accelerator-type=TYPE" in result.stdout and "--version=VERSION" in result.stdout
+  assert "--zone us-central2-b" in result.stdout
+  assert all(line.startswith("#") for line in result.stdout.splitlines())
+
+
 def test_single_host_may_use_a_local_workdir(gcloud):
   args = [a for a in BASE if not a.startswith(("--workdir", "--accelerator"))]
   result, _ = gcloud(*args, "--accelerator=v4-8", "--workdir=/tmp/run", "--dry-run")
