@@ -1,17 +1,42 @@
 """The VGG-16 feature levels GRU-RCN reads, and their shapes.
 
-One table shared by the models, the feature extractor and the configs, so a level
-name means the same thing everywhere.
+The one VGG-16 table of the package: the models, the feature extractor
+(`data/vgg16.py` builds its layers from `BLOCKS`) and the configs all read it, so a
+level name means the same thing everywhere.
 """
 
 from typing import Tuple
 
+# VGG-16 (configuration D) as (block, 3x3 convolutions, channels). Each block ends in
+# a 2x2 max pool named pool{block}, so pool{b} is 2**b times smaller than the frame.
+BLOCKS: Tuple[Tuple[int, int, int], ...] = (
+    (1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+# Units of the two dense layers after block 5 (fc6, fc7).
+FC_UNITS = 4096
+# The dense layers come after the last block.
+_FC_DEPTH = len(BLOCKS) + 1
+
 # Order matters: fine to coarse. The stacked variant feeds level l-1 into level l.
 LEVELS: Tuple[str, ...] = ("pool2", "pool3", "pool4", "pool5", "fc7")
 
-# Spatial downsampling of each pooling level relative to the input frame.
-_STRIDES = {"pool2": 4, "pool3": 8, "pool4": 16, "pool5": 32}
-_CHANNELS = {"pool2": 128, "pool3": 256, "pool4": 512, "pool5": 512, "fc7": 4096}
+_POOL_CHANNELS = {f"pool{block}": channels for block, _, channels in BLOCKS}
+
+
+def _check(level: str) -> None:
+  if level not in LEVELS:
+    raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
+
+
+def is_vector_level(level: str) -> bool:
+  """fc7 is a vector per frame; GRU-RCN treats it as a 1x1 map."""
+  return level == "fc7"
+
+
+def depth(level: str) -> int:
+  """How many VGG-16 stages compute `level`: its block for pool levels, one more
+  than the last block for fc7 (it needs the dense layers)."""
+  _check(level)
+  return _FC_DEPTH if is_vector_level(level) else int(level[len("pool"):])
 
 
 def feature_shape(level: str, image_size: int = 224) -> Tuple[int, ...]:
@@ -19,16 +44,10 @@ def feature_shape(level: str, image_size: int = 224) -> Tuple[int, ...]:
 
   Pooling levels are (H, W, C) maps; fc7 is a (4096,) vector.
   """
-  if level not in LEVELS:
-    raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
-  if level == "fc7":
-    return (_CHANNELS["fc7"],)
-  side = image_size // _STRIDES[level]
+  _check(level)
+  if is_vector_level(level):
+    return (FC_UNITS,)
+  side = image_size // 2 ** depth(level)
   if side < 1:
     raise ValueError(f"image_size {image_size} is too small for level {level}")
-  return (side, side, _CHANNELS[level])
-
-
-def is_vector_level(level: str) -> bool:
-  """fc7 is a vector per frame; GRU-RCN treats it as a 1x1 map."""
-  return level == "fc7"
+  return (side, side, _POOL_CHANNELS[level])

@@ -8,6 +8,8 @@ It prints the estimated output size per level first (`--dry_run` prints only tha
 shows progress with videos/s, frames/s and ETA, and is resumable: shards already
 written are skipped, so re-running the same command after an interruption finishes
 the job. Videos PyAV cannot decode are listed, skipped and counted in the summary.
+Problems the user can fix (bad flags, split files, other settings in --out) print
+one line, `error: ...`, and exit with status 1.
 """
 
 import dataclasses
@@ -19,10 +21,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from absl import app, flags, logging
 import numpy as np
 
+from grurcn_jax import errors
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import ucf101, video as video_lib
-from grurcn_jax.errors import SplitFileError, VideoDecodeError
+from grurcn_jax.errors import ConfigError, VideoDecodeError
 
 SOURCES = ("ucf101", "folders", "tfds")
 # Bytes per record besides the features (ids, label, indices, framing): generous.
@@ -50,7 +53,7 @@ class Settings:
   max_frames: Optional[int] = None
   weights: str = "random"          # random | imagenet | path to Keras VGG16 weights
   seed: int = 0
-  augment: bool = False            # PAPER.md's multi-scale random crop on train videos
+  augment: bool = False            # the paper's multi-scale random crop, train videos
   videos_per_shard: int = 64
   batch_size: int = 64             # frames per VGG-16 forward pass
 
@@ -77,7 +80,7 @@ class FeatureExtractor:
 
   def __init__(self, settings: Settings):
     import jax  # deferred so --help and --dry_run stay fast
-    from grurcn_jax.models import vgg16
+    from grurcn_jax.data import vgg16
     self._jax = jax
     self.settings = settings
     self.levels = tuple(settings.levels)
@@ -141,6 +144,7 @@ def print_estimate(estimate: Dict[str, int], num_videos: int, out=sys.stdout) ->
 
 
 def _check_compatible(metadata: dict, settings: Settings, class_names) -> None:
+  """Raises ConfigError unless `metadata` was written with the same settings."""
   previous = metadata["extraction"]
   now = settings.record()
   differ = [k for k in now if previous.get(k) != now[k]]
@@ -149,9 +153,9 @@ def _check_compatible(metadata: dict, settings: Settings, class_names) -> None:
   if differ:
     details = ", ".join(f"{k}: {previous.get(k)!r} there, {now.get(k)!r} now"
                         for k in differ if k != "class_names")
-    raise SystemExit(f"the output directory holds features extracted with other "
-                     f"settings ({', '.join(differ)}{'; ' + details if details else ''}); "
-                     f"use another --out or the same settings to resume")
+    raise ConfigError(f"the output directory holds features extracted with other "
+                      f"settings ({', '.join(differ)}{'; ' + details if details else ''}); "
+                      f"use another --out or the same settings to resume")
 
 
 def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: Settings,
@@ -170,8 +174,8 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
     if len(samples[settings.levels[0]]) >= max_videos:
       break
   if not samples[settings.levels[0]]:
-    raise SystemExit("none of the first videos could be decoded: nothing to calibrate "
-                     "the feature scales on")
+    raise VideoDecodeError("none of the first videos could be decoded: nothing to "
+                           "calibrate the feature scales on")
   return {level: features_lib.level_stats(np.concatenate(a)) for level, a in samples.items()}
 
 
@@ -193,12 +197,12 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
     return summary
 
   shapes = level_shapes(settings)
-  extractor = FeatureExtractor(settings)
-  if features_lib.tf.io.gfile.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
+  if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(out_dir)
     _check_compatible(metadata, settings, class_names)
   else:
     metadata = None
+  extractor = FeatureExtractor(settings)  # after the check: it is the slow part
 
   # Shards get videos in hashed order: real datasets are listed class by class, and
   # class-pure shards would make the train stream's small shuffle buffer useless.
@@ -216,66 +220,58 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
     for shard_index, chunk in enumerate(chunks):
       name = features_lib.shard_name(split, shard_index)
       path = features_lib.join(out_dir, name)
-      if metadata is not None and features_lib.tf.io.gfile.exists(path):
-        entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
-        if not any(s["file"] == name for s in entries["shards"]):
-          entries["shards"].append({"file": name, **features_lib.scan_shard(path, metadata)})
-          for key in ("num_videos", "num_frames"):
-            entries[key] = sum(s[key] for s in entries["shards"])
-          entries["shards"].sort(key=lambda s: s["file"])
-          features_lib.write_metadata(out_dir, metadata)
+      if metadata is not None and features_lib.exists(path):
         summary.skipped_shards += 1
         bar.update(len(chunk))
-        continue
+        if features_lib.has_shard(metadata, split, name):
+          continue
+        # Written, but a crash before the metadata update kept it out: recover its
+        # entry from its contents (its failed videos are not known any more).
+        counts, done = features_lib.scan_shard(path, metadata)
+        failed = []
+      else:
+        if metadata is None:
+          metadata = features_lib.new_metadata(
+              levels=shapes, stats=_calibrate(split_videos, extractor, settings),
+              class_names=class_names,
+              backbone={"name": "vgg16", "weights": settings.weights,
+                        "seed": settings.seed, "image_size": settings.image_size},
+              extraction={**settings.record(), "source": source})
+        failed, done = [], {}
 
-      if metadata is None:
-        metadata = features_lib.new_metadata(
-            levels=shapes, stats=_calibrate(split_videos, extractor, settings),
-            class_names=class_names,
-            backbone={"name": "vgg16", "weights": settings.weights,
-                      "seed": settings.seed, "image_size": settings.image_size},
-            extraction={**settings.record(), "source": source})
-      failed, done = [], []
-
-      def shard_videos():
-        nonlocal frames_done
-        for offset, video in enumerate(chunk):
-          video_index = shard_index * settings.videos_per_shard + offset
-          try:
-            frames, indices = video.load()
-            frames = video_lib.resize_and_crop(frames, settings.image_size,
-                                               _crop_for(video, settings))
-          except VideoDecodeError as e:
-            failed.append((video.video_id, str(e)))
-            logging.warning("skipping undecodable video %s", e)
+        def shard_videos():
+          nonlocal frames_done
+          for offset, video in enumerate(chunk):
+            video_index = shard_index * settings.videos_per_shard + offset
+            try:
+              frames, indices = video.load()
+              frames = video_lib.resize_and_crop(frames, settings.image_size,
+                                                 _crop_for(video, settings))
+            except VideoDecodeError as e:
+              failed.append((video.video_id, str(e)))
+              logging.warning("skipping undecodable video %s", e)
+              bar.update(1)
+              continue
+            activations = extractor(frames)
+            stored = {level: features_lib.normalize(a, metadata["levels"][level])
+                      for level, a in activations.items()}
+            frames_done += len(frames)
+            done[video_index] = video.video_id
             bar.update(1)
-            continue
-          activations = extractor(frames)
-          stored = {level: features_lib.normalize(a, metadata["levels"][level])
-                    for level, a in activations.items()}
-          frames_done += len(frames)
-          done.append((video_index, video.video_id))
-          bar.update(1)
-          elapsed = max(time.time() - started, 1e-9)
-          bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
-          yield features_lib.VideoFeatures(
-              video_id=video.video_id,
-              video_index=video_index,
-              label=video.label, frame_indices=indices, features=stored)
+            elapsed = max(time.time() - started, 1e-9)
+            bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
+            yield features_lib.VideoFeatures(
+                video_id=video.video_id,
+                video_index=video_index,
+                label=video.label, frame_indices=indices, features=stored)
 
-      counts = features_lib.write_shard(path, shard_videos())
-      entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
-      entries["shards"].append({"file": name, **counts,
-                                "videos": {str(i): v for i, v in done}})
-      entries["shards"].sort(key=lambda s: s["file"])
-      entries["failed"].extend({"video_id": v, "error": e} for v, e in failed)
-      for key in ("num_videos", "num_frames"):
-        entries[key] = sum(s[key] for s in entries["shards"])
+        counts = features_lib.write_shard(path, shard_videos())
+        summary.written_shards += 1
+        summary.written_videos += counts["num_videos"]
+        summary.written_frames += counts["num_frames"]
+        summary.failed.extend(failed)
+      features_lib.record_shard(metadata, split, name, counts, videos=done, failed=failed)
       features_lib.write_metadata(out_dir, metadata)
-      summary.written_shards += 1
-      summary.written_videos += counts["num_videos"]
-      summary.written_frames += counts["num_frames"]
-      summary.failed.extend(failed)
   bar.close()
 
   print(f"Wrote {summary.written_videos} videos ({summary.written_frames} frames) in "
@@ -357,17 +353,19 @@ def define_flags():
                       "(Keras' standard file, downloaded once by Keras) | path to a Keras "
                       "VGG16 weights file.")
   flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
-  flags.DEFINE_bool("augment", False, "Multi-scale random crop (PAPER.md) per train video.")
+  flags.DEFINE_bool("augment", False, "The paper's multi-scale random crop (side 256, 224, "
+                    "192 or 168 of 256, resized), one per train video.")
   flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard file.")
   flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
   flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
 
 
 def settings_from_flags() -> Settings:
+  """Settings from the flags; an unknown --levels name is a ConfigError."""
   for level in FLAGS.levels:
     if level not in levels_lib.LEVELS:
-      raise SystemExit(f"--levels: unknown level {level!r}; valid: "
-                       f"{', '.join(levels_lib.LEVELS)}")
+      raise ConfigError(f"--levels: unknown level {level!r}; valid: "
+                        f"{', '.join(levels_lib.LEVELS)}")
   return Settings(levels=tuple(FLAGS.levels), image_size=FLAGS.image_size,
                   frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
                   max_frames=FLAGS.max_frames, weights=FLAGS.weights, seed=FLAGS.seed,
@@ -375,30 +373,44 @@ def settings_from_flags() -> Settings:
                   batch_size=FLAGS.batch_size)
 
 
-def main(argv):
-  del argv
-  settings = settings_from_flags()
+def _check_required_flags() -> None:
+  # Which flags are required depends on --source, so absl's
+  # mark_flag_as_required cannot say it; all three are usage errors alike.
   if not FLAGS.out:
-    raise SystemExit("--out is required")
-  try:
-    if FLAGS.source == "tfds":
-      class_names, videos = tfds_videos(FLAGS.tfds_name, FLAGS.tfds_data_dir, settings)
+    raise app.UsageError("--out is required")
+  if FLAGS.source != "tfds" and not FLAGS.videos:
+    raise app.UsageError(f"--videos is required with --source={FLAGS.source}")
+  if FLAGS.source == "ucf101" and not FLAGS.splits:
+    raise app.UsageError("--splits is required with --source=ucf101")
+
+
+def run() -> Summary:
+  """The extraction the flags ask for; user errors raise grurcn_jax.errors.Error."""
+  settings = settings_from_flags()
+  if FLAGS.source == "tfds":
+    class_names, videos = tfds_videos(FLAGS.tfds_name, FLAGS.tfds_data_dir, settings)
+  else:
+    if FLAGS.source == "ucf101":
+      class_names, entries = ucf101.ucf101_entries(FLAGS.videos, FLAGS.splits, FLAGS.split)
     else:
-      if not FLAGS.videos:
-        raise SystemExit("--videos is required")
-      if FLAGS.source == "ucf101":
-        if not FLAGS.splits:
-          raise SystemExit("--splits is required with --source=ucf101")
-        class_names, entries = ucf101.ucf101_entries(FLAGS.videos, FLAGS.splits, FLAGS.split)
-      else:
-        class_names, entries = ucf101.folder_entries(FLAGS.videos)
-      videos = _file_videos(entries, settings)
-  except SplitFileError as e:
-    raise SystemExit(f"error: {e}") from None
+      class_names, entries = ucf101.folder_entries(FLAGS.videos)
+    videos = _file_videos(entries, settings)
   summary = extract(videos, class_names, FLAGS.out, settings, source=FLAGS.source,
                     dry_run=FLAGS.dry_run)
   if summary.failed and not summary.written_videos and not summary.skipped_shards:
-    raise SystemExit("no video could be decoded")
+    raise VideoDecodeError("no video could be decoded")
+  return summary
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  _check_required_flags()
+  try:
+    run()
+  except errors.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

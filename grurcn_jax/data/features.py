@@ -19,14 +19,16 @@ Stored values are `(activation - mean[level]) / scale[level]`, with a per-channe
 mean and one scale per level measured on the first videos extracted (in metadata):
 every level is stored near zero mean and unit size, so float16 neither underflows
 (randomly initialised VGG-16 activations shrink layer by layer) nor overflows, and
-the model sees well-conditioned inputs. `denormalize` gives the activations back. Writes are atomic per shard (temp file, then
-rename): an interrupted extraction never leaves a half shard that reads as valid.
+the model sees well-conditioned inputs. `denormalize` gives the activations back.
+
+Writes are atomic per shard (temp file, then rename): an interrupted extraction never
+leaves a half shard that reads as valid.
 """
 
 import dataclasses
 import json
 import os
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -60,13 +62,18 @@ def join(directory: str, name: str) -> str:
   return os.path.join(directory, name)
 
 
+def exists(path: str) -> bool:
+  """Whether a file (local or gs://) is there."""
+  return tf.io.gfile.exists(path)
+
+
 # ---------------------------------------------------------------------------
 # Metadata (per split: {"shards": [{"file", "num_videos", "num_frames",
 # "videos": {video_index: video_id}}], "failed": [...], "num_videos", "num_frames"})
 
 def read_metadata(directory: str) -> dict:
   path = join(directory, METADATA_FILE)
-  if not tf.io.gfile.exists(path):
+  if not exists(path):
     raise FeatureFormatError(f"no feature metadata at {path}: not a feature directory "
                              f"(extract features first)")
   with tf.io.gfile.GFile(path, "r") as f:
@@ -122,6 +129,41 @@ def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Map
       "backbone": dict(backbone),
       "extraction": dict(extraction),
   }
+
+
+def has_shard(metadata: Mapping, split: str, name: str) -> bool:
+  """Whether shard file `name` of `split` is recorded in `metadata`."""
+  return any(s["file"] == name
+             for s in metadata["splits"].get(split, {}).get("shards", []))
+
+
+def record_shard(metadata: dict, split: str, name: str, counts: Mapping[str, int], *,
+                 videos: Mapping[int, str],
+                 failed: Sequence[Tuple[str, str]] = ()) -> None:
+  """Records shard file `name` of `split` in `metadata` (in place), replacing an
+  entry of the same file, and recomputes the split's totals.
+
+  Args:
+    metadata: from `new_metadata` or `read_metadata`.
+    split: the split the shard belongs to.
+    name: the shard's file name (`shard_name`).
+    counts: its {'num_videos', 'num_frames'}, as `write_shard` returns them.
+    videos: video_index -> video_id of the videos it holds.
+    failed: (video_id, error) of the shard's videos that could not be decoded.
+  """
+  entries = metadata["splits"].setdefault(split, {"shards": [], "failed": []})
+  entries["shards"] = sorted(
+      [s for s in entries["shards"] if s["file"] != name]
+      + [{"file": name, "num_videos": counts["num_videos"],
+          "num_frames": counts["num_frames"],
+          "videos": {str(i): v for i, v in videos.items()}}],
+      key=lambda s: s["file"])
+  # A video retried after a crash must not be listed as failed twice.
+  retried = {video_id for video_id, _ in failed}
+  entries["failed"] = ([f for f in entries["failed"] if f["video_id"] not in retried]
+                       + [{"video_id": v, "error": e} for v, e in failed])
+  for key in ("num_videos", "num_frames"):
+    entries[key] = sum(s[key] for s in entries["shards"])
 
 
 def split_shards(metadata: Mapping, split: str) -> List[dict]:
@@ -246,16 +288,17 @@ def read_shard(path: str) -> Iterable[bytes]:
         f"feature shard {path} is corrupt or truncated: {e.message.splitlines()[0]}") from None
 
 
-def scan_shard(path: str, metadata: Mapping) -> dict:
-  """A shard's metadata entry from its contents (recovers what a crash between the
-  shard's rename and the metadata's update kept out of the metadata)."""
-  entry = {"num_videos": 0, "num_frames": 0, "videos": {}}
+def scan_shard(path: str, metadata: Mapping) -> Tuple[dict, Dict[int, str]]:
+  """A shard's ({'num_videos', 'num_frames'}, {video_index: video_id}) from its
+  contents, for `record_shard` (recovers what a crash between the shard's rename
+  and the metadata's update kept out of the metadata)."""
+  counts, videos = {"num_videos": 0, "num_frames": 0}, {}
   for record in read_shard(path):
     video = decode_video(record, metadata)
-    entry["num_videos"] += 1
-    entry["num_frames"] += video.num_frames
-    entry["videos"][str(video.video_index)] = video.video_id
-  return entry
+    counts["num_videos"] += 1
+    counts["num_frames"] += video.num_frames
+    videos[video.video_index] = video.video_id
+  return counts, videos
 
 
 def video_ids(metadata: Mapping, split: str) -> Dict[int, str]:

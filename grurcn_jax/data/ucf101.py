@@ -8,7 +8,7 @@ at `VIDEOS/ClassName/v_ClassName_gXX_cYY.avi`.
 
 import dataclasses
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Tuple
 
 from grurcn_jax.errors import SplitFileError
 
@@ -91,9 +91,3 @@ def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
                                     label, split_name))
   return class_names, entries
 
-
-def by_split(entries: Sequence[VideoEntry]) -> Dict[str, List[VideoEntry]]:
-  out: Dict[str, List[VideoEntry]] = {}
-  for entry in sorted(entries, key=lambda e: e.video_id):
-    out.setdefault(entry.split, []).append(entry)
-  return out

@@ -9,8 +9,9 @@ import numpy as np
 from grurcn_jax.errors import VideoDecodeError
 from grurcn_jax.host_tf import tf
 
-# PAPER.md: training crops of side {256, 224, 192, 168} (of a 256 frame), resized
-# to 224; expressed as fractions of the resized frame so any image_size works.
+# The paper (Ballas et al., ICLR 2016) trains on random crops of side 256, 224, 192
+# or 168 of a 256 frame, resized to 224; as fractions of the resized frame here so
+# any image_size works.
 CROP_FRACTIONS = (256 / 256, 224 / 256, 192 / 256, 168 / 256)
 
 
@@ -84,5 +85,6 @@ def resize_and_crop(frames: np.ndarray, image_size: int,
 
 
 def random_crop(rng: np.random.Generator) -> Tuple[float, float, float]:
-  """One training crop per video (all frames alike), as PAPER.md's augmentation."""
+  """One training crop per video (all frames alike): a side from CROP_FRACTIONS at a
+  random position, the paper's multi-scale augmentation."""
   return (float(rng.choice(CROP_FRACTIONS)), float(rng.uniform()), float(rng.uniform()))

@@ -27,17 +27,12 @@ def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
           frame_indices=np.arange(n) * 2,
           features={level: rng.standard_normal((n,) + shape).astype(np.float16)
                     for level, shape in LEVEL_SHAPES.items()}))
-    shards = []
     for index, start in enumerate(range(0, count, videos_per_shard)):
       name = features.shard_name(split, index)
-      counts = features.write_shard(features.join(str(directory), name),
-                                    videos[start:start + videos_per_shard])
-      shards.append({"file": name, **counts,
-                     "videos": {str(v.video_index): v.video_id
-                                for v in videos[start:start + videos_per_shard]}})
-    metadata["splits"][split] = {"shards": shards, "failed": [],
-                                 "num_videos": count,
-                                 "num_frames": sum(s["num_frames"] for s in shards)}
+      shard = videos[start:start + videos_per_shard]
+      counts = features.write_shard(features.join(str(directory), name), shard)
+      features.record_shard(metadata, split, name, counts,
+                            videos={v.video_index: v.video_id for v in shard})
     written[split] = videos
   features.write_metadata(str(directory), metadata)
   return written

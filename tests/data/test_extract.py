@@ -1,5 +1,7 @@
 """Extraction end to end on a tiny UCF-101-style tree encoded here with PyAV."""
 
+import copy
+import io
 import os
 import subprocess
 import sys
@@ -8,7 +10,8 @@ import av
 import numpy as np
 import pytest
 
-from grurcn_jax.data import extract, features, ucf101
+from grurcn_jax.data import demo, extract, features, ucf101
+from grurcn_jax.errors import ConfigError, VideoDecodeError
 
 CLASSES = ["JumpRope", "Rowing"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -109,17 +112,85 @@ def test_extraction_counts_shapes_resume_and_estimate(ucf_tree, tmp_path):
   assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)} == before
 
   other = run_extract(*[a for a in args if not a.startswith("--frame_stride")], "--frame_stride=3")
-  assert other.returncode != 0
-  assert "other settings (frame_stride" in other.stderr and "Traceback" not in other.stderr
+  assert other.returncode == 1
+  assert other.stderr.startswith("error: the output directory holds features extracted "
+                                 "with other settings (frame_stride"), other.stderr
+  assert "Traceback" not in other.stderr
 
 
 def test_missing_split_file_is_a_clear_error(ucf_tree, tmp_path):
   videos, splits = ucf_tree
   result = run_extract(*COMMON, f"--videos={videos}", f"--splits={splits}", "--split=2",
                        f"--out={tmp_path / 'x'}")
-  assert result.returncode != 0
-  assert "missing split file" in result.stderr and "trainlist02.txt" in result.stderr
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: missing split file")
+  assert "trainlist02.txt" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_bad_flags_exit_1_with_one_line_and_no_traceback(ucf_tree, tmp_path):
+  videos, splits = ucf_tree
+  paths = [f"--videos={videos}", f"--splits={splits}", f"--out={tmp_path / 'x'}"]
+  unknown = run_extract(*COMMON, *paths, "--levels=pool2,pool9")
+  assert unknown.returncode == 1
+  assert unknown.stderr.startswith("error: --levels: unknown level 'pool9'; valid: pool2")
+  assert "Traceback" not in unknown.stderr
+  missing = run_extract(*COMMON, *paths[:2])
+  assert missing.returncode == 1
+  assert "--out is required" in missing.stderr and "Traceback" not in missing.stderr
+  assert not os.path.exists(tmp_path / "x")
+
+
+SMALL = extract.Settings(levels=("pool2",), image_size=32, videos_per_shard=4, batch_size=8)
+
+
+def run_small(videos, class_names, out, settings=SMALL):
+  return extract.extract(videos, class_names, out, settings, source="demo",
+                         progress=False, out=io.StringIO())
+
+
+def test_resume_records_a_shard_the_metadata_missed_exactly_once(tmp_path):
+  class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
+  out = str(tmp_path)
+  assert run_small(videos, class_names, out).written_shards == 4
+  complete = features.read_metadata(out)
+
+  # A crash between a shard's rename and the metadata update: the shard is on disk,
+  # its entry is not, and the split's totals are stale.
+  crashed = copy.deepcopy(complete)
+  lost = crashed["splits"]["train"]["shards"].pop(0)["file"]
+  crashed["splits"]["train"]["num_videos"] = -1
+  features.write_metadata(out, crashed)
+  shard_written = os.stat(os.path.join(out, lost)).st_mtime_ns
+
+  summary = run_small(videos, class_names, out)
+  assert (summary.written_shards, summary.skipped_shards) == (0, 4)
+  assert features.read_metadata(out) == complete
+  assert os.stat(os.path.join(out, lost)).st_mtime_ns == shard_written
+
+  # Once recorded, a resume changes nothing, the metadata included.
+  before = {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)}
+  run_small(videos, class_names, out)
+  after = features.read_metadata(out)
+  assert [s["file"] for s in after["splits"]["train"]["shards"]].count(lost) == 1
+  assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)} == before
+
+
+def test_library_errors_are_errors_not_exits(tmp_path):
+  class_names, videos = demo.demo_videos(0, 1, 0, num_frames=2, image_size=32)
+
+  def undecodable():
+    raise VideoDecodeError("broken.avi: no video frames")
+
+  broken = [extract.Video(v.video_id, v.label, v.split, load=undecodable,
+                          estimate_frames=v.estimate_frames) for v in videos]
+  with pytest.raises(VideoDecodeError, match="none of the first videos could be decoded"):
+    run_small(broken, class_names, str(tmp_path / "broken"))
+
+  run_small(videos, class_names, str(tmp_path / "ok"))
+  other = extract.Settings(**{**vars(SMALL), "seed": 1})
+  with pytest.raises(ConfigError, match=r"other settings \(seed; seed: 0 there, 1 now\)"):
+    run_small(videos, class_names, str(tmp_path / "ok"), other)
 
 
 def test_folder_tree_source(ucf_tree):

@@ -69,3 +69,35 @@ def test_missing_metadata_and_unknown_split_are_clear(tmp_path):
   write_fake_features(tmp_path)
   with pytest.raises(FeatureFormatError, match="available: test, train"):
     features.split_shards(features.read_metadata(str(tmp_path)), "validation")
+
+
+def test_record_shard_keeps_one_sorted_entry_per_file_and_the_totals(tmp_path):
+  write_fake_features(tmp_path)  # train: shards 0..3 of 3, 3, 3, 1 videos
+  metadata = features.read_metadata(str(tmp_path))
+  assert features.has_shard(metadata, "train", "train-00001.tfrecord")
+  assert not features.has_shard(metadata, "validation", "validation-00000.tfrecord")
+  path = os.path.join(tmp_path, "train-00001.tfrecord")
+  assert features.exists(path) and not features.exists(path + ".missing")
+
+  # A shard's entry recovered from its contents is the one written with it.
+  recorded = features.split_shards(metadata, "train")[1]
+  counts, videos = features.scan_shard(path, metadata)
+  assert {"file": "train-00001.tfrecord", **counts,
+          "videos": {str(i): v for i, v in videos.items()}} == recorded
+
+  totals = {k: metadata["splits"]["train"][k] for k in ("num_videos", "num_frames")}
+  for _ in range(2):  # recording a shard again replaces its entry
+    features.record_shard(metadata, "train", "train-00001.tfrecord", counts,
+                          videos=videos, failed=[("train/bad", "undecodable")])
+  entries = metadata["splits"]["train"]
+  assert [s["file"] for s in entries["shards"]] == [
+      features.shard_name("train", i) for i in range(4)]
+  assert {k: entries[k] for k in totals} == totals
+  assert entries["failed"] == [{"video_id": "train/bad", "error": "undecodable"}]
+
+  features.record_shard(metadata, "validation", "validation-00000.tfrecord",
+                        {"num_videos": 1, "num_frames": 4}, videos={0: "validation/v0"})
+  assert metadata["splits"]["validation"] == {
+      "shards": [{"file": "validation-00000.tfrecord", "num_videos": 1, "num_frames": 4,
+                  "videos": {"0": "validation/v0"}}],
+      "failed": [], "num_videos": 1, "num_frames": 4}
