@@ -1,4 +1,6 @@
-"""Defaults every experiment config starts from: GRU-RCN on UCF-101 (PAPER.md).
+"""Defaults every experiment config starts from: GRU-RCN on UCF-101 as in the paper
+(Ballas et al., ICLR 2016). This file is also the config schema: a field it lacks
+is rejected as a typo, and every field it has must be present.
 
 Experiment configs import this and change only what differs. Run one with:
 
@@ -13,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  # Optimisation. PAPER.md leaves optimiser, learning rate and epochs unconfirmed;
+  # Optimisation. The paper does not state optimiser, learning rate or epochs;
   # these are sensible defaults (batch of 64 clips as in the paper).
   config.batch_size = 64          # global, over all devices and hosts
   config.eval_batch_size = 64
@@ -37,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.dir = ""                   # feature directory (python -m grurcn_jax.data.extract)
   data.train_split = "train"
   data.eval_split = "test"
-  data.clip_length = 10           # PAPER.md: clips of 10 frames
+  data.clip_length = 10           # the paper: clips of 10 frames
   data.frame_stride = 1           # between the clip's (extracted) frames
   data.eval_clips = 10            # evenly spaced clips per test video, averaged
   data.shuffle_buffer = 16        # whole videos: keep it small
@@ -59,13 +61,14 @@ def get_config() -> ml_collections.ConfigDict:
   # uni | bi (forward + backward per level) | stacked (level l's gates also see
   # level l-1's state). Used by grurcn only.
   model.variant = "uni"
-  # VGG-16 levels, fine to coarse, and GRU-RCN hidden channels per level (PAPER.md).
+  # VGG-16 levels, fine to coarse, and GRU-RCN hidden channels per level (the paper's).
   model.levels = ("pool2", "pool3", "pool4", "pool5")
   model.hidden = (64, 128, 256, 256)
   # Side of every convolution kernel (input-to-hidden and hidden-to-hidden); fc7
   # always uses 1x1.
   model.kernel_size = 3
-  # Dropout before each level's classifier. PAPER.md: 0.7 (drop vs keep unconfirmed).
+  # Dropout before each level's classifier: 0.7 (whether the paper's 0.7 is the
+  # drop or the keep probability is not stated).
   model.dropout_rate = 0.7
   model.num_classes = 101
   # How the bi variant merges its two directions: concat (channels) | sum.

@@ -1,4 +1,4 @@
-"""Bidirectional GRU-RCN on UCF-101 RGB features (PAPER.md: 80.7%, the best RGB).
+"""Bidirectional GRU-RCN on UCF-101 RGB features (paper: 80.7%, its best RGB).
 
 Each level runs a forward and a backward GRU-RCN; their final states are
 concatenated before pooling.

@@ -1,4 +1,4 @@
-"""GRU-RCN (uni-directional) on UCF-101 RGB features, pool2..pool5 (PAPER.md: 79.9%).
+"""GRU-RCN (uni-directional) on UCF-101 RGB features, pool2..pool5 (paper: 79.9%).
 
   python -m grurcn_jax.main --config=configs/ucf101_grurcn.py --workdir=DIR
 """

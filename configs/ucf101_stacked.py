@@ -1,4 +1,4 @@
-"""Stacked GRU-RCN on UCF-101 RGB features (PAPER.md: 78.3%).
+"""Stacked GRU-RCN on UCF-101 RGB features (paper: 78.3%).
 
 Level l's update and reset gates also see level l-1's state at the same step,
 max-pooled to level l's size.

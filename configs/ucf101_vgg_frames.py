@@ -1,4 +1,4 @@
-"""Baseline 'VGG-16 (frame average)' on UCF-101 fc7 features (PAPER.md: 78.0%).
+"""Baseline 'VGG-16 (frame average)' on UCF-101 fc7 features (paper: 78.0%).
 
 A linear classifier on each frame's fc7 vector; probabilities averaged over the clip.
 

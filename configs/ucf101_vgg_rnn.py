@@ -1,4 +1,4 @@
-"""Baseline 'VGG-16 RNN' on UCF-101: a GRU (512 units) over fc7 (PAPER.md: 78.1%).
+"""Baseline 'VGG-16 RNN' on UCF-101: a GRU (512 units) over fc7 (paper: 78.1%).
 
   python -m grurcn_jax.main --config=configs/ucf101_vgg_rnn.py --workdir=DIR
 """

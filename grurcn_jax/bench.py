@@ -9,7 +9,9 @@ r"""Throughput benchmark: prints one JSON line.
       --config.model.levels="('pool4',)" --config.model.hidden="(256,)" --batch=8
 
   # The same step differentiated through flax's nn.RNN(ConvGRUCell):
-  ... --recurrence=rnn_cell
+  ... --flax_rnn_cell
+  # The reference recurrence (nn.scan differentiated by JAX):
+  ... --config.model.recurrence=scan
   # Long clips, with and without remat (--steps=0: compile and memory only):
   ... --clip_length=64 [--remat]
   # Batches fed from host memory, with and without device prefetch:
@@ -44,17 +46,24 @@ Needs only jax, flax, optax and ml-collections for train_step and scaling
 (TensorFlow is imported for the pipeline alone).
 """
 
+import dataclasses
 import itertools
 import json
 import statistics
 import sys
 import time
+from typing import Any, Tuple
 
 from absl import app, flags
+from flax import linen as nn
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.models import ConvGRUCell, heads
+from grurcn_jax.models.grurcn import as_maps
 
 FLAGS = flags.FLAGS
 
@@ -68,9 +77,9 @@ def define_flags():
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
   flags.DEFINE_enum("what", "train_step", ["train_step", "scaling", "pipeline"],
                     "What to measure.")
-  flags.DEFINE_enum("recurrence", None, ["fused", "scan", "rnn_cell"],
-                    "Override model.recurrence; rnn_cell differentiates through "
-                    "flax.linen.RNN(ConvGRUCell) (uni grurcn only).")
+  flags.DEFINE_bool("flax_rnn_cell", False,
+                    "Time the uni grurcn model with every level run by "
+                    "flax.linen.RNN(ConvGRUCell), differentiated by JAX.")
   flags.DEFINE_bool("remat", None, "Override model.remat: recompute per step, keep less.")
   flags.DEFINE_enum("kernel_gradient", None, ["auto", "xla", "taps"],
                     "Override model.kernel_gradient.")
@@ -123,84 +132,84 @@ def _conv(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-class _RNNCellModel:
-  """The uni GRU-RCN with each level run by flax.linen.RNN(ConvGRUCell)."""
-
-  def __new__(cls, model_cfg):
-    from flax import linen as nn
-    from grurcn_jax.models import ConvGRUCell, heads
-    from grurcn_jax.models.build import DTYPES
-    from grurcn_jax.models.grurcn import as_maps
-    dtype = DTYPES[model_cfg.dtype]
-
-    class RNNCellGRURCN(nn.Module):
-      @nn.compact
-      def __call__(self, features, *, train=False):
-        logits = {}
-        for level, hidden in zip(model_cfg.levels, model_cfg.hidden):
-          size = 1 if level == "fc7" else model_cfg.kernel_size
-          states = nn.RNN(ConvGRUCell(hidden, (size, size), dtype=dtype),
-                          name=level)(as_maps(features[level]))
-          logits[level] = heads.ClassifierHead(
-              model_cfg.num_classes, model_cfg.dropout_rate, dtype,
-              name=f"{level}_classifier")(heads.global_average_pool(states[:, -1]),
-                                          train=train)
-        return heads.model_output(logits)
-    return RNNCellGRURCN()
-
-
-def _model(model_cfg):
-  from grurcn_jax.models import build_model
-  if FLAGS.recurrence == "rnn_cell":
+def experiment_for(config, mesh=None):
+  """The experiment of `config` at --image_size frames, with no data behind it;
+  with --flax_rnn_cell its model is `FlaxRNNCellGRURCN`."""
+  from grurcn_jax import experiment as experiment_lib
+  from grurcn_jax.data.prepare import FeatureSpec
+  experiment = experiment_lib.assemble(
+      config, spec=FeatureSpec.at_image_size(config.model, FLAGS.image_size), mesh=mesh)
+  if FLAGS.flax_rnn_cell:
+    from grurcn_jax.errors import ConfigError
+    model_cfg = config.model
     if model_cfg.name != "grurcn" or model_cfg.variant != "uni":
-      raise SystemExit("--recurrence=rnn_cell compares the uni grurcn model only")
-    return _RNNCellModel(model_cfg)
-  return build_model(model_cfg)
+      raise ConfigError("--flax_rnn_cell compares the uni grurcn model only")
+    model = FlaxRNNCellGRURCN(tuple(model_cfg.levels), tuple(model_cfg.hidden),
+                              model_cfg.kernel_size, model_cfg.num_classes,
+                              model_cfg.dropout_rate, jnp.dtype(model_cfg.dtype))
+    experiment = dataclasses.replace(experiment, model=model)
+  return experiment
 
 
-def _level_shapes(model_cfg):
-  from grurcn_jax import levels as levels_lib
-  return {l: levels_lib.feature_shape(l, FLAGS.image_size) for l in model_cfg.levels}
+class FlaxRNNCellGRURCN(nn.Module):
+  """The uni GRU-RCN with every level run by flax.linen.RNN(ConvGRUCell),
+  differentiated by JAX: what a straightforward Flax port would time."""
+  levels: Tuple[str, ...]
+  hidden: Tuple[int, ...]
+  kernel_size: int
+  num_classes: int
+  dropout_rate: float
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, features, *, train=False):
+    logits = {}
+    for level, hidden in zip(self.levels, self.hidden):
+      size = 1 if levels_lib.is_vector_level(level) else self.kernel_size
+      states = nn.RNN(ConvGRUCell(hidden, (size, size), dtype=self.dtype),
+                      name=level)(as_maps(features[level]))
+      logits[level] = heads.ClassifierHead(
+          self.num_classes, self.dropout_rate, self.dtype,
+          name=f"{level}_classifier")(heads.global_average_pool(states[:, -1]),
+                                      train=train)
+    return heads.model_output(logits)
 
 
-def _host_batch(model_cfg, batch_size, seed=0):
+def _host_batch(experiment, batch_size, seed=0):
   """Random float16 features and labels, as the pipeline delivers them."""
   rng = np.random.default_rng(seed)
   return {"features": {l: rng.standard_normal((batch_size, FLAGS.clip_length, *s))
-                       .astype(np.float16) for l, s in _level_shapes(model_cfg).items()},
-          "label": rng.integers(0, model_cfg.num_classes, batch_size).astype(np.int32)}
+                       .astype(np.float16)
+                       for l, s in experiment.spec.level_shapes.items()},
+          "label": rng.integers(0, experiment.spec.num_classes,
+                                batch_size).astype(np.int32)}
 
 
-def _compile_step(config, model, mesh, batch_size, state=None):
-  """The sharded train step compiled for `batch_size` clips on `mesh`, for
-  `state` or (default) from shapes alone; returns (compiled, seconds)."""
-  from grurcn_jax import sharding, steps
-  replicated, batched = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+def _compile_step(experiment, batch_size, state=None):
+  """The sharded train step compiled for `batch_size` clips, for `state` or
+  (default) from shapes alone; returns (compiled, seconds)."""
+  from grurcn_jax import sharding
+  batched = sharding.batch_sharding(experiment.mesh)
   if state is None:
-    state = jax.eval_shape(lambda: steps.create_state(model, config, mesh,
-                                                      _level_shapes(config.model)))
-  state = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
+    state = experiment.abstract_state()
   batch = jax.tree.map(
       lambda a: jax.ShapeDtypeStruct((batch_size,) + a.shape[1:], a.dtype,
                                      sharding=batched),
-      jax.eval_shape(lambda: _host_batch(config.model, 1)))
-  step = steps.make_train_step(model, config, mesh, replicated)
+      jax.eval_shape(lambda: _host_batch(experiment, 1)))
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
+  compiled = experiment.train_step().lower(state, batch).compile()
   return compiled, time.perf_counter() - start
 
 
 def bench_train_step(config) -> dict:
-  from grurcn_jax import flops, sharding, steps
+  from grurcn_jax import flops, sharding
   model_cfg = config.model
-  model = _model(model_cfg)
-  mesh = sharding.make_mesh()
-  shapes = _level_shapes(model_cfg)
-  state = steps.create_state(model, config, mesh, shapes)
+  experiment = experiment_for(config)
+  mesh, shapes = experiment.mesh, experiment.spec.level_shapes
+  state = experiment.init_state()
   params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  compiled, compile_s = _compile_step(config, model, mesh, FLAGS.batch, state)
-  global_batch = sharding.global_batch(mesh, _host_batch(model_cfg, FLAGS.batch))
+  compiled, compile_s = _compile_step(experiment, FLAGS.batch, state)
+  global_batch = sharding.global_batch(mesh, _host_batch(experiment, FLAGS.batch))
 
   step_s = float("nan")  # --steps=0: compile and memory only
   if FLAGS.steps:
@@ -218,11 +227,12 @@ def bench_train_step(config) -> dict:
                         + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
   stats = jax.devices()[0].memory_stats() or {}
   peak = int(stats.get("peak_bytes_in_use", compiled_memory))
-  flops_per_step = flops.train_step_flops(model_cfg, shapes, FLAGS.batch,
+  flops_per_step = flops.train_step_flops(experiment.model, shapes, FLAGS.batch,
                                           FLAGS.clip_length)
   result = {
       "what": "train_step", "model": model_cfg.name, "variant": model_cfg.variant,
-      "recurrence": FLAGS.recurrence or model_cfg.recurrence, "remat": model_cfg.remat,
+      "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else model_cfg.recurrence,
+      "remat": model_cfg.remat,
       "kernel_gradient": model_cfg.kernel_gradient,
       "levels": list(model_cfg.levels), "dtype": model_cfg.dtype, "batch": FLAGS.batch,
       "clip_length": FLAGS.clip_length, "params": params,
@@ -234,7 +244,7 @@ def bench_train_step(config) -> dict:
       "num_devices": jax.device_count(),
   }
   if FLAGS.steps and FLAGS.host_feed:
-    result.update(_host_fed_step_ms(compiled, state, model_cfg, mesh))
+    result.update(_host_fed_step_ms(compiled, state, experiment))
   result.update(reference_flops_per_s=None, reference=None)
   if FLAGS.steps:
     if jax.default_backend() == "cpu":
@@ -249,16 +259,17 @@ def bench_train_step(config) -> dict:
   return result
 
 
-def _host_fed_step_ms(compiled, state, model_cfg, mesh) -> dict:
+def _host_fed_step_ms(compiled, state, experiment) -> dict:
   """Mean step time when every step's batch comes from host memory (3 distinct
   batches in turn), without the device prefetcher and with it (2 ahead). Each
   mode first runs every host batch once, so one-time costs of a first transfer
   (staging buffers) stay out of both."""
   from grurcn_jax import sharding
-  host_batches = [_host_batch(model_cfg, FLAGS.batch, seed) for seed in range(3)]
+  host_batches = [_host_batch(experiment, FLAGS.batch, seed) for seed in range(3)]
   result = {}
   for size, name in ((0, "host_fed_unprefetched_step_ms"), (2, "host_fed_step_ms")):
-    batches = sharding.prefetch_to_device(itertools.cycle(host_batches), mesh, size)
+    batches = sharding.prefetch_to_device(itertools.cycle(host_batches),
+                                          experiment.mesh, size)
     for _ in range(len(host_batches) + 1):
       state, metrics = compiled(state, next(batches))
     jax.block_until_ready(metrics)
@@ -272,25 +283,26 @@ def _host_fed_step_ms(compiled, state, model_cfg, mesh) -> dict:
 
 def bench_scaling(config) -> dict:
   from grurcn_jax import hlo, sharding
-  model = _model(config.model)
+  from grurcn_jax.errors import ConfigError
   devices = jax.device_count()
   if FLAGS.batch % devices:
-    raise SystemExit(f"--batch={FLAGS.batch} must be a multiple of the {devices} devices")
+    raise ConfigError(f"--batch={FLAGS.batch} must be a multiple of the {devices} devices")
 
   def xla_flops(compiled):
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost["flops"])
 
-  everywhere, compile_s = _compile_step(config, model, sharding.make_mesh(), FLAGS.batch)
-  alone, _ = _compile_step(config, model, sharding.make_mesh(jax.devices()[:1]),
-                           FLAGS.batch // devices)
+  everywhere, compile_s = _compile_step(experiment_for(config), FLAGS.batch)
+  alone, _ = _compile_step(
+      experiment_for(config, mesh=sharding.make_mesh(jax.devices()[:1])),
+      FLAGS.batch // devices)
   program = everywhere.as_text()
   collectives = hlo.collective_bytes(program)
   per_device, one_device = xla_flops(everywhere), xla_flops(alone)
   return {"what": "scaling", "num_devices": devices, "batch": FLAGS.batch,
           "clip_length": FLAGS.clip_length, "variant": config.model.variant,
-          "recurrence": FLAGS.recurrence or config.model.recurrence,
+          "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else config.model.recurrence,
           "remat": config.model.remat, "levels": list(config.model.levels),
           "xla_flops_per_device": per_device, "xla_flops_one_device": one_device,
           "flops_ratio": per_device / one_device, "collective_bytes": collectives,
@@ -299,13 +311,10 @@ def bench_scaling(config) -> dict:
 
 
 def bench_pipeline(config) -> dict:
-  from grurcn_jax import train
-  from grurcn_jax.data import pipeline
-  train.prepare_data(config)  # builds the demo data when the config asks for it
-  batches = iter(pipeline.train_batches(
-      config.data.dir, split=config.data.train_split, batch_size=FLAGS.batch,
-      clip_length=config.data.clip_length, frame_stride=config.data.frame_stride,
-      levels=config.model.levels, shuffle_buffer=config.data.shuffle_buffer))
+  from grurcn_jax.data import pipeline, prepare
+  prepare.ensure_demo(config.data)
+  batches = pipeline.train_batches(config.data, batch_size=FLAGS.batch,
+                                   seed=config.seed, levels=config.model.levels)
   for _ in range(3):  # warm-up: tf.data threads and file handles
     next(batches)
   count = max(FLAGS.steps, 20)
@@ -324,20 +333,18 @@ def main(argv):
   with config.unlocked():
     if FLAGS.dtype:
       config.model.dtype = FLAGS.dtype
-    if FLAGS.recurrence in ("fused", "scan"):
-      config.model.recurrence = FLAGS.recurrence
     if FLAGS.remat is not None:
       config.model.remat = FLAGS.remat
     if FLAGS.kernel_gradient:
       config.model.kernel_gradient = FLAGS.kernel_gradient
     if FLAGS.what != "pipeline":   # the pipeline reads its clips as configured
       config.data.clip_length = FLAGS.clip_length
-  from grurcn_jax.errors import ConfigError
+  from grurcn_jax import errors
   benches = {"train_step": bench_train_step, "scaling": bench_scaling,
              "pipeline": bench_pipeline}
   try:
     result = benches[FLAGS.what](config)
-  except ConfigError as e:
+  except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(result))

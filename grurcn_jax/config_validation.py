@@ -1,61 +1,91 @@
 """Checks a whole experiment config before any work starts.
 
-Every name must be known and every value valid; the error lists what is allowed.
-The model part is checked by models.build.validate_model_config.
+The schema is `configs/default.py` itself: every experiment config starts from it,
+so a field it does not have is a typo and a field it has must be present. Values are
+checked here (training and data) and by `models.build.build_model` (the model).
+Every error lists what is allowed.
 """
 
+import functools
 from typing import Any, Dict, Mapping
 
-from grurcn_jax.errors import ConfigError
-from grurcn_jax.models.build import validate_model_config
+import ml_collections
 
-TOP_LEVEL = ("seed", "batch_size", "eval_batch_size", "num_train_steps",
-             "log_every_steps", "checkpoint_every_steps", "eval_every_steps",
-             "keep_checkpoints", "optimizer", "learning_rate", "momentum",
-             "weight_decay", "schedule", "warmup_steps", "step_boundaries", "step_decay",
-             "grad_clip_norm", "model", "data")
-DATA = ("dir", "train_split", "eval_split", "clip_length", "frame_stride", "eval_clips",
-        "shuffle_buffer", "skip_bad_records", "num_streams", "device_prefetch", "demo")
+from grurcn_jax.errors import ConfigError
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> Dict[str, Any]:
+  from configs import default
+  return default.get_config().to_dict()
+
+
+def schema(subtree: str = "") -> Dict[str, Any]:
+  """The default config (or one of its subtrees, e.g. 'model') as a dict."""
+  tree = _schema()
+  for part in filter(None, subtree.split(".")):
+    tree = tree[part]
+  return tree
+
+
+def _is_tree(value) -> bool:
+  # A ConfigDict is not a collections.abc.Mapping.
+  return isinstance(value, (Mapping, ml_collections.ConfigDict))
+
+
 def flatten(config: Mapping, prefix: str = "") -> Dict[str, Any]:
+  """{'model': {'levels': ...}} -> {'model.levels': ...}."""
   out = {}
   for key, value in config.items():
-    if isinstance(value, Mapping):
+    if _is_tree(value):
       out.update(flatten(value, f"{prefix}{key}."))
     else:
       out[f"{prefix}{key}"] = value
   return out
 
 
-def _known(names, valid, where):
-  unknown = sorted(set(names) - set(valid))
-  if unknown:
-    raise ConfigError(f"unknown config field(s) {', '.join(where + n for n in unknown)}; "
-                      f"valid: {', '.join(where + v for v in valid)}")
+def check_fields(config: Mapping, subtree: str = "") -> None:
+  """Raises ConfigError if `config` (the whole config, or the subtree at `subtree`)
+  lacks a field of the default config or has one it does not. A field whose
+  default is None (data.demo) takes any value, a dict of settings included."""
+  def walk(given: Mapping, expected: Mapping, where: str):
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+      raise ConfigError(f"unknown config field(s) {', '.join(where + n for n in unknown)}; "
+                        f"valid: {', '.join(where + n for n in expected)}")
+    missing = sorted(set(expected) - set(given))
+    if missing:
+      raise ConfigError(f"the config lacks field(s) {', '.join(where + n for n in missing)} "
+                        f"(configs/default.py has them: start from its get_config())")
+    for name, default in expected.items():
+      if _is_tree(default) and _is_tree(given[name]):
+        walk(given[name], default, f"{where}{name}.")
+  walk(config, schema(subtree), f"{subtree}." if subtree else "")
 
 
-def _positive_int(config, name):
+def _positive_int(config, name, where=""):
   value = config[name]
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-    raise ConfigError(f"{name}={value!r} must be a positive integer")
+    raise ConfigError(f"{where}{name}={value!r} must be a positive integer")
 
 
 def validate_config(config: Mapping) -> None:
-  _known(config.keys(), TOP_LEVEL, "")
-  _known(config["data"].keys(), DATA, "data.")
-  validate_model_config(config["model"])
+  """Field names against the schema; training and data values. (The model's
+  values are checked when it is built.)"""
+  check_fields(config)
   for name in ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps",
                "checkpoint_every_steps", "eval_every_steps", "keep_checkpoints"):
     _positive_int(config, name)
+  data = config["data"]
   for name in ("clip_length", "frame_stride", "eval_clips", "shuffle_buffer"):
-    _positive_int(config["data"], name)
-  prefetch = config["data"]["device_prefetch"]
+    _positive_int(data, name, "data.")
+  prefetch = data["device_prefetch"]
   if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
     raise ConfigError(f"data.device_prefetch={prefetch!r} must be an integer >= 0")
-  streams = config["data"]["num_streams"]
+  streams = data["num_streams"]
   if not isinstance(streams, int) or streams < 0:
     raise ConfigError(f"data.num_streams={streams!r} must be 0 (one per host) or a "
                       f"positive multiple of the host count")
@@ -69,6 +99,3 @@ def validate_config(config: Mapping) -> None:
     raise ConfigError(f"learning_rate={config['learning_rate']} must be positive")
   if config["warmup_steps"] < 0 or config["weight_decay"] < 0 or config["grad_clip_norm"] < 0:
     raise ConfigError("warmup_steps, weight_decay and grad_clip_norm must be >= 0")
-  if not config["data"]["dir"]:
-    raise ConfigError("data.dir is empty: point it at a feature directory "
-                      "(python -m grurcn_jax.data.extract writes one)")

@@ -36,3 +36,8 @@ class VideoDecodeError(Error, RuntimeError):
 
 class FusionError(Error, ValueError):
   """Score files that cannot be fused; the message says why."""
+
+
+class FlopCountError(Error, ValueError):
+  """A model whose FLOPs cannot be counted statically (a loop with a runtime trip
+  count); the message says what to use instead."""

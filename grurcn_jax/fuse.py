@@ -3,7 +3,7 @@ r"""Score fusion: the paper's RGB + optical-flow late fusion.
   python -m grurcn_jax.fuse --scores=rgb/eval_scores.npz,flow/eval_scores.npz \
       --weights=1,1.5
 
-Each file is an evaluation's per-video scores (evaluate.py writes eval_scores.npz).
+Each file is an evaluation's per-video scores (grurcn_jax.writers writes eval_scores.npz).
 Videos are matched by id; the fused prediction is the weighted sum of the video-level
 class probabilities. Prints each stream's and the fused video accuracy.
 """

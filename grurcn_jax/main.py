@@ -5,8 +5,11 @@
 
 Config fields are overridden with --config.FIELD=VALUE (configs/default.py lists
 them). Errors in the config, the data or the run are printed as one message.
+Progress is logged at INFO (absl logging, to stderr); other libraries' INFO
+messages show only with an explicit --verbosity.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -41,15 +44,33 @@ def _initialize_distributed():
                                process_id=FLAGS.process_id)
 
 
+class _OwnInfoOnly(std_logging.Filter):
+  """Passes warnings and errors, and INFO only from this package: orbax, clu and
+  TensorFlow log a lot at INFO."""
+
+  _package = os.path.dirname(os.path.abspath(__file__))
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or record.pathname.startswith(
+        self._package)
+
+
+def configure_logging():
+  if not FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not FLAGS["verbosity"].present:  # orbax and TF log a lot at INFO; -v 0 shows it
-    logging.set_verbosity(logging.WARNING)
+  configure_logging()
   _initialize_distributed()
 
   from grurcn_jax import errors, train
+  from grurcn_jax.data import prepare
   try:
+    prepare.ensure_demo(FLAGS.config.data)
     if FLAGS.mode == "train":
       metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:

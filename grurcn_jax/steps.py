@@ -77,14 +77,9 @@ def make_train_step(model, config, mesh, state_sharding):
                  donate_argnums=(0,))
 
 
-def level_shapes(config, metadata: Mapping) -> dict:
-  """level -> per-frame feature shape, for the levels the model uses."""
-  return {l: tuple(metadata["levels"][l]["shape"]) for l in config.model.levels}
-
-
 def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]]) -> TrainState:
   """The initial train state, replicated over the mesh; `shapes` maps each level
-  to its per-frame feature shape (`level_shapes`)."""
+  to its per-frame feature shape."""
   dummy = {l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
            for l, s in shapes.items()}
   tx = create_optimizer(config)

@@ -44,7 +44,7 @@ def run_bench(*args, without=()):
 
 
 def expected_params(levels, hidden, channels, num_classes, kernel=3):
-  """GRU-RCN parameters from the closed formula (PAPER.md), per level: input conv
+  """GRU-RCN parameters from the closed formula (the paper's cell), per level: input conv
   (3F outputs, bias), hidden convs (3F outputs from F), classifier."""
   total = 0
   for level, f in zip(levels, hidden):
@@ -55,7 +55,7 @@ def expected_params(levels, hidden, channels, num_classes, kernel=3):
 
 
 @pytest.mark.parametrize("extra", [["--host_feed"], ["--remat", "--kernel_gradient=taps"],
-                                   ["--recurrence=rnn_cell"]])
+                                   ["--flax_rnn_cell"]])
 def test_train_step_report(extra):
   # The train step needs neither TensorFlow nor clu (GPU images often lack both).
   report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=3", "--image_size=32",
@@ -68,9 +68,12 @@ def test_train_step_report(extra):
   assert report["step_ms"] > 0 and report["compile_s"] > 0
   np.testing.assert_allclose(report["clips_per_s"], 8 / (report["step_ms"] / 1e3))
   from configs import demo
+  from grurcn_jax.models import build_model
   model_cfg = demo.get_config().model
   model_cfg.levels, model_cfg.hidden = ("pool2", "pool3"), (4, 4)
-  assert report["flops_per_step"] == flops.train_step_flops(model_cfg, shapes, 8, 3)
+  # The same count for flax's nn.RNN model: the same convolutions.
+  assert report["flops_per_step"] == flops.train_step_flops(build_model(model_cfg),
+                                                            shapes, 8, 3)
   np.testing.assert_allclose(report["achieved_flops_per_s"],
                              report["flops_per_step"] / (report["step_ms"] / 1e3))
   assert report["reference_flops_per_s"] > 0 and report["peak_memory_bytes"] > 0
@@ -84,7 +87,7 @@ def test_train_step_report(extra):
     assert report["host_fed_step_ms"] > 0 and report["host_fed_unprefetched_step_ms"] > 0
   else:
     assert "host_fed_step_ms" not in report
-  assert report["recurrence"] == ("rnn_cell" if "--recurrence=rnn_cell" in extra
+  assert report["recurrence"] == ("flax_rnn_cell" if "--flax_rnn_cell" in extra
                                   else "fused")
 
 

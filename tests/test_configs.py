@@ -41,3 +41,28 @@ def test_paper_configs_use_the_paper_settings(name):
     assert tuple(config.model.levels) == ("pool2", "pool3", "pool4", "pool5")
     assert tuple(config.model.hidden) == (64, 128, 256, 256)
     assert config.model.kernel_size == 3
+
+
+def test_the_default_config_is_the_schema(monkeypatch):
+  """Validation reads the field names from configs/default.py, not from a copy: a
+  field added there is accepted everywhere, one removed is rejected."""
+  from configs import default
+  from grurcn_jax.errors import ConfigError
+  original = default.get_config
+
+  def with_extra_fields():
+    config = original()
+    config.new_option = 1
+    config.model.new_model_option = "x"
+    return config
+  monkeypatch.setattr(default, "get_config", with_extra_fields)
+  config_validation._schema.cache_clear()
+  try:
+    config = with_extra_fields()
+    config_validation.validate_config(config)
+    build_model(config.model)
+    del config.model["new_model_option"]
+    with pytest.raises(ConfigError, match=r"lacks field\(s\) model\.new_model_option"):
+      config_validation.validate_config(config)
+  finally:
+    config_validation._schema.cache_clear()

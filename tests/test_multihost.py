@@ -65,7 +65,7 @@ def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
   first.mkdir(), second.mkdir()
   processes = start_two_processes(data_dir, workdir, first)
   deadline = time.time() + 600
-  while "step 2/" not in read(first, "0.out"):   # process 0 reports the steps
+  while "] step 2/" not in read(first, "0.err"):   # progress is logged to stderr
     assert time.time() < deadline and all(p.poll() is None for p in processes), (
         read(first, "0.err")[-3000:] + read(first, "1.err")[-3000:])
     time.sleep(0.2)
@@ -82,7 +82,7 @@ def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
   # The same command resumes and ends where the uninterrupted run did.
   processes = start_two_processes(data_dir, workdir, second)
   assert wait(processes) == [0, 0], read(second, "0.err")[-3000:]
-  assert f"from step {step} to 12 on 8 device(s)" in read(second, "0.out")
+  assert f"from step {step} to 12 on 8 device(s)" in read(second, "0.err")
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
     metrics = json.load(f)
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)

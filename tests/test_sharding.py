@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from configs import default
-from grurcn_jax import hlo, levels as levels_lib, sharding, steps
-from grurcn_jax.models import build_model
+from grurcn_jax import hlo, sharding
+from grurcn_jax.data.prepare import FeatureSpec
+from grurcn_jax.experiment import assemble
 
 # What real runs compile, XLA's optimisations included.
 pytestmark = pytest.mark.optimized
@@ -32,19 +33,15 @@ def compiled_train_step(variant, recurrence, remat):
   config.model.variant, config.model.recurrence = variant, recurrence
   config.model.remat = remat
   config.data.clip_length = CLIP_LENGTH
-  mesh = sharding.make_mesh()
-  shapes = {l: levels_lib.feature_shape(l, 32) for l in config.model.levels}
-  model = build_model(config.model)
-  state = jax.eval_shape(lambda: steps.create_state(model, config, mesh, shapes))
-  replicated, batch = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-  state = jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state)
+  experiment = assemble(config, spec=FeatureSpec.at_image_size(config.model, 32))
+  shapes = experiment.spec.level_shapes
+  batch = sharding.batch_sharding(experiment.mesh)
   clips = {"features": {l: jax.ShapeDtypeStruct((GLOBAL_BATCH, CLIP_LENGTH, *s),
                                                 jnp.float16, sharding=batch)
                         for l, s in shapes.items()},
            "label": jax.ShapeDtypeStruct((GLOBAL_BATCH,), jnp.int32, sharding=batch)}
-  step = steps.make_train_step(model, config, mesh, replicated)
-  return step.lower(state, clips).compile().as_text()
+  return experiment.train_step().lower(experiment.abstract_state(),
+                                       clips).compile().as_text()
 
 
 def global_sized_dimensions(program):

@@ -94,7 +94,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["6"]
   resumed = run_main(f"--workdir={workdir}", *flags)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert "from step 6" in resumed.stdout
+  assert "from step 6" in resumed.stderr
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
     metrics = json.load(f)
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
@@ -158,8 +158,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
       [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
        f"--workdir={workdir}", *flags], cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
-  for line in process.stdout:
-    if line.startswith("step 2/"):
+  for line in process.stderr:  # progress is logged (absl, INFO, stderr)
+    if "] step 2/" in line:
       break
   process.send_signal(signal.SIGTERM)
   _, err = process.communicate(timeout=300)

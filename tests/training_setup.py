@@ -67,16 +67,9 @@ def run_main(*args, env=None):
 def restore_params(config, workdir, step):
   """Parameters of a checkpoint, restored onto this process's devices."""
   import jax
-  from grurcn_jax import checkpoints, sharding, steps
-  from grurcn_jax.data import features
-  from grurcn_jax.models import build_model
-  mesh = sharding.make_mesh()
-  model = build_model(config.model)
-  metadata = features.read_metadata(config.data.dir)
-  abstract = jax.eval_shape(lambda: steps.create_state(
-      model, config, mesh, steps.level_shapes(config, metadata)))
-  manager = checkpoints.Checkpoints(os.path.join(workdir, "checkpoints"))
-  state = manager.restore(checkpoints.abstract_like(abstract, sharding.replicated(mesh)),
-                          config.model.to_dict(), step)
-  manager.close()
+  from grurcn_jax.experiment import assemble
+  experiment = assemble(config)
+  checkpoints = experiment.checkpoints(workdir)
+  state = experiment.restore(checkpoints, step)
+  checkpoints.close()
   return jax.device_get(state.params)

@@ -125,6 +125,10 @@ class _ShardReader:
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+# Shards a train stream reads at once, round robin.
+_CYCLE_LENGTH = 4
+
+
 def _stream_plan(num_shards: int, seed: int, stream: int, num_streams: int):
   """epoch -> the shard indices stream `stream` of `num_streams` reads in it: stream
   s takes files s, s+S, ... of a permutation of all shards seeded by (seed, epoch).
@@ -188,12 +192,13 @@ class Batches:
     return self._reader.stats()
 
   def __iter__(self):
-    self._iterator = self.dataset.as_numpy_iterator()
+    # One pass: iter() again continues where it is (a second pass would need a
+    # second Batches; tf.data's restart would silently repeat the stream).
     return self
 
   def __next__(self):
     if self._iterator is None:
-      iter(self)
+      self._iterator = self.dataset.as_numpy_iterator()
     try:
       batch = next(self._iterator)
     except tf.errors.OpError:
@@ -206,17 +211,20 @@ class Batches:
     return batch
 
 
-def train_batches(directory: str, *, split: str, batch_size: int, clip_length: int,
-                  frame_stride: int = 1, seed: int = 0,
-                  levels: Optional[Sequence[str]] = None, process_index: int = 0,
-                  process_count: int = 1, num_streams: Optional[int] = None,
-                  start_step: int = 0, shuffle_buffer: int = 16, cycle_length: int = 4,
-                  skip_bad_records: bool = False) -> Batches:
+def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
+                  levels: Optional[Sequence[str]] = None, start_step: int = 0,
+                  process_index: int = 0, process_count: int = 1) -> Batches:
   """Endless per-host train batches of `batch_size` clips: {'features': {level:
-  [b, T, ...] float16}, 'label': [b] int32, 'video_index': [b] int32, 'mask': [b]}."""
+  [b, T, ...] float16}, 'label': [b] int32, 'video_index': [b] int32, 'mask': [b]}.
+
+  `data` is the config's data subtree (configs/default.py): dir, train_split,
+  clip_length, frame_stride, shuffle_buffer, num_streams, skip_bad_records.
+  `levels` (default: all in the directory) are the levels read.
+  """
+  directory, split = data["dir"], data["train_split"]
   metadata = features_lib.read_metadata(directory)
   shards = features_lib.split_shards(metadata, split)
-  num_streams = num_streams or process_count
+  num_streams = data["num_streams"] or process_count
   if num_streams % process_count:
     raise FeatureFormatError(
         f"{num_streams} data streams cannot be shared by {process_count} hosts: "
@@ -232,11 +240,12 @@ def train_batches(directory: str, *, split: str, batch_size: int, clip_length: i
         f"every stream needs at least one; extract with more shards")
   level_shapes = _level_shapes(metadata, levels)
   share = batch_size // streams_per_host
-  reader = _ShardReader(directory, shards, skip_bad_records)
+  reader = _ShardReader(directory, shards, data["skip_bad_records"])
   datasets = [
       _stream_dataset(reader, stream, num_streams, split, seed, start_step * share,
-                      shuffle_buffer, cycle_length, level_shapes, clip_length,
-                      frame_stride).batch(share, drop_remainder=True)
+                      data["shuffle_buffer"], _CYCLE_LENGTH, level_shapes,
+                      data["clip_length"], data["frame_stride"]
+                      ).batch(share, drop_remainder=True)
       for stream in range(process_index * streams_per_host,
                           (process_index + 1) * streams_per_host)]
   if len(datasets) == 1:
@@ -294,16 +303,22 @@ def eval_host_shards(num_shards: int, process_index: int, process_count: int) ->
   return list(range(process_index, num_shards, process_count))
 
 
-def eval_batches(directory: str, *, split: str, batch_size: int, clip_length: int,
-                 frame_stride: int = 1, eval_clips: int = 1,
+def eval_batches(data: Mapping, *, batch_size: int,
                  levels: Optional[Sequence[str]] = None, process_index: int = 0,
-                 process_count: int = 1, skip_bad_records: bool = False) -> Batches:
+                 process_count: int = 1) -> Batches:
   """Finite, deterministic per-host eval batches; `num_batches` is the same on every
-  host and padding elements have mask 0."""
+  host and padding elements have mask 0.
+
+  `data` is the config's data subtree: dir, eval_split, clip_length, frame_stride,
+  eval_clips, skip_bad_records.
+  """
+  directory = data["dir"]
+  clip_length, frame_stride, eval_clips = (data["clip_length"], data["frame_stride"],
+                                           data["eval_clips"])
   metadata = features_lib.read_metadata(directory)
-  shards = features_lib.split_shards(metadata, split)
+  shards = features_lib.split_shards(metadata, data["eval_split"])
   level_shapes = _level_shapes(metadata, levels)
-  reader = _ShardReader(directory, shards, skip_bad_records)
+  reader = _ShardReader(directory, shards, data["skip_bad_records"])
   clips_per_host = [
       eval_clips * sum(shards[i]["num_videos"]
                        for i in eval_host_shards(len(shards), p, process_count))

@@ -70,7 +70,7 @@ class VGGRNN(nn.Module):
     level_logits = {}
     for level, hidden in zip(self.levels, self.hidden):
       x = frame_vectors(features[level])[:, :, None, None, :]
-      state = ConvGRU(hidden, (1, 1), implementation=self.recurrence,
+      state = ConvGRU(hidden, (1, 1), recurrence=self.recurrence,
                       remat=self.remat, unroll=self.unroll,
                       kernel_gradient=self.kernel_gradient, dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"{level}_gru")(x)

@@ -9,16 +9,12 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 from flax import linen as nn
 
-from grurcn_jax import levels as levels_lib
+from grurcn_jax import config_validation, levels as levels_lib
 from grurcn_jax.errors import ConfigError
 from grurcn_jax.models import baselines, conv_kernels, convgru, grurcn, losses
 
 MODEL_NAMES = ("grurcn", "vgg_frames", "vgg_rnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-MODEL_FIELDS = ("name", "variant", "levels", "hidden", "kernel_size", "dropout_rate",
-                "num_classes", "bi_merge", "recurrence", "remat", "unroll",
-                "kernel_gradient", "dtype", "loss")
 
 
 def _one_of(field: str, value: Any, valid) -> None:
@@ -29,17 +25,11 @@ def _one_of(field: str, value: Any, valid) -> None:
 
 def validate_model_config(cfg: Mapping[str, Any]) -> None:
   """Raises ConfigError naming the first bad field and the valid values."""
-  unknown = sorted(set(cfg.keys()) - set(MODEL_FIELDS))
-  if unknown:
-    raise ConfigError(f"unknown model config field(s) {', '.join(unknown)}; valid "
-                      f"fields: {', '.join(MODEL_FIELDS)}")
-  missing = sorted(set(MODEL_FIELDS) - set(cfg.keys()))
-  if missing:
-    raise ConfigError(f"model config lacks field(s) {', '.join(missing)}")
+  config_validation.check_fields(cfg, "model")  # the fields of configs/default.py
   _one_of("name", cfg["name"], MODEL_NAMES)
   _one_of("variant", cfg["variant"], grurcn.VARIANTS)
   _one_of("bi_merge", cfg["bi_merge"], grurcn.BI_MERGES)
-  _one_of("recurrence", cfg["recurrence"], convgru.RECURRENCE_IMPLEMENTATIONS)
+  _one_of("recurrence", cfg["recurrence"], convgru.RECURRENCES)
   _one_of("kernel_gradient", cfg["kernel_gradient"], conv_kernels.KERNEL_GRADIENTS)
   _one_of("dtype", cfg["dtype"], tuple(DTYPES))
   _one_of("loss", cfg["loss"], losses.LOSSES)

@@ -22,7 +22,7 @@ from grurcn_jax.models import conv_kernels, recurrence
 Array = jax.Array
 Dtype = Any
 
-RECURRENCE_IMPLEMENTATIONS = ("fused", "scan")
+RECURRENCES = ("fused", "scan")
 
 
 class ConvGRUCell(nn.RNNCellBase):
@@ -116,7 +116,7 @@ class ConvGRU(nn.Module):
       input frames; the final state is then the one at frame 0.
     return_sequences: return every state [B, T, H, W, F] instead of the final one
       [B, H, W, F] (an attention decoder needs every step).
-    implementation: 'fused' (default): `recurrence.convgru_sequence`, a
+    recurrence: 'fused' (default): `recurrence.convgru_sequence`, a
       hand-written VJP whose weight gradients are computed once after the loop;
       'scan': a Flax `nn.scan` differentiated by JAX (the reference path).
     remat: trade compute for memory on long clips. 'fused': keep only the input
@@ -132,7 +132,7 @@ class ConvGRU(nn.Module):
   kernel_size: Sequence[int] = (3, 3)
   reverse: bool = False
   return_sequences: bool = False
-  implementation: str = "fused"
+  recurrence: str = "fused"
   remat: bool = False
   unroll: int = 1
   kernel_gradient: str = "auto"
@@ -143,10 +143,9 @@ class ConvGRU(nn.Module):
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
 
   def setup(self):
-    if self.implementation not in RECURRENCE_IMPLEMENTATIONS:
-      raise ValueError(
-          f"unknown recurrence implementation {self.implementation!r}; valid: "
-          f"{', '.join(RECURRENCE_IMPLEMENTATIONS)}")
+    if self.recurrence not in RECURRENCES:
+      raise ValueError(f"unknown recurrence {self.recurrence!r}; valid: "
+                       f"{', '.join(RECURRENCES)}")
     conv_kernels.check_kernel_gradient(self.kernel_gradient)
     kernel_size = tuple(self.kernel_size)
     # Batched convolutions over B*T frames, with the backend's kernel gradient.
@@ -154,7 +153,7 @@ class ConvGRU(nn.Module):
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
         conv_general_dilated=conv_kernels.flax_conv(self.kernel_gradient), name=name)
-    if self.implementation == "fused":  # the same parameters, convolved by the layer
+    if self.recurrence == "fused":  # the same parameters, convolved by the layer
       self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
                                    self.bias_init, self.param_dtype)
     else:
@@ -191,7 +190,7 @@ class ConvGRU(nn.Module):
     lower = None
     if gate_inputs is not None:   # [B, T, ..., 2F], batch-major like the inputs
       lower = self.lower_gates(gate_inputs).astype(dtype)
-    if self.implementation == "fused":
+    if self.recurrence == "fused":
       kernel, bias = self.input(inputs.shape[-1])
       # The inputs stay in their own dtype (float16 features): they are what is kept.
       states = recurrence.convgru_sequence(

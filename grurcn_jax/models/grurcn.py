@@ -63,8 +63,7 @@ class GRURCNEncoder(nn.Module):
       gates also see level l-1's state at the same step, max-pooled to level l's
       size).
     kernel_size: side of every convolution kernel on map levels (fc7 uses 1x1).
-    recurrence, remat, unroll, kernel_gradient: see `ConvGRU` (`recurrence` is
-      its `implementation`).
+    recurrence, remat, unroll, kernel_gradient: see `ConvGRU`.
   """
 
   levels: Sequence[str]
@@ -95,7 +94,7 @@ class GRURCNEncoder(nn.Module):
       x = as_maps(features[level])
       size = 1 if levels_lib.is_vector_level(level) else self.kernel_size
       layer = functools.partial(
-          ConvGRU, hidden, (size, size), implementation=self.recurrence,
+          ConvGRU, hidden, (size, size), recurrence=self.recurrence,
           remat=self.remat, unroll=self.unroll, kernel_gradient=self.kernel_gradient,
           dtype=self.dtype, param_dtype=self.param_dtype)
       if self.variant == "uni":

@@ -37,7 +37,7 @@ class ClassifierHead(nn.Module):
 
 
 def global_average_pool(maps: Array) -> Array:
-  """[B, H, W, C] -> [B, C] (PAPER.md: the last state is average-pooled to 1x1)."""
+  """[B, H, W, C] -> [B, C] (the paper average-pools the last state to 1x1)."""
   return jnp.mean(maps, axis=(1, 2))
 
 

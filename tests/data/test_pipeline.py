@@ -9,7 +9,16 @@ import pytest
 
 from grurcn_jax.data import features, pipeline
 from grurcn_jax.errors import FeatureFormatError
+from configs import default
 from tests.data.fake import write_fake_features
+
+
+def data_config(directory, **fields):
+  """The default config's data subtree, reading `directory`."""
+  data = default.get_config().data
+  data.dir = str(directory)
+  data.update(fields)
+  return data
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +36,9 @@ def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
   sizes = [sum(shards[i]["num_videos"] for i in
                pipeline.stream_shards(len(shards), seed, e, host, hosts))
            for e in range(epoch + 1)]
-  batches = pipeline.train_batches(feature_dir, split="train", batch_size=1,
-                                   clip_length=3, seed=seed, process_index=host,
-                                   process_count=hosts, start_step=sum(sizes[:-1]))
+  batches = pipeline.train_batches(data_config(feature_dir, clip_length=3), batch_size=1,
+                                   seed=seed, process_index=host, process_count=hosts,
+                                   start_step=sum(sizes[:-1]))
   return [int(b["video_index"][0]) for b in itertools.islice(batches, sizes[-1])]
 
 
@@ -48,10 +57,21 @@ def test_order_is_a_function_of_the_seed(feature_dir):
 
 
 def _stream(feature_dir, start_step, steps):
-  batches = pipeline.train_batches(feature_dir, split="train", batch_size=4,
-                                   clip_length=3, frame_stride=2, seed=5,
-                                   start_step=start_step)
+  batches = pipeline.train_batches(data_config(feature_dir, clip_length=3, frame_stride=2),
+                                   batch_size=4, seed=5, start_step=start_step)
   return list(itertools.islice(batches, steps))
+
+
+def test_iterating_again_continues_instead_of_restarting(feature_dir):
+  """A loop that calls iter() on the batches (islice, a prefetcher) must not send
+  the stream back to its first batch."""
+  expected = _stream(feature_dir, 0, 3)
+  batches = pipeline.train_batches(data_config(feature_dir, clip_length=3, frame_stride=2),
+                                   batch_size=4, seed=5)
+  got = [next(iter(batches)) for _ in range(3)]
+  for a, b in zip(got, expected):
+    np.testing.assert_array_equal(a["video_index"], b["video_index"])
+  assert len({tuple(b["video_index"]) for b in got}) == 3
 
 
 def test_resume_sees_the_same_batches(feature_dir):
@@ -86,9 +106,8 @@ def test_train_clips_have_the_right_frames(feature_dir):
 
 @pytest.mark.parametrize("hosts", [1, 2, 3])
 def test_eval_gives_each_video_eval_clips_and_padding_never_counts(feature_dir, hosts):
-  per_host = [pipeline.eval_batches(feature_dir, split="test", batch_size=4,
-                                    clip_length=3, eval_clips=3, process_index=h,
-                                    process_count=hosts) for h in range(hosts)]
+  per_host = [pipeline.eval_batches(data_config(feature_dir, clip_length=3, eval_clips=3),
+                                    batch_size=4, process_index=h, process_count=hosts) for h in range(hosts)]
   counts = collections.Counter()
   num_batches = set()
   for batches in per_host:
@@ -111,8 +130,8 @@ def test_eval_clips_are_evenly_spaced(feature_dir):
   shard = features.split_shards(metadata, "test")[0]
   first = features.decode_video(
       next(features.read_shard(os.path.join(feature_dir, shard["file"]))), metadata)
-  batch = next(iter(pipeline.eval_batches(feature_dir, split="test", batch_size=3,
-                                          clip_length=2, eval_clips=3)))
+  batch = next(iter(pipeline.eval_batches(
+      data_config(feature_dir, clip_length=2, eval_clips=3), batch_size=3)))
   n = first.num_frames
   starts = np.round(np.linspace(0, n - 2, 3)).astype(int)
   for i, s in enumerate(starts):
@@ -125,9 +144,11 @@ def test_truncated_shard_is_a_clear_error_or_skipped_on_request(tmp_path):
   data = open(path, "rb").read()
   open(path, "wb").write(data[: len(data) - 40])
   with pytest.raises(FeatureFormatError, match="test-00001.tfrecord is corrupt"):
-    list(pipeline.eval_batches(str(tmp_path), split="test", batch_size=2, clip_length=2))
-  batches = pipeline.eval_batches(str(tmp_path), split="test", batch_size=2,
-                                  clip_length=2, skip_bad_records=True)
+    list(pipeline.eval_batches(data_config(tmp_path, clip_length=2, eval_clips=1),
+                               batch_size=2))
+  batches = pipeline.eval_batches(
+      data_config(tmp_path, clip_length=2, eval_clips=1, skip_bad_records=True),
+      batch_size=2)
   got = list(batches)
   assert sum(float(b["mask"].sum()) for b in got) == 5  # the last record was lost
   assert batches.stats.skipped_records == 1
@@ -145,8 +166,8 @@ def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
   lost = 1 + shards[1]["num_videos"]
 
   def batches(**kwargs):
-    return pipeline.train_batches(str(tmp_path), split="train", batch_size=1,
-                                  clip_length=2, **kwargs)
+    return pipeline.train_batches(data_config(tmp_path, clip_length=2, **kwargs),
+                                  batch_size=1)
   with pytest.raises(FeatureFormatError,
                      match=r"(tfrecord is corrupt or truncated|tfrecord does not exist)"):
     list(itertools.islice(batches(), 9))
@@ -160,7 +181,7 @@ def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
 
 def test_unknown_level_is_clear(feature_dir):
   with pytest.raises(FeatureFormatError, match="pool2.*available: pool4, fc7"):
-    pipeline.train_batches(feature_dir, split="train", batch_size=1, clip_length=2,
+    pipeline.train_batches(data_config(feature_dir, clip_length=2), batch_size=1,
                            levels=["pool2"])
 
 
@@ -169,9 +190,8 @@ def test_global_batches_do_not_depend_on_the_host_count(feature_dir):
   one-host batches: 1, 2 or 4 hosts train on the same data."""
   def stream(hosts, host, steps=6, start_step=0):
     return list(itertools.islice(pipeline.train_batches(
-        feature_dir, split="train", batch_size=8 // hosts, clip_length=2, seed=3,
-        process_index=host, process_count=hosts, num_streams=4,
-        start_step=start_step), steps))
+        data_config(feature_dir, clip_length=2, num_streams=4), batch_size=8 // hosts,
+        seed=3, process_index=host, process_count=hosts, start_step=start_step), steps))
   single = stream(1, 0)
   for hosts in (2, 4):
     parts = [stream(hosts, h) for h in range(hosts)]

@@ -45,7 +45,15 @@ def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
 def test_unknown_field_is_named():
   cfg = model_config()
   cfg.hiden = (1, 2)
-  with pytest.raises(ConfigError, match="unknown model config field.*hiden.*valid fields"):
+  with pytest.raises(ConfigError, match=r"unknown config field\(s\) model\.hiden; valid: .*"
+                     r"model\.hidden"):
+    build_model(cfg)
+
+
+def test_a_missing_field_is_named():
+  cfg = dict(model_config())
+  del cfg["kernel_gradient"]
+  with pytest.raises(ConfigError, match=r"lacks field\(s\) model\.kernel_gradient"):
     build_model(cfg)
 
 

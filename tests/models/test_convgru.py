@@ -10,7 +10,7 @@ from grurcn_jax.models import ConvGRU, ConvGRUCell
 
 
 # ---------------------------------------------------------------------------
-# An independent NumPy implementation of PAPER.md's cell, written from the
+# An independent NumPy implementation of the paper's cell, written from the
 # equations (no project code): z = s(Wz*x + Uz*h), r = s(Wr*x + Ur*h),
 # c = tanh(W*x + U*(r.h)), h' = (1 - z).h + z.c, with 'SAME' zero padding.
 
@@ -32,7 +32,7 @@ def np_sigmoid(x):
 
 
 def np_paper_cell(h, x, p):
-  """One step of PAPER.md's equations with parameters in contract-4 layout."""
+  """One step of the paper's equations with parameters in ConvGRUCell's layout."""
   f = h.shape[-1]
   wx = np_conv_same(x, p["input"]["kernel"], p["input"]["bias"])
   uh = np_conv_same(h, p["hidden_gates"]["kernel"])
@@ -117,16 +117,16 @@ def _perturbed_init(module, rng, *args, **kwargs):
       tree, [0.4 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)])
 
 
-@pytest.mark.parametrize("implementation,remat,kernel_gradient", [
+@pytest.mark.parametrize("recurrence,remat,kernel_gradient", [
     ("fused", False, "auto"), ("fused", True, "auto"), ("scan", False, "auto"),
     ("fused", False, "taps"), ("fused", True, "xla")])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_sequence_layer_matches_rnn_of_cell(implementation, remat, kernel_gradient,
+def test_sequence_layer_matches_rnn_of_cell(recurrence, remat, kernel_gradient,
                                             reverse):
   x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4, 3))
   h0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 5, 4, 4))
   layer = ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True,
-                  implementation=implementation, remat=remat,
+                  recurrence=recurrence, remat=remat,
                   kernel_gradient=kernel_gradient)
   variables = _perturbed_init(layer, jax.random.key(2), x)
   rnn = nn.RNN(ConvGRUCell(4, (3, 3)), reverse=reverse, keep_order=True)
@@ -179,12 +179,12 @@ def assert_float32_close(got, reference32, reference64):
   jax.tree.map(check, got, reference32, reference64)
 
 
-@pytest.mark.parametrize("implementation", ["fused", "scan"])
-def test_final_state_is_last_of_sequence(implementation):
+@pytest.mark.parametrize("recurrence", ["fused", "scan"])
+def test_final_state_is_last_of_sequence(recurrence):
   x = jax.random.normal(jax.random.key(0), (2, 5, 4, 4, 2))
   for reverse, index in [(False, -1), (True, 0)]:
     make = lambda seq: ConvGRU(3, reverse=reverse, return_sequences=seq,
-                               implementation=implementation)
+                               recurrence=recurrence)
     variables = _perturbed_init(make(True), jax.random.key(1), x)
     states = make(True).apply(variables, x)
     final = make(False).apply(variables, x)
@@ -193,15 +193,15 @@ def test_final_state_is_last_of_sequence(implementation):
 
 def test_unroll_and_remat_keep_values_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 7, 4, 4, 3))
-  reference = ConvGRU(4, implementation="scan")
+  reference = ConvGRU(4, recurrence="scan")
   variables = _perturbed_init(reference, jax.random.key(1), x)
   loss = lambda layer, x: lambda v: jnp.sum(layer.apply(v, x) ** 2)
   expected = jax.grad(loss(reference, x))(variables)
   expected64 = float64_run(lambda v, x: jax.grad(loss(reference, x))(v), variables, x)
-  for layer in [ConvGRU(4, implementation="scan", remat=True),
-                ConvGRU(4, implementation="fused", remat=True, unroll=2),
-                ConvGRU(4, implementation="scan", unroll=3),
-                ConvGRU(4, implementation="fused", unroll=2)]:
+  for layer in [ConvGRU(4, recurrence="scan", remat=True),
+                ConvGRU(4, recurrence="fused", remat=True, unroll=2),
+                ConvGRU(4, recurrence="scan", unroll=3),
+                ConvGRU(4, recurrence="fused", unroll=2)]:
     assert_float32_close(jax.grad(loss(layer, x))(variables), expected, expected64)
 
 
@@ -222,14 +222,14 @@ def test_fused_with_gate_inputs_and_float16_frames(reverse, remat):
   x = jax.random.normal(jax.random.key(0), (2, 5, 4, 4, 6)).astype(jnp.float16)
   lower = jax.random.normal(jax.random.key(1), (2, 5, 4, 4, 3))
   make = lambda **kw: ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True, **kw)
-  reference = make(implementation="scan")
+  reference = make(recurrence="scan")
   variables = _perturbed_init(reference, jax.random.key(2), x, gate_inputs=lower)
   def loss(layer):
     def f(v, x, lower):
       states = layer.apply(v, x, gate_inputs=lower)
       return jnp.sum(jnp.sin(states) * jnp.arange(5)[:, None, None, None])
     return f
-  fused = make(implementation="fused", remat=remat)
+  fused = make(recurrence="fused", remat=remat)
   assert_float32_close(
       fused.apply(variables, x, gate_inputs=lower),
       reference.apply(variables, x, gate_inputs=lower),
@@ -244,18 +244,18 @@ def test_fused_with_gate_inputs_and_float16_frames(reverse, remat):
   assert_float16_close(got[1], expected[1])
 
 
-@pytest.mark.parametrize("implementation,remat",
+@pytest.mark.parametrize("recurrence,remat",
                          [("fused", False), ("fused", True), ("scan", False)])
-def test_bfloat16_recurrence_keeps_bfloat16_carry(implementation, remat):
+def test_bfloat16_recurrence_keeps_bfloat16_carry(recurrence, remat):
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3))
   layer = ConvGRU(4, return_sequences=True, dtype=jnp.bfloat16,
-                  implementation=implementation, remat=remat)
+                  recurrence=recurrence, remat=remat)
   variables = layer.init(jax.random.key(1), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   # A float32 initial carry must not upcast the recurrence.
   states = layer.apply(variables, x, initial_carry=jnp.zeros((2, 4, 4, 4), jnp.float32))
   assert states.dtype == jnp.bfloat16
-  reference = ConvGRU(4, return_sequences=True, implementation=implementation)
+  reference = ConvGRU(4, return_sequences=True, recurrence=recurrence)
   np.testing.assert_allclose(states.astype(jnp.float32), reference.apply(variables, x),
                              atol=5e-2)
   grads = jax.grad(lambda v: jnp.sum(layer.apply(v, x).astype(jnp.float32)))(variables)

@@ -142,7 +142,7 @@ def _paper_features(cfg, batch=2, time=10):
 
 
 def expected_param_count(cfg):
-  """PAPER.md's closed formula: per level 9*C*3F + 3F + 9*F*2F + 9*F*F (3x3
+  """The closed formula of the paper's cell: per level 9*C*3F + 3F + 9*F*2F + 9*F*F (3x3
   kernels; 1x1 on fc7), plus each level's classifier."""
   model = cfg.model
   k = model.num_classes

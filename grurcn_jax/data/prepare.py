@@ -1,0 +1,73 @@
+"""Data preparation: the demo dataset when a config asks for it, and the feature
+spec a model is built for, checked against the model config before any work.
+
+TensorFlow (the feature format) is imported only when a directory is read: a spec
+at an image size serves the benchmark on machines without TensorFlow.
+"""
+
+import dataclasses
+from typing import Mapping, Tuple
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+  """What a model is fed: each level's per-frame feature shape, and the classes."""
+  level_shapes: Mapping[str, Tuple[int, ...]]
+  class_names: Tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @classmethod
+  def from_directory(cls, data: Mapping, model: Mapping) -> "FeatureSpec":
+    """The spec of the feature directory `data.dir`, for the levels `model` uses;
+    a level it lacks, another class count or a missing split is a ConfigError."""
+    if not data["dir"]:
+      raise ConfigError("data.dir is empty: point it at a feature directory "
+                        "(python -m grurcn_jax.data.extract writes one)")
+    from grurcn_jax.data import features as features_lib
+    metadata = features_lib.read_metadata(data["dir"])
+    missing = [l for l in model["levels"] if l not in metadata["levels"]]
+    if missing:
+      raise ConfigError(f"model.levels names {', '.join(missing)}, which {data['dir']} "
+                        f"does not hold; it has {', '.join(metadata['levels'])}")
+    if model["num_classes"] != len(metadata["class_names"]):
+      raise ConfigError(f"model.num_classes={model['num_classes']} but {data['dir']} has "
+                        f"{len(metadata['class_names'])} classes")
+    for split in (data["train_split"], data["eval_split"]):
+      features_lib.split_shards(metadata, split)
+    return cls({l: tuple(metadata["levels"][l]["shape"]) for l in model["levels"]},
+               tuple(metadata["class_names"]))
+
+  @classmethod
+  def at_image_size(cls, model: Mapping, image_size: int = 224) -> "FeatureSpec":
+    """The spec of VGG-16 features of square frames of side `image_size`, with no
+    data behind it (benchmarks, compiled-program checks)."""
+    return cls({l: levels_lib.feature_shape(l, image_size) for l in model["levels"]},
+               tuple(f"class_{i}" for i in range(model["num_classes"])))
+
+
+def ensure_demo(data: Mapping, *, progress: bool = True) -> None:
+  """Builds the synthetic demo dataset into `data.dir` when `data.demo` asks for
+  one and it is not complete there yet (process 0 builds, the others wait)."""
+  if not data.get("demo"):
+    return
+  from absl import logging
+  import jax
+  from grurcn_jax.data import demo as demo_lib
+  from grurcn_jax.data import features as features_lib
+  try:
+    spec = demo_lib.DemoSpec(**dict(data["demo"]))
+  except TypeError as e:
+    raise ConfigError(f"data.demo does not fit the demo's settings: {e}") from None
+  if not features_lib.exists(features_lib.join(data["dir"], features_lib.METADATA_FILE)):
+    if jax.process_index() == 0:
+      logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
+      demo_lib.build(data["dir"], spec, progress=progress)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("demo dataset built")

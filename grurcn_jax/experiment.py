@@ -1,0 +1,74 @@
+"""Assembly: config -> feature spec -> model -> train state -> restore, in one place.
+
+Training, evaluation, the benchmark and the tests all build an experiment here,
+so each step is written once:
+
+    experiment = assemble(config)                 # checks the config, reads the spec
+    state = experiment.init_state()               # or:
+    state = experiment.restore(checkpoints)       # abstract target, sharded restore
+    train_step = experiment.train_step()
+"""
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+from flax import linen as nn
+import jax
+from jax.sharding import Mesh
+import ml_collections
+
+from grurcn_jax import checkpoints as checkpoints_lib
+from grurcn_jax import config_validation, sharding, steps
+from grurcn_jax.data.prepare import FeatureSpec
+from grurcn_jax.models import build_model
+
+CHECKPOINT_SUBDIR = "checkpoints"
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything built from one config: the data it reads, the model, the mesh."""
+  config: ml_collections.ConfigDict
+  spec: FeatureSpec
+  model: nn.Module
+  mesh: Mesh
+
+  def init_state(self) -> steps.TrainState:
+    """The initial train state (seeded by config.seed), replicated over the mesh."""
+    return steps.create_state(self.model, self.config, self.mesh,
+                              self.spec.level_shapes)
+
+  def abstract_state(self) -> Any:
+    """The train state's shapes, dtypes and shardings: a restore target, no memory."""
+    return checkpoints_lib.abstract_like(jax.eval_shape(self.init_state),
+                                         self.state_sharding)
+
+  @property
+  def state_sharding(self):
+    return sharding.replicated(self.mesh)
+
+  def checkpoints(self, workdir: str, **options) -> checkpoints_lib.Checkpoints:
+    return checkpoints_lib.Checkpoints(os.path.join(workdir, CHECKPOINT_SUBDIR),
+                                       **options)
+
+  def restore(self, checkpoints: checkpoints_lib.Checkpoints,
+              step: Optional[int] = None) -> steps.TrainState:
+    """The state of checkpoint `step` (default: newest), after checking that it was
+    trained with this model config."""
+    return checkpoints.restore(self.abstract_state(), self.config.model.to_dict(), step)
+
+  def train_step(self):
+    """The jit-compiled, sharded train step: (state, global batch) -> (state, metrics)."""
+    return steps.make_train_step(self.model, self.config, self.mesh, self.state_sharding)
+
+
+def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] = None,
+             mesh: Optional[Mesh] = None) -> Experiment:
+  """Checks `config` whole, then builds its parts. `spec` defaults to the feature
+  directory `config.data.dir`'s (read and checked against the model); `mesh` to
+  every device."""
+  config_validation.validate_config(config)
+  model = build_model(config.model)  # model values are checked before data is read
+  spec = spec or FeatureSpec.from_directory(config.data, config.model)
+  return Experiment(config, spec, model, mesh or sharding.make_mesh())

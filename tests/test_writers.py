@@ -1,0 +1,45 @@
+"""Evaluation results -> files and scalars, for any evaluator's result."""
+
+import json
+import os
+
+import numpy as np
+
+from grurcn_jax import writers
+from grurcn_jax.evaluators import EvalResult
+
+
+class RecordingWriter:
+  def __init__(self):
+    self.calls = []
+
+  def write_scalars(self, step, scalars):
+    self.calls.append((step, dict(scalars)))
+
+
+def test_write_eval_writes_every_part_of_a_result(tmp_path):
+  rendered = []
+  result = EvalResult(
+      step=7,
+      metrics={"step": 7, "loss": 0.25, "video_accuracy": 0.5, "num_videos": 4,
+               "per_level_video_accuracy": {"pool2": 0.75}},
+      scores={"video_index": np.arange(4), "probs": np.full((4, 3), 1 / 3)},
+      figures={"confusion_matrix": lambda: rendered.append(1) or b"\x89PNG fake",
+               "attention": lambda: b"\x89PNG other"})
+  scalars = RecordingWriter()
+  writers.write_eval(str(tmp_path), result, scalars)
+
+  with open(tmp_path / writers.METRICS_FILE) as f:
+    written = json.load(f)
+  assert written == dict(result.metrics, scores_file="eval_scores.npz",
+                         confusion_matrix_file="confusion_matrix.png",
+                         attention_file="attention.png")
+  scores = np.load(tmp_path / writers.SCORES_FILE)
+  np.testing.assert_array_equal(scores["probs"], result.scores["probs"])
+  assert (tmp_path / "confusion_matrix.png").read_bytes() == b"\x89PNG fake"
+  assert (tmp_path / "attention.png").read_bytes() == b"\x89PNG other"
+  assert rendered == [1]
+  # Floats only: counts and per-level dicts stay in the JSON.
+  assert scalars.calls == [(7, {"eval/loss": 0.25, "eval/video_accuracy": 0.5})]
+  assert sorted(os.listdir(tmp_path)) == ["attention.png", "confusion_matrix.png",
+                                          "eval_metrics.json", "eval_scores.npz"]
