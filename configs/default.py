@@ -42,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.clip_length = 10           # the paper: clips of 10 frames
   data.frame_stride = 1           # between the clip's (extracted) frames
   data.eval_clips = 10            # evenly spaced clips per test video, averaged
-  data.shuffle_buffer = 16        # whole videos: keep it small
-  data.skip_bad_records = False   # True: skip corrupt records and report the count
+  data.skip_bad_records = False   # True: leave out shards with missing or truncated
+                                  # files (counted) instead of stopping
   # Train data is read as this many independent streams, shared out to the hosts
   # (0: one per host). Fix it (e.g. 8) and runs on any host count dividing it see
   # the same batches.

@@ -33,7 +33,7 @@ def get_config():
   config.eval_every_steps = 200
 
   data = config.data
-  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_v1")
+  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_v2")
   data.clip_length = 8      # the demo videos have 8 frames
   data.eval_clips = 1
   data.demo = ml_collections.ConfigDict(dict(

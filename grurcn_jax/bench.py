@@ -25,6 +25,11 @@ r"""Throughput benchmark: prints one JSON line.
 
   # The input pipeline on the demo data:
   python -m grurcn_jax.bench --config=configs/demo.py --what=pipeline --batch=32
+  # ... at paper shapes: 48 videos of 30 frames of random features written first:
+  python -m grurcn_jax.bench --config=configs/ucf101_grurcn.py --what=pipeline \
+      --batch=32 --synthetic_videos=48 --synthetic_frames=30 --config.data.dir=DIR
+  # Input and train step together (which one bounds training?):
+  ... --what=end_to_end
 
 train_step fields: params, step_ms (median over --steps timed steps after warm-up),
 clips_per_s, compile_s, flops_per_step (analytic, forward and backward),
@@ -40,7 +45,10 @@ scaling fields: num_devices, batch, xla_flops_per_device and
 xla_flops_one_device (XLA's count for the step on all devices and on one device
 with the same clips per device: equal when every device does only its share; loop
 bodies count once), flops_ratio, collective_bytes (per kind, per device, each
-instruction once), all_gather_bytes. pipeline fields: clips_per_s, batches, batch.
+instruction once), all_gather_bytes. pipeline fields: clips_per_s, gb_per_s (feature bytes delivered),
+bytes_per_clip, batches, batch. end_to_end fields: end_to_end_clips_per_s (steps fed
+by the pipeline through the device prefetcher), step_clips_per_s (the step on a
+batch already on the devices), input_clips_per_s (the pipeline alone), bound_by.
 
 Needs only jax, flax, optax and ml-collections for train_step and scaling
 (TensorFlow is imported for the pipeline alone).
@@ -75,7 +83,8 @@ def define_flags():
   flags.DEFINE_integer("steps", 10, "Timed steps after a warm-up step; 0 compiles and "
                        "reports compile time and memory only.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
-  flags.DEFINE_enum("what", "train_step", ["train_step", "scaling", "pipeline"],
+  flags.DEFINE_enum("what", "train_step",
+                    ["train_step", "scaling", "pipeline", "end_to_end"],
                     "What to measure.")
   flags.DEFINE_bool("flax_rnn_cell", False,
                     "Time the uni grurcn model with every level run by "
@@ -86,6 +95,11 @@ def define_flags():
   flags.DEFINE_bool("host_feed", False, "Also time steps whose batches come from host "
                     "memory, through the device prefetcher and without it.")
   flags.DEFINE_integer("image_size", 224, "Frame side the level shapes derive from.")
+  flags.DEFINE_integer("synthetic_videos", 0, "pipeline, end_to_end: first write this "
+                       "many videos of random features (--image_size, the model's "
+                       "levels) into --config.data.dir, which must not hold any yet.")
+  flags.DEFINE_integer("synthetic_frames", 30, "Frames per synthetic video.")
+  flags.DEFINE_list("int8_levels", [], "Synthetic videos: levels stored as int8.")
 
 
 def _median_time(fn, steps):
@@ -310,8 +324,51 @@ def bench_scaling(config) -> dict:
           "device": jax.devices()[0].device_kind}
 
 
+def write_synthetic_features(config) -> None:
+  """--synthetic_videos random videos of --synthetic_frames frames at --image_size,
+  for the model's levels, written into config.data.dir (a train split and a small
+  test split): input measurements at paper shapes without extracting anything."""
+  from grurcn_jax.data import features
+  from grurcn_jax.data.prepare import FeatureSpec
+  from grurcn_jax.errors import ConfigError
+  directory = config.data.dir
+  if not directory:
+    raise ConfigError("--synthetic_videos needs --config.data.dir: where to write them")
+  if features.exists(features.join(directory, features.METADATA_FILE)):
+    raise ConfigError(f"{directory} already holds features; --synthetic_videos writes "
+                      f"new ones: point --config.data.dir elsewhere")
+  shapes = FeatureSpec.at_image_size(config.model, FLAGS.image_size).level_shapes
+  stats = {l: {"mean": [0.0] * s[-1], "scale": 1.0, "int8_step": 4 / 127}
+           for l, s in shapes.items()}
+  metadata = features.new_metadata(
+      levels=shapes, stats=stats,
+      class_names=[f"class_{i}" for i in range(config.model.num_classes)],
+      backbone={"name": "random features"}, extraction={"synthetic": True},
+      int8_levels=tuple(FLAGS.int8_levels))
+  rng = np.random.default_rng(0)
+  per_shard = 16
+  counts = {"train": FLAGS.synthetic_videos, "test": max(1, FLAGS.synthetic_videos // 8)}
+  for split, count in counts.items():
+    for shard, start in enumerate(range(0, count, per_shard)):
+      videos = (features.VideoFeatures(
+          f"{split}/{i}", i, i % config.model.num_classes,
+          np.arange(FLAGS.synthetic_frames),
+          {l: rng.standard_normal((FLAGS.synthetic_frames, *s), np.float32)
+           .astype(np.float16) for l, s in shapes.items()})
+                for i in range(start, min(start + per_shard, count)))
+      features.record_shard(metadata, split, features.write_shard(
+          directory, features.shard_name(split, shard), videos, metadata))
+  features.write_metadata(directory, metadata)
+
+
+def _batch_bytes(batch) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(batch["features"]))
+
+
 def bench_pipeline(config) -> dict:
   from grurcn_jax.data import pipeline, prepare
+  if FLAGS.synthetic_videos:
+    write_synthetic_features(config)
   prepare.ensure_demo(config.data)
   batches = pipeline.train_batches(config.data, batch_size=FLAGS.batch,
                                    seed=config.seed, levels=config.model.levels)
@@ -319,12 +376,57 @@ def bench_pipeline(config) -> dict:
     next(batches)
   count = max(FLAGS.steps, 20)
   start = time.perf_counter()
-  for _ in range(count):
-    next(batches)
+  delivered = sum(_batch_bytes(next(batches)) for _ in range(count))
   seconds = time.perf_counter() - start
   return {"what": "pipeline", "batch": FLAGS.batch, "batches": count,
           "clip_length": config.data.clip_length, "levels": list(config.model.levels),
-          "clips_per_s": count * FLAGS.batch / seconds, "device": "host"}
+          "clips_per_s": count * FLAGS.batch / seconds,
+          "gb_per_s": delivered / seconds / 1e9,
+          "bytes_per_clip": delivered // (count * FLAGS.batch), "device": "host"}
+
+
+def bench_end_to_end(config) -> dict:
+  """Train steps fed by the input pipeline (through the device prefetcher, as
+  training runs them), beside the step alone and the input alone: whichever is
+  slower bounds training."""
+  from grurcn_jax import experiment as experiment_lib, sharding
+  from grurcn_jax.data import pipeline, prepare
+  if FLAGS.synthetic_videos:
+    write_synthetic_features(config)
+  prepare.ensure_demo(config.data)
+  experiment = experiment_lib.assemble(config)
+  host_batch = sharding.host_batch_size(FLAGS.batch)
+  state = experiment.init_state()
+  step = experiment.train_step()
+  count = max(FLAGS.steps, 5)
+
+  def run(batches, steps):
+    nonlocal state
+    start = time.perf_counter()
+    for _ in range(steps):
+      state, metrics = step(state, next(batches))
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / steps
+
+  host = pipeline.train_batches(config.data, batch_size=host_batch, seed=config.seed,
+                                levels=config.model.levels)
+  fed = sharding.prefetch_to_device(host, experiment.mesh, config.data.device_prefetch)
+  run(fed, 2)  # compile and warm-up
+  end_to_end_s = run(fed, count)
+  resident = sharding.global_batch(experiment.mesh, next(host))
+  step_s = run(iter(lambda: resident, None), count)
+  start = time.perf_counter()
+  for _ in range(count):
+    next(host)
+  input_s = (time.perf_counter() - start) / count
+  return {"what": "end_to_end", "batch": FLAGS.batch, "steps": count,
+          "clip_length": config.data.clip_length, "levels": list(config.model.levels),
+          "dtype": config.model.dtype,
+          "end_to_end_clips_per_s": FLAGS.batch / end_to_end_s,
+          "step_clips_per_s": FLAGS.batch / step_s,
+          "input_clips_per_s": FLAGS.batch / input_s,
+          "bound_by": "input" if input_s > step_s else "step",
+          "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
 
 
 def main(argv):
@@ -337,11 +439,11 @@ def main(argv):
       config.model.remat = FLAGS.remat
     if FLAGS.kernel_gradient:
       config.model.kernel_gradient = FLAGS.kernel_gradient
-    if FLAGS.what != "pipeline":   # the pipeline reads its clips as configured
+    if FLAGS.what in ("train_step", "scaling"):  # the others read clips as configured
       config.data.clip_length = FLAGS.clip_length
   from grurcn_jax import errors
   benches = {"train_step": bench_train_step, "scaling": bench_scaling,
-             "pipeline": bench_pipeline}
+             "pipeline": bench_pipeline, "end_to_end": bench_end_to_end}
   try:
     result = benches[FLAGS.what](config)
   except errors.Error as e:

@@ -80,7 +80,7 @@ def validate_config(config: Mapping) -> None:
                "checkpoint_every_steps", "eval_every_steps", "keep_checkpoints"):
     _positive_int(config, name)
   data = config["data"]
-  for name in ("clip_length", "frame_stride", "eval_clips", "shuffle_buffer"):
+  for name in ("clip_length", "frame_stride", "eval_clips"):
     _positive_int(data, name, "data.")
   prefetch = data["device_prefetch"]
   if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:

@@ -76,11 +76,12 @@ class ClassificationEvaluator:
 
 
 def _make_eval_step(experiment: Experiment):
-  model, mesh = experiment.model, experiment.mesh
+  model, mesh, spec = experiment.model, experiment.mesh, experiment.spec
   levels, loss_kind = tuple(model.levels), experiment.config.model.loss
 
   def eval_step(params, batch):
-    out = model.apply({"params": params}, batch["features"], train=False)
+    out = model.apply({"params": params}, spec.dequantize(batch["features"]),
+                      train=False)
     return {
         "probs": jax.nn.softmax(out["logits"]),
         "level_probs": jnp.stack([jax.nn.softmax(out["level_logits"][l]) for l in levels],

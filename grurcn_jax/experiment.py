@@ -60,7 +60,8 @@ class Experiment:
 
   def train_step(self):
     """The jit-compiled, sharded train step: (state, global batch) -> (state, metrics)."""
-    return steps.make_train_step(self.model, self.config, self.mesh, self.state_sharding)
+    return steps.make_train_step(self.model, self.config, self.mesh, self.state_sharding,
+                                 prepare_features=self.spec.dequantize)
 
 
 def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] = None,

@@ -45,8 +45,12 @@ def create_optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def make_train_step(model, config, mesh, state_sharding):
+def make_train_step(model, config, mesh, state_sharding, prepare_features=None):
+  """(state, global batch) -> (state, metrics), jit-compiled with shardings.
+  `prepare_features` runs on the batch's features inside the step (e.g. int8
+  dequantisation)."""
   loss_kind = config.model.loss
+  prepare_features = prepare_features or (lambda features: features)
   schedule = learning_rate_schedule(config)
   base_rng = jax.random.key(config.seed)
 
@@ -54,7 +58,8 @@ def make_train_step(model, config, mesh, state_sharding):
     rng = jax.random.fold_in(base_rng, state.step)
 
     def loss_fn(params):
-      out = model.apply({"params": params}, batch["features"], train=True,
+      out = model.apply({"params": params}, prepare_features(batch["features"]),
+                        train=True,
                         rngs={"dropout": rng})
       loss = jnp.mean(classification_loss(out, batch["label"], loss_kind))
       accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])

@@ -121,6 +121,30 @@ def test_pipeline_report(tiny_demo_dir):
   assert report["what"] == "pipeline" and report["batch"] == 4
   assert report["batches"] == 20 and report["clips_per_s"] > 0
   assert report["levels"] == ["pool2", "pool3"] and report["clip_length"] == 4
+  # pool2 and pool3 of 32x32 frames, float16, 4 frames a clip.
+  assert report["bytes_per_clip"] == 4 * (8 * 8 * 128 + 4 * 4 * 256) * 2
+  np.testing.assert_allclose(report["gb_per_s"],
+                             report["clips_per_s"] * report["bytes_per_clip"] / 1e9)
+
+
+def test_synthetic_videos_feed_the_pipeline_and_end_to_end(tmp_path):
+  data_dir = tmp_path / "synthetic"
+  common = [*TINY_MODEL, f"--config.data.dir={data_dir}", "--config.data.clip_length=3",
+            "--image_size=32", "--batch=8", "--steps=2"]
+  report = run_bench(*common, "--what=pipeline", "--synthetic_videos=16",
+                     "--synthetic_frames=5", "--int8_levels=pool2")
+  assert report["bytes_per_clip"] == 3 * (8 * 8 * 128 * 1 + 4 * 4 * 256 * 2)
+  from grurcn_jax.data import features
+  metadata = features.read_metadata(str(data_dir))
+  assert metadata["splits"]["train"]["num_videos"] == 16
+  assert metadata["splits"]["train"]["num_frames"] == 16 * 5
+  assert metadata["levels"]["pool2"]["dtype"] == "int8"
+  report = run_bench(*common, "--what=end_to_end")
+  assert report["what"] == "end_to_end" and report["num_devices"] == 8
+  for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s"):
+    assert report[key] > 0
+  assert report["bound_by"] == ("input" if report["input_clips_per_s"]
+                                < report["step_clips_per_s"] else "step")
 
 
 def test_bad_config_is_one_line_error():

@@ -28,7 +28,8 @@ from grurcn_jax.data import ucf101, video as video_lib
 from grurcn_jax.errors import ConfigError, VideoDecodeError
 
 SOURCES = ("ucf101", "folders", "tfds")
-# Bytes per record besides the features (ids, label, indices, framing): generous.
+# Bytes of a shard's table per video (id, label, rows) and per frame (its source
+# frame index): generous.
 _RECORD_OVERHEAD = 200
 _INDEX_BYTES = 4
 
@@ -55,6 +56,7 @@ class Settings:
   seed: int = 0
   augment: bool = False            # the paper's multi-scale random crop, train videos
   videos_per_shard: int = 64
+  int8_levels: Tuple[str, ...] = ()  # levels stored as int8 (half of float16's bytes)
   batch_size: int = 64             # frames per VGG-16 forward pass
 
   def record(self) -> dict:
@@ -62,7 +64,8 @@ class Settings:
     return {"levels": list(self.levels), "image_size": self.image_size,
             "frame_stride": self.frame_stride, "fps": self.fps,
             "max_frames": self.max_frames, "weights": self.weights, "seed": self.seed,
-            "augment": self.augment, "videos_per_shard": self.videos_per_shard}
+            "augment": self.augment, "videos_per_shard": self.videos_per_shard,
+            "int8_levels": list(self.int8_levels)}
 
 
 @dataclasses.dataclass
@@ -118,8 +121,8 @@ def estimate_bytes(videos: Sequence[Video], settings: Settings) -> Dict[str, int
   """Estimated bytes written per level (and 'total'), from container metadata."""
   frames = [v.estimate_frames() for v in videos]
   total_frames = sum(frames)
-  out = {level: int(np.prod(shape)) * 2 * total_frames
-         for level, shape in level_shapes(settings).items()}
+  out = {level: int(np.prod(shape)) * (1 if level in settings.int8_levels else 2)
+         * total_frames for level, shape in level_shapes(settings).items()}
   out["total"] = (sum(out.values()) + len(videos) * _RECORD_OVERHEAD
                   + total_frames * _INDEX_BYTES)
   out["frames"] = total_frames
@@ -135,8 +138,8 @@ def _human(n: float) -> str:
 
 
 def print_estimate(estimate: Dict[str, int], num_videos: int, out=sys.stdout) -> None:
-  print(f"Estimated output for {num_videos} videos, {estimate['frames']} frames "
-        f"(float16):", file=out)
+  print(f"Estimated output for {num_videos} videos, {estimate['frames']} frames:",
+        file=out)
   for level, n in estimate.items():
     if level not in ("total", "frames"):
       print(f"  {level:6s} {_human(n):>10s}", file=out)
@@ -205,7 +208,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
   extractor = FeatureExtractor(settings)  # after the check: it is the slow part
 
   # Shards get videos in hashed order: real datasets are listed class by class, and
-  # class-pure shards would make the train stream's small shuffle buffer useless.
+  # shards of one class each would make any subset of shards a biased sample.
   splits: Dict[str, List[Video]] = {}
   for v in sorted(videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id)):
     splits.setdefault(v.split, []).append(v)
@@ -219,15 +222,14 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               for i in range(0, len(split_videos), settings.videos_per_shard)]
     for shard_index, chunk in enumerate(chunks):
       name = features_lib.shard_name(split, shard_index)
-      path = features_lib.join(out_dir, name)
-      if metadata is not None and features_lib.exists(path):
+      if metadata is not None and features_lib.shard_written(out_dir, name):
         summary.skipped_shards += 1
         bar.update(len(chunk))
         if features_lib.has_shard(metadata, split, name):
           continue
         # Written, but a crash before the metadata update kept it out: recover its
-        # entry from its contents (its failed videos are not known any more).
-        counts, done = features_lib.scan_shard(path, metadata)
+        # entry from its table (its failed videos are not known any more).
+        entry = features_lib.read_shard_table(out_dir, name)
         failed = []
       else:
         if metadata is None:
@@ -236,8 +238,9 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               class_names=class_names,
               backbone={"name": "vgg16", "weights": settings.weights,
                         "seed": settings.seed, "image_size": settings.image_size},
-              extraction={**settings.record(), "source": source})
-        failed, done = [], {}
+              extraction={**settings.record(), "source": source},
+              int8_levels=settings.int8_levels)
+        failed = []
 
         def shard_videos():
           nonlocal frames_done
@@ -256,7 +259,6 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
             stored = {level: features_lib.normalize(a, metadata["levels"][level])
                       for level, a in activations.items()}
             frames_done += len(frames)
-            done[video_index] = video.video_id
             bar.update(1)
             elapsed = max(time.time() - started, 1e-9)
             bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
@@ -265,12 +267,12 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
                 video_index=video_index,
                 label=video.label, frame_indices=indices, features=stored)
 
-        counts = features_lib.write_shard(path, shard_videos())
+        entry = features_lib.write_shard(out_dir, name, shard_videos(), metadata)
         summary.written_shards += 1
-        summary.written_videos += counts["num_videos"]
-        summary.written_frames += counts["num_frames"]
+        summary.written_videos += entry["num_videos"]
+        summary.written_frames += entry["num_frames"]
         summary.failed.extend(failed)
-      features_lib.record_shard(metadata, split, name, counts, videos=done, failed=failed)
+      features_lib.record_shard(metadata, split, entry, failed=failed)
       features_lib.write_metadata(out_dir, metadata)
   bar.close()
 
@@ -355,7 +357,9 @@ def define_flags():
   flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
   flags.DEFINE_bool("augment", False, "The paper's multi-scale random crop (side 256, 224, "
                     "192 or 168 of 256, resized), one per train video.")
-  flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard file.")
+  flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard.")
+  flags.DEFINE_list("int8_levels", [], "Levels stored as int8 instead of float16 "
+                    "(half the bytes; dequantised on the accelerator), e.g. pool2.")
   flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
   flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
 
@@ -366,11 +370,15 @@ def settings_from_flags() -> Settings:
     if level not in levels_lib.LEVELS:
       raise ConfigError(f"--levels: unknown level {level!r}; valid: "
                         f"{', '.join(levels_lib.LEVELS)}")
+  for level in FLAGS.int8_levels:
+    if level not in FLAGS.levels:
+      raise ConfigError(f"--int8_levels: {level!r} is not in --levels "
+                        f"({', '.join(FLAGS.levels)})")
   return Settings(levels=tuple(FLAGS.levels), image_size=FLAGS.image_size,
                   frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
                   max_frames=FLAGS.max_frames, weights=FLAGS.weights, seed=FLAGS.seed,
                   augment=FLAGS.augment, videos_per_shard=FLAGS.videos_per_shard,
-                  batch_size=FLAGS.batch_size)
+                  int8_levels=tuple(FLAGS.int8_levels), batch_size=FLAGS.batch_size)
 
 
 def _check_required_flags() -> None:

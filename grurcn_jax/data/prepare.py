@@ -6,7 +6,7 @@ at an image size serves the benchmark on machines without TensorFlow.
 """
 
 import dataclasses
-from typing import Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
@@ -14,13 +14,28 @@ from grurcn_jax.errors import ConfigError
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
-  """What a model is fed: each level's per-frame feature shape, and the classes."""
+  """What a model is fed: each level's per-frame feature shape, and the classes.
+
+  `int8_steps` holds the levels stored as int8 and their step: their batches
+  arrive as int8 (half the bytes of float16 on the way to the device) and
+  `dequantize`, inside the jitted step, turns them into the float16 values the
+  other levels arrive as.
+  """
   level_shapes: Mapping[str, Tuple[int, ...]]
   class_names: Tuple[str, ...]
+  int8_steps: Optional[Mapping[str, float]] = None
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  def dequantize(self, features):
+    """{level: stored batch} -> {level: float16 values}; jit-traceable."""
+    import jax.numpy as jnp
+    steps = self.int8_steps or {}
+    return {level: (x.astype(jnp.float16) * jnp.float16(steps[level])
+                    if level in steps else x)
+            for level, x in features.items()}
 
   @classmethod
   def from_directory(cls, data: Mapping, model: Mapping) -> "FeatureSpec":
@@ -40,8 +55,11 @@ class FeatureSpec:
                         f"{len(metadata['class_names'])} classes")
     for split in (data["train_split"], data["eval_split"]):
       features_lib.split_shards(metadata, split)
-    return cls({l: tuple(metadata["levels"][l]["shape"]) for l in model["levels"]},
-               tuple(metadata["class_names"]))
+    levels = {l: metadata["levels"][l] for l in model["levels"]}
+    return cls({l: tuple(info["shape"]) for l, info in levels.items()},
+               tuple(metadata["class_names"]),
+               {l: float(info["int8_step"]) for l, info in levels.items()
+                if info["dtype"] == "int8"})
 
   @classmethod
   def at_image_size(cls, model: Mapping, image_size: int = 224) -> "FeatureSpec":

@@ -8,15 +8,18 @@ LEVEL_SHAPES = {"pool4": (2, 2, 3), "fc7": (5,)}
 
 
 def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
-                        frames=lambda i: 4 + i % 5, num_classes=3, seed=0):
-  """Writes splits of random videos; returns {split: [VideoFeatures]}."""
+                        frames=lambda i: 4 + i % 5, num_classes=3, seed=0,
+                        int8_levels=()):
+  """Writes splits of random videos; returns {split: [VideoFeatures]} (the values
+  as written: float16, before any int8 quantisation)."""
   videos_per_split = videos_per_split or {"train": 10, "test": 7}
   rng = np.random.default_rng(seed)
-  stats = {level: {"mean": [0.0] * shape[-1], "scale": 1.0}
+  stats = {level: {"mean": [0.0] * shape[-1], "scale": 1.0, "int8_step": 4.0 / 127}
            for level, shape in LEVEL_SHAPES.items()}
   metadata = features.new_metadata(levels=LEVEL_SHAPES, stats=stats,
                                    class_names=[f"c{i}" for i in range(num_classes)],
-                                   backbone={"name": "fake"}, extraction={})
+                                   backbone={"name": "fake"}, extraction={},
+                                   int8_levels=int8_levels)
   written = {}
   for split, count in videos_per_split.items():
     videos = []
@@ -28,11 +31,9 @@ def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
           features={level: rng.standard_normal((n,) + shape).astype(np.float16)
                     for level, shape in LEVEL_SHAPES.items()}))
     for index, start in enumerate(range(0, count, videos_per_shard)):
-      name = features.shard_name(split, index)
-      shard = videos[start:start + videos_per_shard]
-      counts = features.write_shard(features.join(str(directory), name), shard)
-      features.record_shard(metadata, split, name, counts,
-                            videos={v.video_index: v.video_id for v in shard})
+      entry = features.write_shard(str(directory), features.shard_name(split, index),
+                                   videos[start:start + videos_per_shard], metadata)
+      features.record_shard(metadata, split, entry)
     written[split] = videos
   features.write_metadata(str(directory), metadata)
   return written

@@ -1,5 +1,7 @@
-"""The feature format: exact round trip, atomic shards, clear errors."""
+"""The feature format: exact round trip, int8 within half a step, clip reads of
+exactly the rows asked for, atomic shards, clear errors."""
 
+import json
 import os
 
 import numpy as np
@@ -7,18 +9,22 @@ import pytest
 
 from grurcn_jax.data import features
 from grurcn_jax.errors import FeatureFormatError
+from grurcn_jax.host_tf import tf
 from tests.data.fake import LEVEL_SHAPES, write_fake_features
+
+
+def read_split(directory, split, metadata=None):
+  return list(features.read_videos(str(directory), split, metadata))
 
 
 def test_round_trip_is_exact_for_every_level_and_the_metadata(tmp_path):
   written = write_fake_features(tmp_path)
   metadata = features.read_metadata(str(tmp_path))
+  assert metadata["format_version"] == 2
   assert metadata["levels"]["pool4"]["shape"] == [2, 2, 3]
-  assert metadata["dtype"] == "float16"
+  assert {info["dtype"] for info in metadata["levels"].values()} == {"float16"}
   assert metadata["splits"]["train"]["num_videos"] == 10
-  read = [features.decode_video(r, metadata)
-          for shard in features.split_shards(metadata, "train")
-          for r in features.read_shard(os.path.join(tmp_path, shard["file"]))]
+  read = read_split(tmp_path, "train")
   assert [v.video_id for v in read] == [v.video_id for v in written["train"]]
   for got, want in zip(read, written["train"]):
     assert (got.label, got.video_index) == (want.label, want.video_index)
@@ -26,78 +32,154 @@ def test_round_trip_is_exact_for_every_level_and_the_metadata(tmp_path):
     for level in LEVEL_SHAPES:
       assert got.features[level].dtype == np.float16
       np.testing.assert_array_equal(got.features[level], want.features[level])
+  # The level files are the rows, nothing else: frames x row bytes.
+  shard = features.split_shards(metadata, "train")[0]
+  size = os.path.getsize(tmp_path / features.level_file(shard["name"], "pool4"))
+  assert size == shard["num_frames"] * 2 * 2 * 3 * 2
 
 
-def test_normalisation_round_trip_and_float16_range():
-  rng = np.random.default_rng(0)
-  # Tiny activations (a deep random-init level) would underflow float16 raw.
-  activations = (rng.random((6, 2, 2, 4)) * 1e-6).astype(np.float32)
-  assert np.count_nonzero(activations.astype(np.float16)) < activations.size
-  stats = features.level_stats(activations)
-  stored = features.normalize(activations, stats)
-  assert stored.dtype == np.float16 and np.all(np.isfinite(stored))
-  assert 0.5 < float(np.sqrt(np.mean(stored.astype(np.float32) ** 2))) < 2
-  np.testing.assert_allclose(features.denormalize(stored, stats), activations,
-                             rtol=2e-3, atol=2e-9)
+def test_int8_levels_are_within_half_a_step_and_half_the_bytes(tmp_path):
+  written = write_fake_features(tmp_path, int8_levels=("pool4",))
+  metadata = features.read_metadata(str(tmp_path))
+  info = metadata["levels"]["pool4"]
+  assert info["dtype"] == "int8" and metadata["levels"]["fc7"]["dtype"] == "float16"
+  step = info["int8_step"]
+  for got, want in zip(read_split(tmp_path, "train"), written["train"]):
+    want4 = want.features["pool4"].astype(np.float64)
+    inside = np.abs(want4) <= 127 * step          # beyond: clipped to +-127 steps
+    error = np.abs(got.features["pool4"].astype(np.float64) - want4)
+    # Rounding to the step (step / 2), then float16's rounding of the product
+    # (2^-11 relative, |value| <= 127 steps).
+    bound = step / 2 + 2.0 ** -11 * 127 * step
+    assert np.all(error[inside] <= bound)
+    np.testing.assert_array_equal(got.features["fc7"], want.features["fc7"])
+  shard = features.split_shards(metadata, "train")[0]
+  assert os.path.getsize(tmp_path / features.level_file(shard["name"], "pool4")) == \
+      shard["num_frames"] * 12
 
 
-def test_truncated_shard_error_names_the_file(tmp_path):
+def test_int8_step_covers_all_but_the_rarest_values():
+  values = np.random.default_rng(0).standard_normal(200_000)
+  step = features.int8_step(values)
+  clipped = np.mean(np.abs(values) > 127 * step)
+  assert 0 < clipped <= 2e-4
+  np.testing.assert_array_equal(features.quantize(np.array([0.0, 1e9, -1e9]), step),
+                                [0, 127, -127])
+
+
+def clip_rows(directory, split, video, rows, levels=None):
+  """Reads one clip through ClipReader, eagerly."""
+  metadata = features.read_metadata(str(directory))
+  reader = features.ClipReader(str(directory), metadata, split, levels)
+  table = reader.videos
+  clip = reader.read(tf.constant(table["shard"][video]),
+                     tf.constant(table["first_frame"][video]),
+                     tf.constant(rows, tf.int64))
+  return reader, {level: x.numpy() for level, x in clip.items()}
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2], [1, 3, 5], [4, 0, 1], [2], [5, 5]])
+def test_clip_reader_reads_exactly_the_rows_asked_for(tmp_path, rows):
+  written = write_fake_features(tmp_path, frames=lambda i: 6)
+  video = 4  # second shard, second video: a non-zero offset in its files
+  reader, clip = clip_rows(tmp_path, "train", video, rows)
+  assert int(reader.videos["video_index"][video]) == 4
+  want = written["train"][4]
+  for level in LEVEL_SHAPES:
+    np.testing.assert_array_equal(clip[level], want.features[level][rows])
+
+
+def test_clip_reader_reads_only_the_levels_asked_for(tmp_path):
   write_fake_features(tmp_path)
-  path = os.path.join(tmp_path, "train-00001.tfrecord")
-  data = open(path, "rb").read()
-  open(path, "wb").write(data[: len(data) // 2])
-  with pytest.raises(FeatureFormatError, match="train-00001.tfrecord is corrupt or truncated"):
-    list(features.read_shard(path))
+  _, clip = clip_rows(tmp_path, "train", 0, [0, 1], levels=["fc7"])
+  assert set(clip) == {"fc7"}
+  with pytest.raises(FeatureFormatError, match="pool2.*available: pool4, fc7"):
+    features.ClipReader(str(tmp_path), features.read_metadata(str(tmp_path)), "train",
+                        ["pool2"])
+
+
+def test_a_read_past_the_end_of_a_file_names_it(tmp_path):
+  write_fake_features(tmp_path, frames=lambda i: 6)
+  reader = features.ClipReader(str(tmp_path), features.read_metadata(str(tmp_path)),
+                               "train")
+  path = str(tmp_path / "train-00000.fc7")
+  with open(path, "rb+") as f:
+    f.truncate(5 * 2 * 6)  # 6 of the shard's 18 rows are left
+  with pytest.raises(FeatureFormatError, match="train-00000.fc7 ends at byte 60"):
+    reader.read_numpy(0, 6, [0, 1, 2])
+
+
+def test_check_names_truncated_and_missing_files(tmp_path):
+  write_fake_features(tmp_path)
+  metadata = features.read_metadata(str(tmp_path))
+  reader = features.ClipReader(str(tmp_path), metadata, "train")
+  assert reader.check() == []
+  truncated = str(tmp_path / "train-00001.pool4")
+  with open(truncated, "rb+") as f:
+    f.truncate(os.path.getsize(truncated) - 1)
+  missing = str(tmp_path / "train-00002.fc7")
+  os.remove(missing)
+  problems = reader.check()
+  assert [(shard, path) for shard, path, _ in problems] == [(1, truncated), (2, missing)]
+  assert "train-00001.pool4 is truncated or corrupt" in problems[0][2]
+  assert "train-00002.fc7 does not exist" in problems[1][2]
+  assert reader.drop_shards([1, 2]) == 6 and len(reader.videos["video_index"]) == 4
+  with pytest.raises(FeatureFormatError, match="train-00001.pool4 is truncated"):
+    read_split(tmp_path, "train")
 
 
 def test_interrupted_write_leaves_no_shard(tmp_path):
-  path = os.path.join(tmp_path, "train-00000.tfrecord")
+  write_fake_features(tmp_path / "ref")
+  metadata = features.read_metadata(str(tmp_path / "ref"))
 
   def videos():
     yield features.VideoFeatures("a", 0, 0, np.arange(2),
-                                 {"fc7": np.zeros((2, 5), np.float16)})
+                                 {l: np.zeros((2, *s), np.float16)
+                                  for l, s in LEVEL_SHAPES.items()})
     raise KeyboardInterrupt  # the job is stopped mid-shard
 
+  out = tmp_path / "out"
   with pytest.raises(KeyboardInterrupt):
-    features.write_shard(path, videos())
-  assert os.listdir(tmp_path) == []
+    features.write_shard(str(out), "train-00000", videos(), metadata)
+  assert os.listdir(out) == []
+  assert not features.shard_written(str(out), "train-00000")
 
 
-def test_missing_metadata_and_unknown_split_are_clear(tmp_path):
+def test_missing_metadata_unknown_split_and_format_1_are_clear(tmp_path):
   with pytest.raises(FeatureFormatError, match="no feature metadata"):
     features.read_metadata(str(tmp_path))
   write_fake_features(tmp_path)
   with pytest.raises(FeatureFormatError, match="available: test, train"):
     features.split_shards(features.read_metadata(str(tmp_path)), "validation")
+  path = tmp_path / features.METADATA_FILE
+  metadata = json.loads(path.read_text())
+  path.write_text(json.dumps(dict(metadata, format_version=1)))
+  with pytest.raises(FeatureFormatError,
+                     match="format_version 1.*python -m grurcn_jax.data.convert"):
+    features.read_metadata(str(tmp_path))
 
 
-def test_record_shard_keeps_one_sorted_entry_per_file_and_the_totals(tmp_path):
+def test_record_shard_keeps_one_sorted_entry_per_shard_and_the_totals(tmp_path):
   write_fake_features(tmp_path)  # train: shards 0..3 of 3, 3, 3, 1 videos
   metadata = features.read_metadata(str(tmp_path))
-  assert features.has_shard(metadata, "train", "train-00001.tfrecord")
-  assert not features.has_shard(metadata, "validation", "validation-00000.tfrecord")
-  path = os.path.join(tmp_path, "train-00001.tfrecord")
-  assert features.exists(path) and not features.exists(path + ".missing")
+  assert features.has_shard(metadata, "train", "train-00001")
+  assert not features.has_shard(metadata, "validation", "validation-00000")
+  assert features.shard_written(str(tmp_path), "train-00001")
+  assert not features.shard_written(str(tmp_path), "train-00009")
 
-  # A shard's entry recovered from its contents is the one written with it.
+  # A shard's entry recovered from its table is the one recorded with it.
   recorded = features.split_shards(metadata, "train")[1]
-  counts, videos = features.scan_shard(path, metadata)
-  assert {"file": "train-00001.tfrecord", **counts,
-          "videos": {str(i): v for i, v in videos.items()}} == recorded
+  table = features.read_shard_table(str(tmp_path), "train-00001")
+  assert {k: table[k] for k in recorded} == recorded
+  assert recorded["videos"][0][:3] == [3, "train/v003", 0]   # index, id, label
 
   totals = {k: metadata["splits"]["train"][k] for k in ("num_videos", "num_frames")}
   for _ in range(2):  # recording a shard again replaces its entry
-    features.record_shard(metadata, "train", "train-00001.tfrecord", counts,
-                          videos=videos, failed=[("train/bad", "undecodable")])
+    features.record_shard(metadata, "train", table,
+                          failed=[("train/bad", "undecodable")])
   entries = metadata["splits"]["train"]
-  assert [s["file"] for s in entries["shards"]] == [
+  assert [s["name"] for s in entries["shards"]] == [
       features.shard_name("train", i) for i in range(4)]
   assert {k: entries[k] for k in totals} == totals
   assert entries["failed"] == [{"video_id": "train/bad", "error": "undecodable"}]
-
-  features.record_shard(metadata, "validation", "validation-00000.tfrecord",
-                        {"num_videos": 1, "num_frames": 4}, videos={0: "validation/v0"})
-  assert metadata["splits"]["validation"] == {
-      "shards": [{"file": "validation-00000.tfrecord", "num_videos": 1, "num_frames": 4,
-                  "videos": {"0": "validation/v0"}}],
-      "failed": [], "num_videos": 1, "num_frames": 4}
+  assert features.video_ids(metadata, "train")[3] == "train/v003"

@@ -31,15 +31,11 @@ def feature_dir(tmp_path_factory):
 
 def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
   """The video ids one host reads in one epoch, in order (batch size 1)."""
-  metadata = features.read_metadata(feature_dir)
-  shards = features.split_shards(metadata, "train")
-  sizes = [sum(shards[i]["num_videos"] for i in
-               pipeline.stream_shards(len(shards), seed, e, host, hosts))
-           for e in range(epoch + 1)]
+  epoch_size = len(range(host, 20, hosts))    # stream `host` of `hosts`, 20 videos
   batches = pipeline.train_batches(data_config(feature_dir, clip_length=3), batch_size=1,
                                    seed=seed, process_index=host, process_count=hosts,
-                                   start_step=sum(sizes[:-1]))
-  return [int(b["video_index"][0]) for b in itertools.islice(batches, sizes[-1])]
+                                   start_step=epoch * epoch_size)
+  return [int(b["video_index"][0]) for b in itertools.islice(batches, epoch_size)]
 
 
 @pytest.mark.parametrize("hosts", [2, 3])
@@ -84,12 +80,7 @@ def test_resume_sees_the_same_batches(feature_dir):
 
 
 def test_train_clips_have_the_right_frames(feature_dir):
-  metadata = features.read_metadata(feature_dir)
-  videos = {}
-  for shard in features.split_shards(metadata, "train"):
-    for record in features.read_shard(os.path.join(feature_dir, shard["file"])):
-      v = features.decode_video(record, metadata)
-      videos[v.video_index] = v
+  videos = {v.video_index: v for v in features.read_videos(feature_dir, "train")}
   batch = _stream(feature_dir, 0, 1)[0]
   assert batch["features"]["pool4"].shape == (4, 3, 2, 2, 3)
   assert batch["features"]["fc7"].shape == (4, 3, 5)
@@ -126,10 +117,7 @@ def test_eval_gives_each_video_eval_clips_and_padding_never_counts(feature_dir, 
 
 
 def test_eval_clips_are_evenly_spaced(feature_dir):
-  metadata = features.read_metadata(feature_dir)
-  shard = features.split_shards(metadata, "test")[0]
-  first = features.decode_video(
-      next(features.read_shard(os.path.join(feature_dir, shard["file"]))), metadata)
+  first = next(features.read_videos(feature_dir, "test"))
   batch = next(iter(pipeline.eval_batches(
       data_config(feature_dir, clip_length=2, eval_clips=3), batch_size=3)))
   n = first.num_frames
@@ -138,45 +126,68 @@ def test_eval_clips_are_evenly_spaced(feature_dir):
     np.testing.assert_array_equal(batch["features"]["fc7"][i], first.features["fc7"][s:s + 2])
 
 
-def test_truncated_shard_is_a_clear_error_or_skipped_on_request(tmp_path):
+def test_truncated_file_is_a_clear_error_or_skipped_on_request(tmp_path):
   write_fake_features(tmp_path, videos_per_split={"train": 9, "test": 6})
-  path = os.path.join(tmp_path, "test-00001.tfrecord")
+  path = os.path.join(tmp_path, "test-00001.fc7")
   data = open(path, "rb").read()
   open(path, "wb").write(data[: len(data) - 40])
-  with pytest.raises(FeatureFormatError, match="test-00001.tfrecord is corrupt"):
-    list(pipeline.eval_batches(data_config(tmp_path, clip_length=2, eval_clips=1),
-                               batch_size=2))
+  with pytest.raises(FeatureFormatError, match="test-00001.fc7 is truncated or corrupt"):
+    pipeline.eval_batches(data_config(tmp_path, clip_length=2, eval_clips=1),
+                          batch_size=2)
   batches = pipeline.eval_batches(
       data_config(tmp_path, clip_length=2, eval_clips=1, skip_bad_records=True),
       batch_size=2)
   got = list(batches)
-  assert sum(float(b["mask"].sum()) for b in got) == 5  # the last record was lost
-  assert batches.stats.skipped_records == 1
+  assert sum(float(b["mask"].sum()) for b in got) == 3  # the second shard's 3 videos
+  assert {int(i) for b in got for i, m in zip(b["video_index"], b["mask"]) if m} == \
+      {0, 1, 2}
+  assert batches.stats.skipped_records == 3
   assert batches.stats.bad_files == [path]
 
 
 def test_bad_train_shards_are_named_or_skipped_and_counted(tmp_path):
   write_fake_features(tmp_path, videos_per_split={"train": 9, "test": 3})
   shards = features.split_shards(features.read_metadata(str(tmp_path)), "train")
-  truncated = os.path.join(tmp_path, shards[0]["file"])
+  truncated = os.path.join(tmp_path, features.level_file(shards[0]["name"], "pool4"))
   data = open(truncated, "rb").read()
   open(truncated, "wb").write(data[: len(data) - 40])
-  missing = os.path.join(tmp_path, shards[1]["file"])
+  missing = os.path.join(tmp_path, features.level_file(shards[1]["name"], "fc7"))
   os.remove(missing)
-  lost = 1 + shards[1]["num_videos"]
+  lost = shards[0]["num_videos"] + shards[1]["num_videos"]
 
   def batches(**kwargs):
     return pipeline.train_batches(data_config(tmp_path, clip_length=2, **kwargs),
                                   batch_size=1)
   with pytest.raises(FeatureFormatError,
-                     match=r"(tfrecord is corrupt or truncated|tfrecord does not exist)"):
-    list(itertools.islice(batches(), 9))
+                     match=r"train-00000.pool4 is truncated or corrupt.*1 more problem"):
+    batches()
   skipping = batches(skip_bad_records=True)
   # Two epochs: every readable video twice, the lost ones never.
   seen = [int(b["video_index"][0]) for b in itertools.islice(skipping, 2 * (9 - lost))]
-  assert len(set(seen)) == 9 - lost and collections.Counter(seen).most_common(1)[0][1] == 2
-  assert skipping.stats.skipped_records >= 2 * lost  # more once prefetch reads ahead
-  assert sorted(skipping.stats.bad_files) == sorted([truncated, missing])
+  assert set(seen) == set(range(6, 9))
+  assert collections.Counter(seen).most_common(1)[0][1] == 2
+  assert skipping.stats.skipped_records == lost
+  assert skipping.stats.bad_files == sorted([truncated, missing])
+
+
+def test_a_file_lost_while_training_is_a_feature_error(tmp_path):
+  write_fake_features(tmp_path, videos_per_split={"train": 9, "test": 3})
+  batches = pipeline.train_batches(data_config(tmp_path, clip_length=2), batch_size=1)
+  for level in ("pool4", "fc7"):
+    for shard in range(3):
+      os.remove(os.path.join(tmp_path, f"train-0000{shard}.{level}"))
+  with pytest.raises(FeatureFormatError, match="reading features failed"):
+    list(itertools.islice(batches, 9))
+
+
+def test_int8_levels_arrive_as_int8(tmp_path):
+  write_fake_features(tmp_path, int8_levels=("pool4",))
+  batch = next(pipeline.train_batches(data_config(tmp_path, clip_length=2), batch_size=2))
+  assert batch["features"]["pool4"].dtype == np.int8
+  assert batch["features"]["fc7"].dtype == np.float16
+  evaluation = next(pipeline.eval_batches(data_config(tmp_path, clip_length=2),
+                                          batch_size=16))
+  assert evaluation["features"]["pool4"].dtype == np.int8   # padding included
 
 
 def test_unknown_level_is_clear(feature_dir):

@@ -1,0 +1,142 @@
+"""Conversion: format 1 directories and int8 storage, through the current format."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from grurcn_jax.data import convert, features, pipeline
+from grurcn_jax.data.prepare import FeatureSpec
+from grurcn_jax.errors import ConfigError
+from grurcn_jax.host_tf import tf
+from configs import default
+from tests.data.fake import LEVEL_SHAPES, write_fake_features
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def write_format1(directory, videos_per_split):
+  """A format 1 directory (one tf.train.Example per video), written here from its
+  description, independently of the package."""
+  rng = np.random.default_rng(1)
+  metadata = {"format_version": 1, "dtype": "float16",
+              "levels": {l: {"shape": list(s), "mean": [0.0] * s[-1], "scale": 1.0}
+                         for l, s in LEVEL_SHAPES.items()},
+              "class_names": ["a", "b"], "splits": {}, "backbone": {"name": "fake"},
+              "extraction": {}}
+  written = {}
+  for split, count in videos_per_split.items():
+    name = f"{split}-00000.tfrecord"
+    videos = []
+    with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
+      for i in range(count):
+        n = 3 + i
+        values = {l: rng.standard_normal((n, *s)).astype(np.float16)
+                  for l, s in LEVEL_SHAPES.items()}
+        feature = {
+            "video_id": tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[f"{split}/{i}".encode()])),
+            "video_index": tf.train.Feature(int64_list=tf.train.Int64List(value=[i])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+            "frame_indices": tf.train.Feature(int64_list=tf.train.Int64List(
+                value=list(range(0, 2 * n, 2)))),
+            "num_frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[n]))}
+        for l, v in values.items():
+          feature[f"features/{l}"] = tf.train.Feature(bytes_list=tf.train.BytesList(
+              value=[v.astype("<f2").tobytes()]))
+        writer.write(tf.train.Example(features=tf.train.Features(
+            feature=feature)).SerializeToString())
+        videos.append((f"{split}/{i}", i % 2, values))
+    metadata["splits"][split] = {
+        "shards": [{"file": name, "num_videos": count,
+                    "num_frames": sum(3 + i for i in range(count)),
+                    "videos": {str(i): f"{split}/{i}" for i in range(count)}}],
+        "failed": [], "num_videos": count}
+    written[split] = videos
+  with open(os.path.join(directory, "metadata.json"), "w") as f:
+    json.dump(metadata, f)
+  return written
+
+
+def test_format_1_converts_exactly_and_trains(tmp_path):
+  src, dst = tmp_path / "v1", tmp_path / "v2"
+  src.mkdir()
+  written = write_format1(str(src), {"train": 5, "test": 2})
+  convert.convert(str(src), str(dst), progress=False)
+  metadata = features.read_metadata(str(dst))
+  assert metadata["class_names"] == ["a", "b"]
+  for split, videos in written.items():
+    got = list(features.read_videos(str(dst), split))
+    assert [(v.video_id, v.label) for v in got] == [(i, l) for i, l, _ in videos]
+    for v, (_, _, values) in zip(got, videos):
+      np.testing.assert_array_equal(v.frame_indices, np.arange(0, 2 * v.num_frames, 2))
+      for level in LEVEL_SHAPES:
+        np.testing.assert_array_equal(v.features[level], values[level])
+  data = default.get_config().data
+  data.dir, data.clip_length = str(dst), 2
+  batch = next(pipeline.train_batches(data, batch_size=2))
+  assert batch["features"]["pool4"].shape == (2, 2, 2, 2, 3)
+
+
+def test_int8_conversion_is_resumable_and_dequantised_in_the_step(tmp_path):
+  src, dst = tmp_path / "src", tmp_path / "int8"
+  written = write_fake_features(src)
+  convert.convert(str(src), str(dst), int8_levels=("pool4",), progress=False)
+  mtimes = {f: os.stat(dst / f).st_mtime_ns for f in os.listdir(dst)
+            if f != "metadata.json"}
+  convert.convert(str(src), str(dst), int8_levels=("pool4",), progress=False)
+  assert {f: os.stat(dst / f).st_mtime_ns for f in mtimes} == mtimes
+  with pytest.raises(ConfigError, match="other --int8_levels"):
+    convert.convert(str(src), str(dst), int8_levels=("fc7",), progress=False)
+
+  # What the device computes from an int8 batch is what the format reads back.
+  model = default.get_config().model
+  model.levels, model.num_classes = ("pool4", "fc7"), 3
+  data = default.get_config().data
+  data.dir, data.clip_length, data.eval_clips = str(dst), 4, 1
+  spec = FeatureSpec.from_directory(data, model)
+  assert set(spec.int8_steps) == {"pool4"}
+  batch = next(pipeline.eval_batches(data, batch_size=1))
+  first = next(features.read_videos(str(dst), "test"))
+  device = spec.dequantize(batch["features"])
+  assert device["pool4"].dtype == np.float16
+  np.testing.assert_array_equal(np.asarray(device["pool4"][0]), first.features["pool4"][:4])
+  # And within half a step (and float16 rounding) of the float16 original.
+  step = spec.int8_steps["pool4"]
+  original = written["test"][0].features["pool4"][:4].astype(np.float64)
+  inside = np.abs(original) <= 127 * step
+  error = np.abs(np.asarray(device["pool4"][0], np.float64) - original)
+  assert np.all(error[inside] <= step / 2 + 2.0 ** -11 * 127 * step)
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "grurcn_jax.data.convert", f"--src={tmp_path / 'none'}",
+       f"--dst={tmp_path / 'out'}"], capture_output=True, text=True, cwd=REPO,
+      timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 1
+  assert result.stderr.startswith("error: no feature metadata") and "Traceback" not in \
+      result.stderr
+
+
+def test_a_train_step_runs_on_int8_batches(tmp_path):
+  import jax
+  from grurcn_jax import sharding
+  from grurcn_jax.experiment import assemble
+  write_fake_features(tmp_path, int8_levels=("pool4",))
+  config = default.get_config()
+  config.data.dir, config.data.clip_length = str(tmp_path), 2
+  config.model.levels, config.model.hidden = ("pool4", "fc7"), (2, 2)
+  config.model.num_classes, config.batch_size = 3, 8
+  experiment = assemble(config)
+  state = experiment.init_state()
+  host = next(pipeline.train_batches(config.data, batch_size=8,
+                                     levels=config.model.levels))
+  assert host["features"]["pool4"].dtype == np.int8
+  state, metrics = experiment.train_step()(state, sharding.global_batch(experiment.mesh,
+                                                                        host))
+  assert int(state.step) == 1 and bool(metrics["finite"])
+  assert np.isfinite(float(jax.device_get(metrics["loss"])))
