@@ -21,7 +21,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                         step: Optional[int] = None) -> Dict:
   """Restores the newest (or `step`) checkpoint of `workdir`, evaluates it, writes
   the results into `workdir` and returns the metrics."""
-  experiment = experiment_lib.assemble(config)
+  experiment = experiment_lib.assemble(config, splits=(config.data.eval_split,))
   checkpoints = experiment.checkpoints(workdir)
   if checkpoints.latest_step() is None:
     raise ConfigError(f"no checkpoint in {workdir}/{experiment_lib.CHECKPOINT_SUBDIR} "

@@ -48,6 +48,8 @@ class ClassificationEvaluator:
     self._class_names = experiment.spec.class_names
     self._video_ids = features_lib.video_ids(
         features_lib.read_metadata(config.data.dir), config.data.eval_split)
+    # A missing or truncated eval file is found now, not at the first evaluation.
+    pipeline.check_split(config.data, config.data.eval_split, self._levels)
     self._step = _make_eval_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:

@@ -11,7 +11,7 @@ so each step is written once:
 
 import dataclasses
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 from flax import linen as nn
 import jax
@@ -65,11 +65,12 @@ class Experiment:
 
 
 def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] = None,
-             mesh: Optional[Mesh] = None) -> Experiment:
+             mesh: Optional[Mesh] = None,
+             splits: Optional[Tuple[str, ...]] = None) -> Experiment:
   """Checks `config` whole, then builds its parts. `spec` defaults to the feature
-  directory `config.data.dir`'s (read and checked against the model); `mesh` to
-  every device."""
+  directory `config.data.dir`'s (read and checked against the model, with
+  `splits`, default train and eval, required); `mesh` to every device."""
   config_validation.validate_config(config)
   model = build_model(config.model)  # model values are checked before data is read
-  spec = spec or FeatureSpec.from_directory(config.data, config.model)
+  spec = spec or FeatureSpec.from_directory(config.data, config.model, splits)
   return Experiment(config, spec, model, mesh or sharding.make_mesh())

@@ -7,6 +7,8 @@ level name means the same thing everywhere.
 
 from typing import Tuple
 
+from grurcn_jax.errors import ConfigError
+
 # VGG-16 (configuration D) as (block, 3x3 convolutions, channels). Each block ends in
 # a 2x2 max pool named pool{block}, so pool{b} is 2**b times smaller than the frame.
 BLOCKS: Tuple[Tuple[int, int, int], ...] = (
@@ -24,7 +26,7 @@ _POOL_CHANNELS = {f"pool{block}": channels for block, _, channels in BLOCKS}
 
 def _check(level: str) -> None:
   if level not in LEVELS:
-    raise ValueError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
+    raise ConfigError(f"unknown level {level!r}; valid levels: {', '.join(LEVELS)}")
 
 
 def is_vector_level(level: str) -> bool:
@@ -49,5 +51,5 @@ def feature_shape(level: str, image_size: int = 224) -> Tuple[int, ...]:
     return (FC_UNITS,)
   side = image_size // 2 ** depth(level)
   if side < 1:
-    raise ValueError(f"image_size {image_size} is too small for level {level}")
+    raise ConfigError(f"image_size {image_size} is too small for level {level}")
   return (side, side, _POOL_CHANNELS[level])

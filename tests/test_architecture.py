@@ -18,8 +18,9 @@ def package_modules():
           for p in sorted(PACKAGE.rglob("*.py")) if p.name != "__init__.py"}
 
 
-def package_imports(path: pathlib.Path, modules) -> set:
-  """The package modules `path` imports, lazily (inside functions) or not."""
+def direct_imports(path: pathlib.Path, modules) -> set:
+  """What `path` names in its imports, lazily (inside functions) or not: package
+  modules, and subpackages (e.g. grurcn_jax.models) as themselves."""
   name = ".".join(path.relative_to(REPO).with_suffix("").parts)
   package = name.rsplit(".", 1)[0]
   known = set(modules) | {m.rsplit(".", 1)[0] for m in modules}
@@ -35,9 +36,16 @@ def package_imports(path: pathlib.Path, modules) -> set:
       for alias in node.names:  # `from grurcn_jax.data import features` is a module
         full = f"{base}.{alias.name}"
         found.add(full if full in known else base)
+  return {m for m in found if m in known} - {name}
+
+
+def package_imports(path: pathlib.Path, modules) -> set:
+  """The package modules `path` imports, lazily (inside functions) or not."""
+  known = set(modules) | {m.rsplit(".", 1)[0] for m in modules}
+  name = ".".join(path.relative_to(REPO).with_suffix("").parts)
   # A package's __init__ re-exports its modules: importing it imports them all.
   expanded = set()
-  for module in found:
+  for module in direct_imports(path, modules):
     if module in modules:
       expanded.add(module)
     elif module in known:
@@ -123,10 +131,19 @@ def _relative(module: str) -> str:
   return module.replace("grurcn_jax.", "").replace(".", "/") + ".py"
 
 
-def test_docs_architecture_lists_every_module():
+def _short(module: str) -> str:
+  return module.replace("grurcn_jax.", "").replace(".", "/")
+
+
+def test_docs_architecture_lists_every_module_and_what_it_imports():
   text = (REPO / "docs" / "architecture.md").read_text()
-  listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", text, re.M))
-  assert listed == {_relative(m) for m in package_modules()}
+  rows = re.findall(r"^\| `([\w/]+\.py)` \|.*\| ?([\w/, ]*) \|$", text, re.M)
+  modules = package_modules()
+  assert {row[0] for row in rows} == {_relative(m) for m in modules}
+  for file, listed in rows:
+    path = PACKAGE / file
+    actual = sorted(_short(m) for m in direct_imports(path, modules))
+    assert sorted(filter(None, listed.replace(" ", "").split(","))) == actual, file
 
 
 def test_readme_package_map_matches_the_tree():

@@ -57,7 +57,8 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
     metadata = features_lib.new_metadata(
         levels={l: info["shape"] for l, info in source["levels"].items()},
         stats=stats, class_names=source["class_names"], backbone=source["backbone"],
-        extraction=dict(source["extraction"], converted_from=src),
+        extraction=dict(source["extraction"], converted_from=src,
+                        int8_levels=list(int8_levels)),
         int8_levels=int8_levels)
   import tqdm
   total = sum(split.get("num_videos", 0) for split in source["splits"].values())

@@ -270,6 +270,8 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
   pid = os.getpid()
   tmp = {level: join(directory, f"{level_file(name, level)}.tmp-{pid}") for level in levels}
   files = {level: tf.io.gfile.GFile(path, "wb") for level, path in tmp.items()}
+  for f in files.values():
+    f.write(b"")  # a GFile creates its file at the first write: shards may be empty
   table, frame_indices, rows = [], {}, 0
   try:
     for video in videos:
@@ -446,28 +448,47 @@ class ClipReader:
     for level in self.levels:
       clip = np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
       path, row_bytes = self.paths[level][int(shard)], self.row_bytes[level]
-      for position, row, count in runs:
-        target = memoryview(clip[position:position + count]).cast("B")
-        self._read_into(path, (int(first_frame) + row) * row_bytes, target)
+      reads = [((int(first_frame) + row) * row_bytes,
+                memoryview(clip[position:position + count]).cast("B"))
+               for position, row, count in runs]
+      if self._local:
+        _read_local(path, reads)
+      else:
+        _read_remote(path, reads)
       out.append(clip)
     return out
 
-  def _read_into(self, path: str, offset: int, target: memoryview) -> None:
-    if self._local:
-      fd = os.open(path, os.O_RDONLY)
-      try:
-        got = os.preadv(fd, [target], offset)
-      finally:
-        os.close(fd)
-    else:
-      with tf.io.gfile.GFile(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(len(target))
-      got = len(data)
-      target[:got] = data
-    if got != len(target):
-      raise FeatureFormatError(f"feature file {path} ends at byte {offset + got}, before "
-                               f"the {len(target)} bytes read at {offset}: truncated")
+
+def _read_local(path: str, reads) -> None:
+  """Positioned reads (offset, target) of one file, each until its target is full
+  (a read may return less than asked on network file systems)."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    for offset, target in reads:
+      done = 0
+      while done < len(target):
+        got = os.preadv(fd, [target[done:]], offset + done)
+        if got == 0:
+          raise FeatureFormatError(_end_problem(path, offset, done, len(target)))
+        done += got
+  finally:
+    os.close(fd)
+
+
+def _read_remote(path: str, reads) -> None:
+  """The same through tf.io.gfile (gs:// and other remote file systems)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    for offset, target in reads:
+      f.seek(offset)
+      data = f.read(len(target))
+      if len(data) != len(target):
+        raise FeatureFormatError(_end_problem(path, offset, len(data), len(target)))
+      target[:] = data
+
+
+def _end_problem(path: str, offset: int, got: int, wanted: int) -> str:
+  return (f"feature file {path} ends at byte {offset + got}, before the {wanted} bytes "
+          f"read at {offset}: truncated")
 
 
 # ---------------------------------------------------------------------------

@@ -31,6 +31,7 @@ or truncated file is a FeatureFormatError naming it, or, with
 
 import dataclasses
 import math
+import re
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from absl import logging
@@ -71,8 +72,15 @@ class Batches:
     try:
       return next(self._iterator)
     except tf.errors.OpError as e:
-      raise FeatureFormatError(f"reading features failed: "
-                               f"{e.message.splitlines()[0]}") from None
+      # The message starts with TensorFlow's "{{function_node ...}}" prefix.
+      message = re.sub(r"^\{\{[^}]*\}\}\s*", "", e.message.splitlines()[0])
+      raise FeatureFormatError(f"reading features failed: {message}") from None
+
+
+def check_split(data: Mapping, split: str, levels=None) -> PipelineStats:
+  """Opens `split` as the pipeline would and checks its files (before a long run
+  reaches its first evaluation); returns what skip_bad_records would leave out."""
+  return _open(data, split, levels)[1]
 
 
 def _open(data: Mapping, split: str, levels) -> tuple:

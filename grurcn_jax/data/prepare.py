@@ -38,9 +38,11 @@ class FeatureSpec:
             for level, x in features.items()}
 
   @classmethod
-  def from_directory(cls, data: Mapping, model: Mapping) -> "FeatureSpec":
+  def from_directory(cls, data: Mapping, model: Mapping,
+                     splits: Optional[Tuple[str, ...]] = None) -> "FeatureSpec":
     """The spec of the feature directory `data.dir`, for the levels `model` uses;
-    a level it lacks, another class count or a missing split is a ConfigError."""
+    a level it lacks, another class count or a missing split (of `splits`, default
+    the train and eval splits) is an error."""
     if not data["dir"]:
       raise ConfigError("data.dir is empty: point it at a feature directory "
                         "(python -m grurcn_jax.data.extract writes one)")
@@ -53,7 +55,7 @@ class FeatureSpec:
     if model["num_classes"] != len(metadata["class_names"]):
       raise ConfigError(f"model.num_classes={model['num_classes']} but {data['dir']} has "
                         f"{len(metadata['class_names'])} classes")
-    for split in (data["train_split"], data["eval_split"]):
+    for split in splits or (data["train_split"], data["eval_split"]):
       features_lib.split_shards(metadata, split)
     levels = {l: metadata["levels"][l] for l in model["levels"]}
     return cls({l: tuple(info["shape"]) for l, info in levels.items()},

@@ -131,12 +131,24 @@ def test_a_train_step_runs_on_int8_batches(tmp_path):
   config.data.dir, config.data.clip_length = str(tmp_path), 2
   config.model.levels, config.model.hidden = ("pool4", "fc7"), (2, 2)
   config.model.num_classes, config.batch_size = 3, 8
+  config.model.dropout_rate = 0.0   # the step's loss is then the eval-mode loss
   experiment = assemble(config)
   state = experiment.init_state()
+  params = jax.device_get(state.params)
   host = next(pipeline.train_batches(config.data, batch_size=8,
                                      levels=config.model.levels))
   assert host["features"]["pool4"].dtype == np.int8
   state, metrics = experiment.train_step()(state, sharding.global_batch(experiment.mesh,
                                                                         host))
   assert int(state.step) == 1 and bool(metrics["finite"])
-  assert np.isfinite(float(jax.device_get(metrics["loss"])))
+  # The loss the step computed is the model's on the numpy-dequantised float16
+  # features (what the format reads back), outside the step.
+  from grurcn_jax.models import classification_loss
+  step = experiment.spec.int8_steps["pool4"]
+  values = {"pool4": features.dequantize(host["features"]["pool4"], step),
+            "fc7": host["features"]["fc7"]}
+  out = experiment.model.apply({"params": params}, values, train=False)
+  expected = float(np.mean(classification_loss(out, host["label"], config.model.loss)))
+  # float32 sums of 8 clips' losses in another order: a few ulps of ~log(3).
+  np.testing.assert_allclose(float(jax.device_get(metrics["loss"])), expected,
+                             rtol=1e-5)

@@ -128,6 +128,16 @@ def test_check_names_truncated_and_missing_files(tmp_path):
     read_split(tmp_path, "train")
 
 
+def test_a_shard_of_no_videos_is_written_and_read(tmp_path):
+  """Every video of a shard may fail to decode: its shard is empty, not an error."""
+  write_fake_features(tmp_path / "ref")
+  metadata = features.read_metadata(str(tmp_path / "ref"))
+  entry = features.write_shard(str(tmp_path / "out"), "train-00000", iter([]), metadata)
+  assert (entry["num_videos"], entry["num_frames"], entry["videos"]) == (0, 0, [])
+  assert os.path.getsize(tmp_path / "out" / "train-00000.pool4") == 0
+  assert list(features.read_shard(str(tmp_path / "out"), entry, metadata)) == []
+
+
 def test_interrupted_write_leaves_no_shard(tmp_path):
   write_fake_features(tmp_path / "ref")
   metadata = features.read_metadata(str(tmp_path / "ref"))
