@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   data = config.data = ml_collections.ConfigDict()
   data.dir = ""                   # feature directory (python -m grurcn_jax.data.extract)
+  # features: the stored VGG-16 levels | frames: the stored frames (extract with
+  # --store_frames), VGG-16 running inside the step (model.backbone_trainable).
+  data.input = "features"
   data.train_split = "train"
   data.eval_split = "test"
   data.clip_length = 10           # the paper: clips of 10 frames
@@ -84,6 +87,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.kernel_gradient = "auto"
   # Compute dtype: float32 | bfloat16. Parameters are always float32.
   model.dtype = "float32"
+  # Frames mode: train VGG-16 with the rest (True) or keep the directory's
+  # weights (False: no gradient through it, no optimiser update).
+  model.backbone_trainable = False
   # level_mean: mean of the per-level cross-entropies | ensemble: cross-entropy of
   # the level-averaged prediction.
   model.loss = "level_mean"

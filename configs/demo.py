@@ -33,12 +33,12 @@ def get_config():
   config.eval_every_steps = 200
 
   data = config.data
-  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_v2")
+  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_v3")
   data.clip_length = 8      # the demo videos have 8 frames
   data.eval_clips = 1
   data.demo = ml_collections.ConfigDict(dict(
       seed=0, train_per_class=48, test_per_class=12, num_frames=8, image_size=48,
-      levels=("pool2", "pool3", "pool4"), videos_per_shard=16))
+      levels=("pool2", "pool3", "pool4"), videos_per_shard=16, store_frames=True))
 
   model = config.model
   model.levels = ("pool2", "pool3", "pool4")

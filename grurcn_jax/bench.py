@@ -338,13 +338,18 @@ def write_synthetic_features(config) -> None:
     raise ConfigError(f"{directory} already holds features; --synthetic_videos writes "
                       f"new ones: point --config.data.dir elsewhere")
   shapes = FeatureSpec.at_image_size(config.model, FLAGS.image_size).level_shapes
+  # Frames mode reads the frames (random uint8 here); the levels are written too.
+  frames_shape = ((FLAGS.image_size,) * 2 + (3,) if config.data.input == "frames"
+                  else None)
   stats = {l: {"mean": [0.0] * s[-1], "scale": 1.0, "int8_step": 4 / 127}
            for l, s in shapes.items()}
   metadata = features.new_metadata(
       levels=shapes, stats=stats,
       class_names=[f"class_{i}" for i in range(config.model.num_classes)],
-      backbone={"name": "random features"}, extraction={"synthetic": True},
-      int8_levels=tuple(FLAGS.int8_levels))
+      backbone={"name": "vgg16", "weights": "random", "seed": 0,
+                "image_size": FLAGS.image_size},
+      extraction={"synthetic": True}, int8_levels=tuple(FLAGS.int8_levels),
+      frames_shape=frames_shape)
   rng = np.random.default_rng(0)
   per_shard = 16
   counts = {"train": FLAGS.synthetic_videos, "test": max(1, FLAGS.synthetic_videos // 8)}
@@ -352,17 +357,31 @@ def write_synthetic_features(config) -> None:
     for shard, start in enumerate(range(0, count, per_shard)):
       videos = (features.VideoFeatures(
           f"{split}/{i}", i, i % config.model.num_classes,
-          np.arange(FLAGS.synthetic_frames),
-          {l: rng.standard_normal((FLAGS.synthetic_frames, *s), np.float32)
-           .astype(np.float16) for l, s in shapes.items()})
+          np.arange(FLAGS.synthetic_frames), _random_video(rng, shapes, frames_shape))
                 for i in range(start, min(start + per_shard, count)))
       features.record_shard(metadata, split, features.write_shard(
           directory, features.shard_name(split, shard), videos, metadata))
   features.write_metadata(directory, metadata)
 
 
+def _random_video(rng, shapes, frames_shape):
+  video = {l: rng.standard_normal((FLAGS.synthetic_frames, *s), np.float32)
+           .astype(np.float16) for l, s in shapes.items()}
+  if frames_shape:
+    video["frames"] = rng.integers(0, 256, (FLAGS.synthetic_frames, *frames_shape),
+                                   np.uint8)
+  return video
+
+
 def _batch_bytes(batch) -> int:
   return sum(x.nbytes for x in jax.tree.leaves(batch["features"]))
+
+
+def _read(config):
+  """What batches hold: the model's levels, or in frames mode the frames."""
+  from grurcn_jax.data import prepare
+  return ((prepare.FRAMES,) if config.data.input == "frames"
+          else tuple(config.model.levels))
 
 
 def bench_pipeline(config) -> dict:
@@ -371,7 +390,7 @@ def bench_pipeline(config) -> dict:
     write_synthetic_features(config)
   prepare.ensure_demo(config.data)
   batches = pipeline.train_batches(config.data, batch_size=FLAGS.batch,
-                                   seed=config.seed, levels=config.model.levels)
+                                   seed=config.seed, levels=_read(config))
   for _ in range(3):  # warm-up: tf.data threads and file handles
     next(batches)
   count = max(FLAGS.steps, 20)
@@ -379,7 +398,7 @@ def bench_pipeline(config) -> dict:
   delivered = sum(_batch_bytes(next(batches)) for _ in range(count))
   seconds = time.perf_counter() - start
   return {"what": "pipeline", "batch": FLAGS.batch, "batches": count,
-          "clip_length": config.data.clip_length, "levels": list(config.model.levels),
+          "clip_length": config.data.clip_length, "levels": list(_read(config)),
           "clips_per_s": count * FLAGS.batch / seconds,
           "gb_per_s": delivered / seconds / 1e9,
           "bytes_per_clip": delivered // (count * FLAGS.batch), "device": "host"}
@@ -410,7 +429,8 @@ def bench_end_to_end(config) -> dict:
 
   def host_batches():
     return pipeline.train_batches(config.data, batch_size=host_batch,
-                                  seed=config.seed, levels=config.model.levels)
+                                  seed=config.seed,
+                                  levels=tuple(experiment.spec.input_shapes))
 
   # The input alone first, on its own pipeline: nothing read ahead while a step ran.
   host = host_batches()

@@ -50,18 +50,22 @@ class Checkpoints:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
-  def restore(self, abstract_state: Any, model_config: Mapping,
+  def restore(self, abstract_state: Any, contract: Mapping,
               step: Optional[int] = None) -> Any:
     """Restores `step` (default: newest) into the shapes and shardings of
     `abstract_state` (a pytree of jax.ShapeDtypeStruct), after checking that the
-    checkpoint's model config equals `model_config`."""
+    checkpoint was trained with the config fields of `contract` (e.g. {'model':
+    config.model, 'data': {'input': ...}}; every model field, and each other
+    field given). A field a checkpoint predates counts as its default."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():
       raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
                         f"available: {self.all_steps() or 'none'}")
     saved = self._manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"]
-    wanted = _flatten({"model": model_config})
+    wanted = _flatten(contract)
+    defaults = _flatten(config_validation.schema())
+    saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(wanted)}
     differ = sorted(k for k in set(wanted) | {k for k in saved if k.startswith("model.")}
                     if saved.get(k) != wanted.get(k))
     if differ:
@@ -69,8 +73,7 @@ class Checkpoints:
                           for k in differ)
       raise CheckpointMismatchError(
           f"the checkpoint at step {step} in {self._manager.directory} was trained with "
-          f"another model config ({details}); use a fresh --workdir or the same model "
-          f"settings")
+          f"another config ({details}); use a fresh --workdir or the same settings")
     return self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))["state"]
 

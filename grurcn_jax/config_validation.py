@@ -15,6 +15,7 @@ from grurcn_jax.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
+INPUTS = ("features", "frames")
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,6 +83,9 @@ def validate_config(config: Mapping) -> None:
   data = config["data"]
   for name in ("clip_length", "frame_stride", "eval_clips"):
     _positive_int(data, name, "data.")
+  if data["input"] not in INPUTS:
+    raise ConfigError(f"data.input={data['input']!r} is not valid; choose one of: "
+                      f"{', '.join(INPUTS)}")
   prefetch = data["device_prefetch"]
   if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
     raise ConfigError(f"data.device_prefetch={prefetch!r} must be an integer >= 0")

@@ -44,18 +44,19 @@ class ClassificationEvaluator:
     self.experiment = experiment
     config = experiment.config
     self._host_batch = sharding.host_batch_size(config.eval_batch_size, "eval_batch_size")
-    self._levels = tuple(experiment.model.levels)
+    self._levels = tuple(config.model.levels)
+    self._inputs = tuple(experiment.spec.input_shapes)  # what batches hold
     self._class_names = experiment.spec.class_names
     self._video_ids = features_lib.video_ids(
         features_lib.read_metadata(config.data.dir), config.data.eval_split)
     # A missing or truncated eval file is found now, not at the first evaluation.
-    pipeline.check_split(config.data, config.data.eval_split, self._levels)
+    pipeline.check_split(config.data, config.data.eval_split, self._inputs)
     self._step = _make_eval_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:
     config = self.experiment.config
     batches = pipeline.eval_batches(config.data, batch_size=self._host_batch,
-                                    levels=self._levels,
+                                    levels=self._inputs,
                                     process_index=jax.process_index(),
                                     process_count=jax.process_count())
     mesh = self.experiment.mesh
@@ -79,7 +80,7 @@ class ClassificationEvaluator:
 
 def _make_eval_step(experiment: Experiment):
   model, mesh, spec = experiment.model, experiment.mesh, experiment.spec
-  levels, loss_kind = tuple(model.levels), experiment.config.model.loss
+  levels, loss_kind = tuple(experiment.config.model.levels), experiment.config.model.loss
 
   def eval_step(params, batch):
     out = model.apply({"params": params}, spec.dequantize(batch["features"]),

@@ -19,9 +19,12 @@ from jax.sharding import Mesh
 import ml_collections
 
 from grurcn_jax import checkpoints as checkpoints_lib
-from grurcn_jax import config_validation, sharding, steps
+from grurcn_jax import config_validation, flops, sharding, steps
 from grurcn_jax.data.prepare import FeatureSpec
+from grurcn_jax.models import build as build_lib
 from grurcn_jax.models import build_model
+from grurcn_jax.models import frames as frames_lib
+from grurcn_jax.models import vgg16
 
 CHECKPOINT_SUBDIR = "checkpoints"
 
@@ -35,9 +38,15 @@ class Experiment:
   mesh: Mesh
 
   def init_state(self) -> steps.TrainState:
-    """The initial train state (seeded by config.seed), replicated over the mesh."""
+    """The initial train state (seeded by config.seed), replicated over the mesh;
+    in frames mode the backbone starts from the directory's VGG-16 weights."""
+    given, frozen = None, ()
+    if self.spec.backbone is not None:
+      given = {frames_lib.BACKBONE: vgg16.backbone_params(
+          self.spec.backbone, self.config.model.levels)}
+      frozen = () if self.config.model.backbone_trainable else (frames_lib.BACKBONE,)
     return steps.create_state(self.model, self.config, self.mesh,
-                              self.spec.level_shapes)
+                              self.spec.input_shapes, given_params=given, frozen=frozen)
 
   def abstract_state(self) -> Any:
     """The train state's shapes, dtypes and shardings: a restore target, no memory."""
@@ -56,7 +65,21 @@ class Experiment:
               step: Optional[int] = None) -> steps.TrainState:
     """The state of checkpoint `step` (default: newest), after checking that it was
     trained with this model config."""
-    return checkpoints.restore(self.abstract_state(), self.config.model.to_dict(), step)
+    # The model, and whether it reads frames (a frames-mode state holds VGG-16).
+    contract = {"model": self.config.model.to_dict(),
+                "data": {"input": self.config.data.input}}
+    return checkpoints.restore(self.abstract_state(), contract, step)
+
+  def train_step_flops(self, batch_size: int) -> int:
+    """FLOPs of a train step on `batch_size` clips, counted from the model's
+    operations (`flops.py`): backward = 2x forward, except through a frozen
+    backbone, which runs forward only."""
+    clip = self.config.data.clip_length
+    if self.spec.backbone is None or self.config.model.backbone_trainable:
+      return flops.train_step_flops(self.model, self.spec.input_shapes, batch_size, clip)
+    return (flops.forward_flops(self.model, self.spec.input_shapes, batch_size, clip)
+            + 2 * flops.forward_flops(self.model.head, self.spec.level_shapes,
+                                      batch_size, clip))
 
   def train_step(self):
     """The jit-compiled, sharded train step: (state, global batch) -> (state, metrics)."""
@@ -73,4 +96,11 @@ def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] =
   config_validation.validate_config(config)
   model = build_model(config.model)  # model values are checked before data is read
   spec = spec or FeatureSpec.from_directory(config.data, config.model, splits)
+  if spec.backbone is not None:  # frames mode: VGG-16 in the step, then the model
+    model = frames_lib.FramesModel(
+        head=model, levels=tuple(config.model.levels),
+        means=tuple(spec.level_stats[l][0] for l in config.model.levels),
+        scales=tuple(spec.level_stats[l][1] for l in config.model.levels),
+        backbone_trainable=config.model.backbone_trainable,
+        dtype=build_lib.DTYPES[config.model.dtype])
   return Experiment(config, spec, model, mesh or sharding.make_mesh())

@@ -1,7 +1,7 @@
 """The VGG-16 feature levels GRU-RCN reads, and their shapes.
 
 The one VGG-16 table of the package: the models, the feature extractor
-(`data/vgg16.py` builds its layers from `BLOCKS`) and the configs all read it, so a
+(`models/vgg16.py` builds its layers from `BLOCKS`) and the configs all read it, so a
 level name means the same thing everywhere.
 """
 

@@ -4,7 +4,7 @@ Pure JAX/Flax/optax: no TensorFlow or clu, so the benchmark can time the step on
 accelerator images that have neither.
 """
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from flax.training import train_state
 import jax
@@ -31,7 +31,19 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
-def create_optimizer(config) -> optax.GradientTransformation:
+def create_optimizer(config, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
+  """The optimiser; parameters under the top-level keys `frozen` are never changed
+  (no update, no weight decay)."""
+  tx = _optimizer(config)
+  if not frozen:
+    return tx
+  return optax.multi_transform(
+      {"train": tx, "frozen": optax.set_to_zero()},
+      lambda params: {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
+                      for k, v in params.items()})
+
+
+def _optimizer(config) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(config)
   parts = []
   if config.grad_clip_norm:
@@ -82,14 +94,21 @@ def make_train_step(model, config, mesh, state_sharding, prepare_features=None):
                  donate_argnums=(0,))
 
 
-def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]]) -> TrainState:
-  """The initial train state, replicated over the mesh; `shapes` maps each level
-  to its per-frame feature shape."""
+def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]], *,
+                 given_params: Optional[Mapping] = None,
+                 frozen: Sequence[str] = ()) -> TrainState:
+  """The initial train state, replicated over the mesh; `shapes` maps each input
+  (level, or frames) to its per-frame shape. `given_params` replace the initial
+  parameters under their top-level keys (a backbone's weights); `frozen` keys are
+  left alone by the optimiser."""
   dummy = {l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
            for l, s in shapes.items()}
-  tx = create_optimizer(config)
-
-  def init():
-    params = model.init(jax.random.key(config.seed), dummy)["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  tx = create_optimizer(config, frozen)
+  replicated = sharding.replicated(mesh)
+  params = jax.jit(lambda: model.init(jax.random.key(config.seed), dummy)["params"],
+                   out_shardings=replicated)()
+  if given_params:  # outside jit: weights are arguments, not program constants
+    params = dict(params, **{k: jax.device_put(v, replicated)
+                             for k, v in given_params.items()})
+  return jax.jit(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx),
+                 out_shardings=replicated)(params)

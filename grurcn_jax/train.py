@@ -20,7 +20,7 @@ import numpy as np
 
 from grurcn_jax import checkpoints as checkpoints_lib
 from grurcn_jax import config_validation, evaluators, experiment as experiment_lib
-from grurcn_jax import flops, sharding, writers
+from grurcn_jax import sharding, writers
 from grurcn_jax.data import pipeline
 from grurcn_jax.errors import TrainingError
 
@@ -46,11 +46,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_validation.flatten(config).items()})
-  step_flops = flops.train_step_flops(experiment.model, experiment.spec.level_shapes,
-                                      config.batch_size, config.data.clip_length)
+  step_flops = experiment.train_step_flops(config.batch_size)
   train_step = experiment.train_step()
   host_batches = pipeline.train_batches(
-      config.data, batch_size=host_batch, seed=config.seed, levels=config.model.levels,
+      config.data, batch_size=host_batch, seed=config.seed,
+      levels=tuple(experiment.spec.input_shapes),
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   # The next batches travel to the devices while a step runs.

@@ -139,6 +139,10 @@ def test_synthetic_videos_feed_the_pipeline_and_end_to_end(tmp_path):
   assert metadata["splits"]["train"]["num_videos"] == 16
   assert metadata["splits"]["train"]["num_frames"] == 16 * 5
   assert metadata["levels"]["pool2"]["dtype"] == "int8"
+  frames = run_bench(*common, "--what=pipeline", "--synthetic_videos=16",
+                     "--synthetic_frames=5", "--config.data.input=frames",
+                     f"--config.data.dir={tmp_path / 'frames'}")
+  assert frames["levels"] == ["frames"] and frames["bytes_per_clip"] == 3 * 32 * 32 * 3
   report = run_bench(*common, "--what=end_to_end")
   assert report["what"] == "end_to_end" and report["num_devices"] == 8
   for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s"):

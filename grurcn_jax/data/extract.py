@@ -57,6 +57,7 @@ class Settings:
   augment: bool = False            # the paper's multi-scale random crop, train videos
   videos_per_shard: int = 64
   int8_levels: Tuple[str, ...] = ()  # levels stored as int8 (half of float16's bytes)
+  store_frames: bool = False         # also the frames (uint8), for frames mode
   batch_size: int = 64             # frames per VGG-16 forward pass
 
   def record(self) -> dict:
@@ -65,7 +66,7 @@ class Settings:
             "frame_stride": self.frame_stride, "fps": self.fps,
             "max_frames": self.max_frames, "weights": self.weights, "seed": self.seed,
             "augment": self.augment, "videos_per_shard": self.videos_per_shard,
-            "int8_levels": list(self.int8_levels)}
+            "int8_levels": list(self.int8_levels), "store_frames": self.store_frames}
 
 
 @dataclasses.dataclass
@@ -83,7 +84,7 @@ class FeatureExtractor:
 
   def __init__(self, settings: Settings):
     import jax  # deferred so --help and --dry_run stay fast
-    from grurcn_jax.data import vgg16
+    from grurcn_jax.models import vgg16
     self._jax = jax
     self.settings = settings
     self.levels = tuple(settings.levels)
@@ -123,6 +124,8 @@ def estimate_bytes(videos: Sequence[Video], settings: Settings) -> Dict[str, int
   total_frames = sum(frames)
   out = {level: int(np.prod(shape)) * (1 if level in settings.int8_levels else 2)
          * total_frames for level, shape in level_shapes(settings).items()}
+  if settings.store_frames:
+    out[features_lib.FRAMES] = settings.image_size ** 2 * 3 * total_frames
   out["total"] = (sum(out.values()) + len(videos) * _RECORD_OVERHEAD
                   + total_frames * _INDEX_BYTES)
   out["frames"] = total_frames
@@ -239,7 +242,9 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               backbone={"name": "vgg16", "weights": settings.weights,
                         "seed": settings.seed, "image_size": settings.image_size},
               extraction={**settings.record(), "source": source},
-              int8_levels=settings.int8_levels)
+              int8_levels=settings.int8_levels,
+              frames_shape=((settings.image_size,) * 2 + (3,)
+                            if settings.store_frames else None))
         failed = []
 
         def shard_videos():
@@ -258,6 +263,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
             activations = extractor(frames)
             stored = {level: features_lib.normalize(a, metadata["levels"][level])
                       for level, a in activations.items()}
+            if settings.store_frames:
+              stored[features_lib.FRAMES] = frames
             frames_done += len(frames)
             bar.update(1)
             elapsed = max(time.time() - started, 1e-9)
@@ -360,6 +367,8 @@ def define_flags():
   flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard.")
   flags.DEFINE_list("int8_levels", [], "Levels stored as int8 instead of float16 "
                     "(half the bytes; dequantised on the accelerator), e.g. pool2.")
+  flags.DEFINE_bool("store_frames", False, "Also store the resized frames (uint8), "
+                    "which frames mode (data.input=frames) trains on.")
   flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
   flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
 
@@ -378,7 +387,8 @@ def settings_from_flags() -> Settings:
                   frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
                   max_frames=FLAGS.max_frames, weights=FLAGS.weights, seed=FLAGS.seed,
                   augment=FLAGS.augment, videos_per_shard=FLAGS.videos_per_shard,
-                  int8_levels=tuple(FLAGS.int8_levels), batch_size=FLAGS.batch_size)
+                  int8_levels=tuple(FLAGS.int8_levels), store_frames=FLAGS.store_frames,
+                  batch_size=FLAGS.batch_size)
 
 
 def _check_required_flags() -> None:

@@ -51,7 +51,11 @@ from grurcn_jax.host_tf import tf
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
-STORAGE_DTYPES = ("float16", "int8")
+STORAGE_DTYPES = {"float16": np.dtype("<f2"), "int8": np.dtype(np.int8),
+                  "uint8": np.dtype(np.uint8)}
+# The level holding the frames themselves (uint8 RGB, as VGG-16 saw them): what
+# frames mode reads.
+FRAMES = "frames"
 # Values outside +-127 steps are clipped: the step covers the 99.99th percentile.
 _INT8_QUANTILE = 0.9999
 _CONVERT = "python -m grurcn_jax.data.convert --src={src} --dst=NEW_DIR"
@@ -171,14 +175,22 @@ def dequantize(steps: np.ndarray, step: float) -> np.ndarray:
   return steps.astype(np.float16) * np.float16(step)
 
 
+def storage_dtype(info: Mapping) -> np.dtype:
+  """The numpy dtype of a level's rows (little-endian)."""
+  return STORAGE_DTYPES[info["dtype"]]
+
+
 def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Mapping],
                  class_names: Sequence[str], backbone: Mapping, extraction: Mapping,
-                 int8_levels: Sequence[str] = ()) -> dict:
+                 int8_levels: Sequence[str] = (),
+                 frames_shape: Optional[Sequence[int]] = None) -> dict:
+  """Metadata of a new directory; with `frames_shape` ([S, S, 3]) it also holds
+  the frames (level `FRAMES`, uint8)."""
   unknown = sorted(set(int8_levels) - set(levels))
   if unknown:
     raise FeatureFormatError(f"int8 level(s) {', '.join(unknown)} are not among the "
                              f"levels {', '.join(levels)}")
-  return {
+  metadata = {
       "format_version": FORMAT_VERSION,
       "levels": {level: {"shape": list(shape),
                          "dtype": "int8" if level in int8_levels else "float16",
@@ -191,6 +203,9 @@ def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Map
       "backbone": dict(backbone),
       "extraction": dict(extraction),
   }
+  if frames_shape is not None:
+    metadata["levels"][FRAMES] = {"shape": list(frames_shape), "dtype": "uint8"}
+  return metadata
 
 
 def has_shard(metadata: Mapping, split: str, name: str) -> bool:
@@ -233,7 +248,7 @@ def video_ids(metadata: Mapping, split: str) -> Dict[int, str]:
 
 
 def _row_bytes(info: Mapping) -> int:
-  return int(np.prod(info["shape"])) * np.dtype(info["dtype"]).itemsize
+  return int(np.prod(info["shape"])) * storage_dtype(info).itemsize
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +272,9 @@ def _atomic_write(path: str, write) -> None:
 def _stored(level: str, array: np.ndarray, info: Mapping) -> bytes:
   if info["dtype"] == "int8":
     return quantize(array, info["int8_step"]).tobytes()
-  return np.ascontiguousarray(array, dtype="<f2").tobytes()
+  if info["dtype"] == "uint8" and array.dtype != np.uint8:
+    raise ValueError(f"{level} holds uint8 frames, got {array.dtype}")
+  return np.ascontiguousarray(array, dtype=storage_dtype(info)).tobytes()
 
 
 def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
@@ -328,7 +345,7 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
     if len(raw) != expected:
       raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
                                              expected))
-    rows = np.frombuffer(raw, "<f2" if info["dtype"] == "float16" else np.int8)
+    rows = np.frombuffer(raw, storage_dtype(info))
     rows = rows.reshape([entry["num_frames"], *info["shape"]])
     if info["dtype"] == "int8":
       rows = dequantize(rows, info["int8_step"])
@@ -424,7 +441,7 @@ class ClipReader:
     return {k: tf.constant(v) for k, v in self.videos.items()}
 
   def dtype(self, level: str) -> np.dtype:
-    return np.dtype("<f2" if self.infos[level]["dtype"] == "float16" else np.int8)
+    return storage_dtype(self.infos[level])
 
   def read(self, shard: tf.Tensor, first_frame: tf.Tensor,
            rows: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -248,7 +248,7 @@ def eval_batches(data: Mapping, *, batch_size: int,
 def _padding_element(reader, clip_length):
   return {
       "features": {level: tf.zeros([clip_length, *info["shape"]],
-                                   tf.float16 if info["dtype"] == "float16" else tf.int8)
+                                   tf.as_dtype(features_lib.storage_dtype(info)))
                    for level, info in reader.infos.items()},
       "label": tf.constant(0, tf.int32),
       "video_index": tf.constant(-1, tf.int32),

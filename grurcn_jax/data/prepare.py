@@ -11,6 +11,10 @@ from typing import Mapping, Optional, Tuple
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
 
+# The frames' level name in a feature directory (features.FRAMES, without
+# importing TensorFlow here).
+FRAMES = "frames"
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureSpec:
@@ -20,10 +24,23 @@ class FeatureSpec:
   arrive as int8 (half the bytes of float16 on the way to the device) and
   `dequantize`, inside the jitted step, turns them into the float16 values the
   other levels arrive as.
+
+  Frames mode (`data.input=frames`): batches hold the frames ({'frames': [S, S, 3]
+  uint8 per frame}, `input_shapes`) and VGG-16 computes the levels in the step;
+  `backbone` is the directory's backbone record (its weights) and `level_stats`
+  the (channel means, scale) each level was normalised with.
   """
   level_shapes: Mapping[str, Tuple[int, ...]]
   class_names: Tuple[str, ...]
   int8_steps: Optional[Mapping[str, float]] = None
+  frame_shape: Optional[Tuple[int, ...]] = None
+  backbone: Optional[Mapping] = None
+  level_stats: Optional[Mapping[str, Tuple[Tuple[float, ...], float]]] = None
+
+  @property
+  def input_shapes(self) -> Mapping[str, Tuple[int, ...]]:
+    """What a batch holds per frame: the levels, or in frames mode the frames."""
+    return {FRAMES: self.frame_shape} if self.frame_shape else dict(self.level_shapes)
 
   @property
   def num_classes(self) -> int:
@@ -58,10 +75,20 @@ class FeatureSpec:
     for split in splits or (data["train_split"], data["eval_split"]):
       features_lib.split_shards(metadata, split)
     levels = {l: metadata["levels"][l] for l in model["levels"]}
-    return cls({l: tuple(info["shape"]) for l, info in levels.items()},
-               tuple(metadata["class_names"]),
-               {l: float(info["int8_step"]) for l, info in levels.items()
-                if info["dtype"] == "int8"})
+    shapes = {l: tuple(info["shape"]) for l, info in levels.items()}
+    class_names = tuple(metadata["class_names"])
+    if data["input"] == "features":
+      return cls(shapes, class_names, {l: float(info["int8_step"])
+                                       for l, info in levels.items()
+                                       if info["dtype"] == "int8"})
+    if FRAMES not in metadata["levels"]:
+      raise ConfigError(f"data.input=frames, but {data['dir']} holds no frames: "
+                        f"extract with --store_frames")
+    return cls(shapes, class_names,
+               frame_shape=tuple(metadata["levels"][FRAMES]["shape"]),
+               backbone=dict(metadata["backbone"]),
+               level_stats={l: (tuple(info["mean"]), float(info["scale"]))
+                            for l, info in levels.items()})
 
   @classmethod
   def at_image_size(cls, model: Mapping, image_size: int = 224) -> "FeatureSpec":

@@ -61,6 +61,9 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
     raise ConfigError(f"model.dropout_rate={cfg['dropout_rate']} must be in [0, 1)")
   if not (isinstance(cfg["num_classes"], int) and cfg["num_classes"] > 1):
     raise ConfigError(f"model.num_classes={cfg['num_classes']!r} must be an integer > 1")
+  if not isinstance(cfg["backbone_trainable"], bool):
+    raise ConfigError(f"model.backbone_trainable={cfg['backbone_trainable']!r} must be "
+                      f"True or False")
   if not (isinstance(cfg["unroll"], int) and cfg["unroll"] >= 1):
     raise ConfigError(f"model.unroll={cfg['unroll']!r} must be an integer >= 1")
 

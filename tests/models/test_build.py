@@ -50,6 +50,13 @@ def test_unknown_field_is_named():
     build_model(cfg)
 
 
+def test_backbone_trainable_must_be_a_bool():
+  cfg = dict(model_config())   # a plain dict: ConfigDict itself refuses the type
+  cfg["backbone_trainable"] = "yes"
+  with pytest.raises(ConfigError, match="backbone_trainable='yes' must be True or False"):
+    build_model(cfg)
+
+
 def test_a_missing_field_is_named():
   cfg = dict(model_config())
   del cfg["kernel_gradient"]

@@ -1,7 +1,8 @@
-"""VGG-16 (configuration D) as a feature extractor: pool2..pool5 and fc7.
+"""VGG-16 (configuration D) up to pool2..pool5 and fc7: the feature extractor, and
+the backbone of frames mode (`models.frames`).
 
-Only feature extraction runs it; its layers come from `grurcn_jax.levels.BLOCKS`,
-the table the feature shapes are derived from too.
+Its layers come from `grurcn_jax.levels.BLOCKS`, the table the feature shapes are
+derived from too.
 
 The layer names and kernel layouts are Keras' `keras.applications.VGG16`
 (block1_conv1 .. block5_conv3, fc1, fc2), whose kernels are already HWIO / [in, out],
@@ -15,7 +16,7 @@ before fc6, as torchvision does, so fc7 exists for any frame size.
 
 import os
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import einops
 from flax import linen as nn
@@ -260,3 +261,15 @@ def load_keras_weights(path_or_name: str, levels: Sequence[str]):
     path_or_name = keras.utils.get_file(fname, origin, cache_subdir="models",
                                         file_hash=md5)
   return _read_weights_file(path_or_name, levels)
+
+
+def backbone_params(backbone: Mapping, levels: Sequence[str]):
+  """The parameters a feature directory's `backbone` record (metadata: weights,
+  seed, image_size) names, for `levels`: the very weights its features were
+  extracted with."""
+  if backbone.get("name") != "vgg16":
+    raise ConfigError(f"frames mode runs VGG-16; the directory's backbone is "
+                      f"{backbone.get('name')!r}")
+  if backbone["weights"] == "random":
+    return init_params(levels, backbone["seed"], backbone["image_size"])
+  return load_keras_weights(backbone["weights"], levels)

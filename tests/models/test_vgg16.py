@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from grurcn_jax.data import vgg16
+from grurcn_jax.models import vgg16
 from grurcn_jax.errors import ConfigError
 
 keras = pytest.importorskip("keras")

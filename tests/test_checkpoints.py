@@ -1,0 +1,51 @@
+"""A restore checks the fields that shape the state: the model, and data.input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from grurcn_jax import checkpoints, sharding
+from grurcn_jax.errors import CheckpointMismatchError
+
+
+def saved(tmp_path, config_dict):
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  manager.save(1, {"w": jnp.arange(3.0)}, config_dict)
+  manager.close()
+  return checkpoints.Checkpoints(str(tmp_path))
+
+
+def target():
+  return checkpoints.abstract_like({"w": jnp.zeros(3)},
+                                   sharding.replicated(sharding.make_mesh()))
+
+
+def test_another_input_mode_is_named(tmp_path):
+  config = default.get_config()
+  config.data.input = "frames"
+  manager = saved(tmp_path, config.to_dict())
+  contract = {"model": config.model.to_dict(), "data": {"input": "features"}}
+  with pytest.raises(CheckpointMismatchError,
+                     match="data.input: checkpoint 'frames', config 'features'"):
+    manager.restore(target(), contract)
+  contract["data"]["input"] = "frames"
+  state = manager.restore(target(), contract)
+  np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
+  manager.close()
+
+
+def test_a_checkpoint_that_predates_a_field_counts_as_its_default(tmp_path):
+  config = default.get_config().to_dict()
+  del config["data"]["input"]               # saved before data.input existed
+  del config["model"]["backbone_trainable"]
+  manager = saved(tmp_path, config)
+  contract = {"model": default.get_config().model.to_dict(),
+              "data": {"input": "features"}}
+  state = manager.restore(target(), contract)
+  np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
+  contract["model"]["backbone_trainable"] = True
+  with pytest.raises(CheckpointMismatchError, match="model.backbone_trainable"):
+    manager.restore(target(), contract)
+  manager.close()
