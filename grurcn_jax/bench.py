@@ -379,8 +379,7 @@ def _batch_bytes(batch) -> int:
 
 def _read(config):
   """What batches hold: the model's levels, or in frames mode the frames."""
-  from grurcn_jax.data import prepare
-  return ((prepare.FRAMES,) if config.data.input == "frames"
+  return ((levels_lib.FRAMES,) if config.data.input == "frames"
           else tuple(config.model.levels))
 
 

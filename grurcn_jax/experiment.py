@@ -40,18 +40,25 @@ class Experiment:
   def init_state(self) -> steps.TrainState:
     """The initial train state (seeded by config.seed), replicated over the mesh;
     in frames mode the backbone starts from the directory's VGG-16 weights."""
-    given, frozen = None, ()
+    given = None
     if self.spec.backbone is not None:
       given = {frames_lib.BACKBONE: vgg16.backbone_params(
           self.spec.backbone, self.config.model.levels)}
-      frozen = () if self.config.model.backbone_trainable else (frames_lib.BACKBONE,)
-    return steps.create_state(self.model, self.config, self.mesh,
-                              self.spec.input_shapes, given_params=given, frozen=frozen)
+    return self._create_state(given)
 
   def abstract_state(self) -> Any:
-    """The train state's shapes, dtypes and shardings: a restore target, no memory."""
-    return checkpoints_lib.abstract_like(jax.eval_shape(self.init_state),
+    """The train state's shapes, dtypes and shardings: a restore target, no memory
+    (and no backbone weights read: a restore replaces them)."""
+    return checkpoints_lib.abstract_like(jax.eval_shape(self._create_state),
                                          self.state_sharding)
+
+  def _create_state(self, given_params=None) -> steps.TrainState:
+    frozen = ()
+    if self.spec.backbone is not None and not self.config.model.backbone_trainable:
+      frozen = (frames_lib.BACKBONE,)
+    return steps.create_state(self.model, self.config, self.mesh,
+                              self.spec.input_shapes, given_params=given_params,
+                              frozen=frozen)
 
   @property
   def state_sharding(self):

@@ -9,6 +9,10 @@ from typing import Tuple
 
 from grurcn_jax.errors import ConfigError
 
+# The feature directory's level holding the frames themselves (uint8 RGB, as
+# VGG-16 saw them): what frames mode reads.
+FRAMES = "frames"
+
 # VGG-16 (configuration D) as (block, 3x3 convolutions, channels). Each block ends in
 # a 2x2 max pool named pool{block}, so pool{b} is 2**b times smaller than the frame.
 BLOCKS: Tuple[Tuple[int, int, int], ...] = (

@@ -46,6 +46,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
+from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import FeatureFormatError
 from grurcn_jax.host_tf import tf
 
@@ -53,9 +54,7 @@ FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
 STORAGE_DTYPES = {"float16": np.dtype("<f2"), "int8": np.dtype(np.int8),
                   "uint8": np.dtype(np.uint8)}
-# The level holding the frames themselves (uint8 RGB, as VGG-16 saw them): what
-# frames mode reads.
-FRAMES = "frames"
+FRAMES = levels_lib.FRAMES
 # Values outside +-127 steps are clipped: the step covers the 99.99th percentile.
 _INT8_QUANTILE = 0.9999
 _CONVERT = "python -m grurcn_jax.data.convert --src={src} --dst=NEW_DIR"

@@ -11,9 +11,7 @@ from typing import Mapping, Optional, Tuple
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
 
-# The frames' level name in a feature directory (features.FRAMES, without
-# importing TensorFlow here).
-FRAMES = "frames"
+FRAMES = levels_lib.FRAMES
 
 
 @dataclasses.dataclass(frozen=True)
