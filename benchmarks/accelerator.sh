@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The accelerator measurements of the README, in one go: gradients against the
 # reference on the device, then the paper model's train step (batch 64, T=10) in
-# float32 and bfloat16, uni/bi/stacked, remat, T=64 memory, host-fed steps, and the
-# plain-PyTorch peer on the same device. One JSON line per measurement goes to
-# ${OUT:-/tmp/grurcn_bench}/results.jsonl; stderr of each run to logs there.
+# float32 and bfloat16, uni/bi/stacked, remat, T=64 memory, host-fed steps, frames
+# mode, and the plain-PyTorch peer on the same device. One JSON line per
+# measurement goes to ${OUT:-/tmp/grurcn_bench}/results.jsonl; stderr of each run
+# to logs there.
 #
-#   bash benchmarks/accelerator.sh [jax|torch|all]
+#   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [all]
+#
+# memory: each step compiled twice through a compilation cache; the second run
+# skips the compiler's autotuning, so its device peak is the step's own.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-/tmp/grurcn_bench}"
 mkdir -p "$out"
-what="${1:-all}"
+sections=" ${*:-all} "
+want() { [[ "$sections" == *" $1 "* || "$sections" == *" all "* ]]; }
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
 run() {  # run NAME COMMAND...: append the command's last line (its JSON) to results
@@ -26,8 +31,10 @@ run() {  # run NAME COMMAND...: append the command's last line (its JSON) to res
   echo "   ($((SECONDS - start)) s)" >&2
 }
 
-bench=(python3 -m grurcn_jax.bench --config=configs/ucf101_grurcn.py --batch=64)
-if [ "$what" = jax ] || [ "$what" = all ]; then
+# BENCH_EXTRA: flags appended to every bench run (a quick check on small shapes).
+# shellcheck disable=SC2206
+bench=(python3 -m grurcn_jax.bench --config=configs/ucf101_grurcn.py --batch=64 ${BENCH_EXTRA:-})
+if want jax; then
   run gradients python3 benchmarks/check_gradients.py
   run bf16 "${bench[@]}" --dtype=bfloat16 --host_feed
   run f32 "${bench[@]}" --dtype=float32
@@ -36,10 +43,27 @@ if [ "$what" = jax ] || [ "$what" = all ]; then
   run bf16_remat "${bench[@]}" --dtype=bfloat16 --remat
   run f32_remat "${bench[@]}" --dtype=float32 --remat
 fi
-if [ "$what" = torch ] || [ "$what" = all ]; then
+if want torch; then
   run torch python3 benchmarks/torch_peer.py --mode eager,compile --dtype float32,bfloat16
 fi
-if [ "$what" = long ] || [ "$what" = all ]; then
+if want memory; then
+  cache="$out/compilation_cache"
+  for variant in bf16 bf16_remat; do
+    flags=(--dtype=bfloat16); [ "$variant" = bf16_remat ] && flags+=(--remat)
+    run "memory_${variant}_compile" env JAX_COMPILATION_CACHE_DIR="$cache" \
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 "${bench[@]}" "${flags[@]}"
+    # The cached run also times host-fed steps with and without device prefetch.
+    run "memory_${variant}_cached" env JAX_COMPILATION_CACHE_DIR="$cache" \
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0 "${bench[@]}" "${flags[@]}" \
+        --host_feed
+  done
+fi
+if want frames; then
+  run frames_bf16 "${bench[@]}" --dtype=bfloat16 --config.data.input=frames --host_feed
+  run frames_bf16_trained "${bench[@]}" --dtype=bfloat16 --config.data.input=frames \
+      --config.model.backbone_trainable=True
+fi
+if want long; then
   run bf16_t64 "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3
   run bf16_t64_remat "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3 --remat
 fi

@@ -12,6 +12,9 @@ r"""Throughput benchmark: prints one JSON line.
   ... --flax_rnn_cell
   # The reference recurrence (nn.scan differentiated by JAX):
   ... --config.model.recurrence=scan
+  # Frames mode (VGG-16 in the step, random weights, frozen unless
+  # --config.model.backbone_trainable):
+  ... --config.data.input=frames
   # Long clips, with and without remat (--steps=0: compile and memory only):
   ... --clip_length=64 [--remat]
   # Batches fed from host memory, with and without device prefetch:
@@ -38,7 +41,10 @@ the same run on the same device: on GPU/TPU the ceiling, the faster of a large
 matrix product and a large convolution in the step's dtype, also given as
 matmul_flops_per_s and conv_flops_per_s; on CPU one large float32 convolution,
 forward and backward), utilisation (achieved / reference), peak_memory_bytes (the
-device's peak where it reports one, else XLA's estimate), compiled_memory_bytes
+device's peak where it reports one, else XLA's estimate; peak_memory_before_step_bytes
+the same read before the first step: compilation and initialisation; run a second
+time with JAX_COMPILATION_CACHE_DIR set and the compiler's autotuning is skipped,
+so the peak is the step's), compiled_memory_bytes
 (XLA's estimate of the step's buffers), device; with --host_feed also
 host_fed_step_ms and host_fed_unprefetched_step_ms (mean per step over the run).
 scaling fields: num_devices, batch, xla_flops_per_device and
@@ -151,13 +157,15 @@ def experiment_for(config, mesh=None):
   with --flax_rnn_cell its model is `FlaxRNNCellGRURCN`."""
   from grurcn_jax import experiment as experiment_lib
   from grurcn_jax.data.prepare import FeatureSpec
-  experiment = experiment_lib.assemble(
-      config, spec=FeatureSpec.at_image_size(config.model, FLAGS.image_size), mesh=mesh)
+  spec = FeatureSpec.at_image_size(config.model, FLAGS.image_size,
+                                   frames=config.data.input == "frames")
+  experiment = experiment_lib.assemble(config, spec=spec, mesh=mesh)
   if FLAGS.flax_rnn_cell:
     from grurcn_jax.errors import ConfigError
     model_cfg = config.model
-    if model_cfg.name != "grurcn" or model_cfg.variant != "uni":
-      raise ConfigError("--flax_rnn_cell compares the uni grurcn model only")
+    if (model_cfg.name != "grurcn" or model_cfg.variant != "uni"
+        or config.data.input != "features"):
+      raise ConfigError("--flax_rnn_cell compares the uni grurcn model on features only")
     model = FlaxRNNCellGRURCN(tuple(model_cfg.levels), tuple(model_cfg.hidden),
                               model_cfg.kernel_size, model_cfg.num_classes,
                               model_cfg.dropout_rate, jnp.dtype(model_cfg.dtype))
@@ -190,11 +198,18 @@ class FlaxRNNCellGRURCN(nn.Module):
 
 
 def _host_batch(experiment, batch_size, seed=0):
-  """Random float16 features and labels, as the pipeline delivers them."""
+  """Random float16 features (frames mode: uint8 frames) and labels, as the
+  pipeline delivers them."""
   rng = np.random.default_rng(seed)
-  return {"features": {l: rng.standard_normal((batch_size, FLAGS.clip_length, *s))
-                       .astype(np.float16)
-                       for l, s in experiment.spec.level_shapes.items()},
+
+  def clips(name, shape):
+    shape = (batch_size, FLAGS.clip_length, *shape)
+    if name == levels_lib.FRAMES:
+      return rng.integers(0, 256, shape, dtype=np.uint8)
+    return rng.standard_normal(shape, np.float32).astype(np.float16)
+
+  return {"features": {name: clips(name, shape)
+                       for name, shape in experiment.spec.input_shapes.items()},
           "label": rng.integers(0, experiment.spec.num_classes,
                                 batch_size).astype(np.int32)}
 
@@ -216,17 +231,21 @@ def _compile_step(experiment, batch_size, state=None):
 
 
 def bench_train_step(config) -> dict:
-  from grurcn_jax import flops, sharding
+  from grurcn_jax import sharding
   model_cfg = config.model
   experiment = experiment_for(config)
-  mesh, shapes = experiment.mesh, experiment.spec.level_shapes
+  mesh = experiment.mesh
   state = experiment.init_state()
   params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   compiled, compile_s = _compile_step(experiment, FLAGS.batch, state)
-  global_batch = sharding.global_batch(mesh, _host_batch(experiment, FLAGS.batch))
 
+  # The device's peak so far: compilation (autotuning) and the state's
+  # initialisation. Where it is below peak_memory_bytes, the step set the peak.
+  peak_before_step = int((jax.devices()[0].memory_stats() or {})
+                         .get("peak_bytes_in_use", 0))
   step_s = float("nan")  # --steps=0: compile and memory only
   if FLAGS.steps:
+    global_batch = sharding.global_batch(mesh, _host_batch(experiment, FLAGS.batch))
     state, _ = compiled(state, global_batch)  # warm-up
     jax.block_until_ready(state)
     times = []
@@ -241,8 +260,7 @@ def bench_train_step(config) -> dict:
                         + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
   stats = jax.devices()[0].memory_stats() or {}
   peak = int(stats.get("peak_bytes_in_use", compiled_memory))
-  flops_per_step = flops.train_step_flops(experiment.model, shapes, FLAGS.batch,
-                                          FLAGS.clip_length)
+  flops_per_step = experiment.train_step_flops(FLAGS.batch)
   result = {
       "what": "train_step", "model": model_cfg.name, "variant": model_cfg.variant,
       "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else model_cfg.recurrence,
@@ -253,7 +271,8 @@ def bench_train_step(config) -> dict:
       "step_ms": step_s * 1e3, "clips_per_s": FLAGS.batch / step_s,
       "compile_s": compile_s, "flops_per_step": flops_per_step,
       "achieved_flops_per_s": flops_per_step / step_s,
-      "peak_memory_bytes": peak, "compiled_memory_bytes": compiled_memory,
+      "peak_memory_bytes": peak, "peak_memory_before_step_bytes": peak_before_step,
+      "compiled_memory_bytes": compiled_memory, "input": config.data.input,
       "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
       "num_devices": jax.device_count(),
   }

@@ -78,6 +78,7 @@ def test_train_step_report(extra):
                              report["flops_per_step"] / (report["step_ms"] / 1e3))
   assert report["reference_flops_per_s"] > 0 and report["peak_memory_bytes"] > 0
   assert report["compiled_memory_bytes"] > 0 and report["platform"] == "cpu"
+  assert report["peak_memory_before_step_bytes"] >= 0 and report["input"] == "features"
   assert "convolution" in report["reference"]
   np.testing.assert_allclose(report["utilisation"], report["achieved_flops_per_s"]
                              / report["reference_flops_per_s"])
@@ -89,6 +90,31 @@ def test_train_step_report(extra):
     assert "host_fed_step_ms" not in report
   assert report["recurrence"] == ("flax_rnn_cell" if "--flax_rnn_cell" in extra
                                   else "fused")
+
+
+def test_frames_mode_train_step_report():
+  # VGG-16 (random weights, frozen) runs in the step on uint8 frames; the report
+  # counts its parameters and its forward FLOPs (no backward through it).
+  report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=2", "--image_size=32",
+                     "--steps=1", "--config.data.input=frames",
+                     without=("tensorflow", "clu"))
+  assert report["input"] == "frames" and report["step_ms"] > 0
+  shapes = {l: levels_lib.feature_shape(l, 32) for l in ("pool2", "pool3")}
+  channels = {l: s[-1] for l, s in shapes.items()}
+  # VGG-16 blocks 1-3 (pool3 is the deepest level): (input channels, output
+  # channels, side) of each 3x3 convolution.
+  convs = [(3, 64, 32), (64, 64, 32), (64, 128, 16), (128, 128, 16),
+           (128, 256, 8), (256, 256, 8), (256, 256, 8)]
+  backbone_params = sum(9 * c * f + f for c, f, _ in convs)
+  assert report["params"] == backbone_params + expected_params(
+      ("pool2", "pool3"), (4, 4), channels, 8)
+  backbone_forward = sum(2 * side * side * 9 * c * f for c, f, side in convs) * 8 * 2
+  from configs import demo
+  from grurcn_jax.models import build_model
+  model_cfg = demo.get_config().model
+  model_cfg.levels, model_cfg.hidden = ("pool2", "pool3"), (4, 4)
+  assert report["flops_per_step"] == backbone_forward + flops.train_step_flops(
+      build_model(model_cfg), shapes, 8, 2)
 
 
 def test_compile_only_reports_time_and_memory():

@@ -89,11 +89,19 @@ class FeatureSpec:
                             for l, info in levels.items()})
 
   @classmethod
-  def at_image_size(cls, model: Mapping, image_size: int = 224) -> "FeatureSpec":
+  def at_image_size(cls, model: Mapping, image_size: int = 224, *,
+                    frames: bool = False) -> "FeatureSpec":
     """The spec of VGG-16 features of square frames of side `image_size`, with no
-    data behind it (benchmarks, compiled-program checks)."""
-    return cls({l: levels_lib.feature_shape(l, image_size) for l in model["levels"]},
-               tuple(f"class_{i}" for i in range(model["num_classes"])))
+    data behind it (benchmarks, compiled-program checks); with `frames`, of frames
+    mode over a randomly initialised VGG-16 (levels normalised by mean 0, scale 1)."""
+    shapes = {l: levels_lib.feature_shape(l, image_size) for l in model["levels"]}
+    classes = tuple(f"class_{i}" for i in range(model["num_classes"]))
+    if not frames:
+      return cls(shapes, classes)
+    return cls(shapes, classes, frame_shape=(image_size, image_size, 3),
+               backbone={"name": "vgg16", "weights": "random", "seed": 0,
+                         "image_size": image_size},
+               level_stats={l: ((0.0,) * s[-1], 1.0) for l, s in shapes.items()})
 
 
 def ensure_demo(data: Mapping, *, progress: bool = True) -> None:
