@@ -90,6 +90,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Frames mode: train VGG-16 with the rest (True) or keep the directory's
   # weights (False: no gradient through it, no optimiser update).
   model.backbone_trainable = False
+  # Frames mode: dropout after VGG-16's fc6 and fc7 in training (fine-tuning it on
+  # fc7, configs/ucf101_vgg16_finetune.py); pool levels do not pass through them.
+  model.backbone_dropout = 0.0
   # level_mean: mean of the per-level cross-entropies | ensemble: cross-entropy of
   # the level-averaged prediction.
   model.loss = "level_mean"

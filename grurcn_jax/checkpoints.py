@@ -9,7 +9,7 @@ anything that must see it).
 
 import signal
 import threading
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -17,6 +17,10 @@ import orbax.checkpoint as ocp
 
 from grurcn_jax import config_validation
 from grurcn_jax.errors import CheckpointMismatchError, ConfigError
+
+
+# A run's checkpoints live in this folder of its workdir.
+SUBDIR = "checkpoints"
 
 
 def _flatten(config: Mapping) -> dict:
@@ -80,6 +84,53 @@ class Checkpoints:
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def read_params(directory: str, subtree: str,
+                step: Optional[int] = None) -> Tuple[Any, dict, int]:
+  """The parameters under params/`subtree` of a checkpoint, as numpy arrays (the
+  rest of the state, optimiser moments included, is not read), with the config it
+  was trained with (dotted names) and its step: a trained network's weights for
+  use outside its run, e.g. stage 1's fine-tuned VGG-16 driving extraction.
+
+  `directory` is a run's workdir or its checkpoints folder; `step` defaults to the
+  newest. Raises ConfigError when there is no such checkpoint or the parameters
+  have no `subtree`.
+  """
+  import numpy as np
+  from etils import epath
+  path = epath.Path(directory)
+  if (path / SUBDIR).is_dir():
+    path = path / SUBDIR
+  if not path.is_dir():
+    raise ConfigError(f"no checkpoints at {directory}: give a run's workdir or its "
+                      f"{SUBDIR} folder")
+  manager = ocp.CheckpointManager(
+      path, item_names=("state", "config"),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler()})
+  try:
+    steps = list(manager.all_steps())
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in steps:
+      raise ConfigError(f"no checkpoint for step {step} in {path}; available: "
+                        f"{steps or 'none'}")
+    metadata = manager.item_metadata(step)["state"]
+    params = dict(getattr(metadata, "tree", metadata) or {}).get("params", {})
+    if subtree not in params:
+      raise ConfigError(f"the checkpoint at step {step} in {path} has no {subtree!r} "
+                        f"parameters (it has: {', '.join(sorted(params)) or 'none'})")
+    target = {"params": {subtree: jax.tree.map(lambda m: np.zeros(m.shape, m.dtype),
+                                               params[subtree])}}
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            target, restore_args=jax.tree.map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
+            partial_restore=True),
+        config=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return restored["state"]["params"][subtree], dict(restored["config"]), step
 
 
 def abstract_like(tree: Any, sharding) -> Any:

@@ -26,7 +26,7 @@ from grurcn_jax.models import build_model
 from grurcn_jax.models import frames as frames_lib
 from grurcn_jax.models import vgg16
 
-CHECKPOINT_SUBDIR = "checkpoints"
+CHECKPOINT_SUBDIR = checkpoints_lib.SUBDIR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,5 +109,6 @@ def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] =
         means=tuple(spec.level_stats[l][0] for l in config.model.levels),
         scales=tuple(spec.level_stats[l][1] for l in config.model.levels),
         backbone_trainable=config.model.backbone_trainable,
+        backbone_dropout=config.model.backbone_dropout,
         dtype=build_lib.DTYPES[config.model.dtype])
   return Experiment(config, spec, model, mesh or sharding.make_mesh())

@@ -52,7 +52,9 @@ class Settings:
   frame_stride: Optional[int] = 1
   fps: Optional[float] = None
   max_frames: Optional[int] = None
-  weights: str = "random"          # random | imagenet | path to Keras VGG16 weights
+  # random | imagenet | path to Keras VGG16 weights | checkpoint:DIR[@STEP] (a
+  # frames-mode run's VGG-16, e.g. stage 1's fine-tuned one; pinned to its step)
+  weights: str = "random"
   seed: int = 0
   augment: bool = False            # the paper's multi-scale random crop, train videos
   videos_per_shard: int = 64
@@ -91,7 +93,7 @@ class FeatureExtractor:
     if settings.weights == "random":
       params = vgg16.init_params(self.levels, settings.seed, settings.image_size)
     else:
-      params = vgg16.load_keras_weights(settings.weights, self.levels)
+      params = vgg16.load_weights(settings.weights, self.levels)
     model = vgg16.VGG16(levels=self.levels)
     self._params = params
     self._forward = jax.jit(
@@ -360,7 +362,9 @@ def define_flags():
   flags.DEFINE_integer("max_frames", None, "At most this many frames per video.")
   flags.DEFINE_string("weights", "random", "random (seeded, no network) | imagenet "
                       "(Keras' standard file, downloaded once by Keras) | path to a Keras "
-                      "VGG16 weights file.")
+                      "VGG16 weights file | checkpoint:DIR[@STEP] (the VGG-16 of a "
+                      "frames-mode run, e.g. configs/ucf101_vgg16_finetune.py; DIR its "
+                      "workdir, newest step by default).")
   flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
   flags.DEFINE_bool("augment", False, "The paper's multi-scale random crop (side 256, 224, "
                     "192 or 168 of 256, resized), one per train video.")
@@ -371,6 +375,15 @@ def define_flags():
                     "which frames mode (data.input=frames) trains on.")
   flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
   flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
+
+
+def _pinned(weights: str) -> str:
+  """A checkpoint as an absolute directory at a fixed step, so the record names
+  exactly the weights the features were made with (see vgg16.pin_weights)."""
+  if not weights.startswith("checkpoint:"):
+    return weights
+  from grurcn_jax.models import vgg16  # deferred: jax and orbax only for this
+  return vgg16.pin_weights(weights)
 
 
 def settings_from_flags() -> Settings:
@@ -385,7 +398,8 @@ def settings_from_flags() -> Settings:
                         f"({', '.join(FLAGS.levels)})")
   return Settings(levels=tuple(FLAGS.levels), image_size=FLAGS.image_size,
                   frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
-                  max_frames=FLAGS.max_frames, weights=FLAGS.weights, seed=FLAGS.seed,
+                  max_frames=FLAGS.max_frames, weights=_pinned(FLAGS.weights),
+                  seed=FLAGS.seed,
                   augment=FLAGS.augment, videos_per_shard=FLAGS.videos_per_shard,
                   int8_levels=tuple(FLAGS.int8_levels), store_frames=FLAGS.store_frames,
                   batch_size=FLAGS.batch_size)

@@ -64,6 +64,9 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   if not isinstance(cfg["backbone_trainable"], bool):
     raise ConfigError(f"model.backbone_trainable={cfg['backbone_trainable']!r} must be "
                       f"True or False")
+  if not 0.0 <= cfg["backbone_dropout"] < 1.0:
+    raise ConfigError(f"model.backbone_dropout={cfg['backbone_dropout']} must be in "
+                      f"[0, 1)")
   if not (isinstance(cfg["unroll"], int) and cfg["unroll"] >= 1):
     raise ConfigError(f"model.unroll={cfg['unroll']!r} must be an integer >= 1")
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from grurcn_jax.models import vgg16
 
-BACKBONE = "backbone"
+BACKBONE = vgg16.BACKBONE
 
 
 class FramesModel(nn.Module):
@@ -32,14 +32,17 @@ class FramesModel(nn.Module):
   means: Tuple[Tuple[float, ...], ...]     # per level, per channel
   scales: Tuple[float, ...]                # per level
   backbone_trainable: bool = False
+  backbone_dropout: float = 0.0            # after fc6 and fc7 (fc7 level only)
   dtype: Any = None
 
   @nn.compact
   def __call__(self, inputs, *, train: bool = False):
     frames = inputs["frames"]
     b, t = frames.shape[:2]
-    maps = vgg16.VGG16(levels=self.levels, dtype=self.dtype, name=BACKBONE)(
-        vgg16.preprocess(einops.rearrange(frames, "b t h w c -> (b t) h w c")))
+    maps = vgg16.VGG16(levels=self.levels, dtype=self.dtype,
+                       dropout_rate=self.backbone_dropout, name=BACKBONE)(
+        vgg16.preprocess(einops.rearrange(frames, "b t h w c -> (b t) h w c")),
+        train=train)
     features = {}
     for level, mean, scale in zip(self.levels, self.means, self.scales):
       x = maps[level].astype(jnp.float32)

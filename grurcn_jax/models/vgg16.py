@@ -50,13 +50,17 @@ def _adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
 
 
 class VGG16(nn.Module):
-  """Returns the requested levels of preprocessed frames [B, H, W, 3]."""
+  """Returns the requested levels of preprocessed frames [B, H, W, 3].
+
+  `dropout_rate` drops units after fc6 and after fc7 when `train` (as VGG-16 was
+  trained; for fine-tuning it, stage 1): fc7 is then the dropped-out output."""
 
   levels: Sequence[str] = ("pool2", "pool3", "pool4", "pool5")
   dtype: Optional[jnp.dtype] = None
+  dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> Dict[str, jax.Array]:
+  def __call__(self, x: jax.Array, *, train: bool = False) -> Dict[str, jax.Array]:
     outputs = {}
     deepest = max(levels_lib.depth(level) for level in self.levels)
     for block, convs, channels in levels_lib.BLOCKS:
@@ -70,9 +74,10 @@ class VGG16(nn.Module):
     if "fc7" in self.levels:
       # Keras names VGG-16's fc6 and fc7 "fc1" and "fc2".
       x = einops.rearrange(_adaptive_avg_pool(x, 7), "b h w c -> b (h w c)")
-      x = nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype, name="fc1")(x))
-      outputs["fc7"] = nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype,
-                                        name="fc2")(x))
+      drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+      x = drop(nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype, name="fc1")(x)))
+      outputs["fc7"] = drop(nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype,
+                                             name="fc2")(x)))
     return {level: outputs[level] for level in self.levels}
 
 
@@ -263,6 +268,81 @@ def load_keras_weights(path_or_name: str, levels: Sequence[str]):
   return _read_weights_file(path_or_name, levels)
 
 
+# Where a frames-mode model keeps VGG-16's parameters: params[BACKBONE].
+BACKBONE = "backbone"
+
+# Weights of a VGG-16 trained by this package: 'checkpoint:DIR' or
+# 'checkpoint:DIR@STEP', DIR a frames-mode run's workdir (stage 1's fine-tuning).
+CHECKPOINT_WEIGHTS = "checkpoint:"
+
+
+def _checkpoint_location(weights: str):
+  """'checkpoint:DIR[@STEP]' -> (DIR, STEP or None)."""
+  location = weights[len(CHECKPOINT_WEIGHTS):]
+  match = re.fullmatch(r"(.+)@(\d+)", location)
+  if match:
+    return match.group(1), int(match.group(2))
+  if not location:
+    raise ConfigError("weights 'checkpoint:' needs a directory: checkpoint:DIR or "
+                      "checkpoint:DIR@STEP (DIR: the fine-tuning run's workdir)")
+  return location, None
+
+
+def load_checkpoint_weights(weights: str, levels: Sequence[str]):
+  """Parameters for `levels` from the VGG-16 of a frames-mode run's checkpoint
+  ('checkpoint:DIR[@STEP]', newest step by default): the same layer names and
+  layouts as the Keras files, checked the same way."""
+  from grurcn_jax import checkpoints  # deferred: orbax only here
+  directory, step = _checkpoint_location(weights)
+  try:
+    saved, config, step = checkpoints.read_params(directory, BACKBONE, step)
+  except ConfigError as e:
+    raise ConfigError(f"VGG-16 weights {weights!r}: {e}. Only a run in frames mode "
+                      "(data.input=frames) holds a VGG-16, e.g. "
+                      "configs/ucf101_vgg16_finetune.py") from None
+  expected = param_shapes(levels)
+  missing = [name for name in expected if name not in saved]
+  if missing:
+    raise ConfigError(
+        f"VGG-16 weights {weights!r} (step {step}): that run computed levels "
+        f"{config.get('model.levels')} and has no layer(s) {', '.join(missing)}, "
+        f"which levels {tuple(levels)} need")
+  params = {}
+  for name, shapes in expected.items():
+    for part in ("kernel", "bias"):
+      got = saved[name][part].shape
+      if got != shapes[part].shape:
+        raise ConfigError(f"VGG-16 weights {weights!r}: layer {name} {part} has "
+                          f"shape {got}, VGG-16's is {shapes[part].shape}")
+    params[name] = {part: jnp.asarray(saved[name][part], shapes[part].dtype)
+                    for part in ("kernel", "bias")}
+  return params
+
+
+def pin_weights(weights: str) -> str:
+  """`weights` as a record must keep them: a checkpoint as an absolute directory
+  and the step it has now ('checkpoint:DIR' names whichever step is newest, which
+  changes while that run goes on); anything else as it is."""
+  if not weights.startswith(CHECKPOINT_WEIGHTS):
+    return weights
+  from grurcn_jax import checkpoints
+  directory, step = _checkpoint_location(weights)
+  if "://" not in directory:
+    directory = os.path.abspath(directory)
+  if step is None:
+    _, _, step = checkpoints.read_params(directory, BACKBONE)
+  return f"{CHECKPOINT_WEIGHTS}{directory}@{step}"
+
+
+def load_weights(weights: str, levels: Sequence[str]):
+  """Parameters for `levels` from 'imagenet', a Keras VGG-16 weights file, or
+  'checkpoint:DIR[@STEP]' (a frames-mode run's VGG-16)."""
+  weights = os.fspath(weights)
+  if weights.startswith(CHECKPOINT_WEIGHTS):
+    return load_checkpoint_weights(weights, levels)
+  return load_keras_weights(weights, levels)
+
+
 def backbone_params(backbone: Mapping, levels: Sequence[str]):
   """The parameters a feature directory's `backbone` record (metadata: weights,
   seed, image_size) names, for `levels`: the very weights its features were
@@ -272,4 +352,4 @@ def backbone_params(backbone: Mapping, levels: Sequence[str]):
                       f"{backbone.get('name')!r}")
   if backbone["weights"] == "random":
     return init_params(levels, backbone["seed"], backbone["image_size"])
-  return load_keras_weights(backbone["weights"], levels)
+  return load_weights(backbone["weights"], levels)
