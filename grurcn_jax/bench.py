@@ -106,6 +106,8 @@ def define_flags():
                        "levels) into --config.data.dir, which must not hold any yet.")
   flags.DEFINE_integer("synthetic_frames", 30, "Frames per synthetic video.")
   flags.DEFINE_list("int8_levels", [], "Synthetic videos: levels stored as int8.")
+  flags.DEFINE_integer("frames_jpeg_quality", 0, "Synthetic videos in frames mode: "
+                       "frames stored as JPEG of this quality (0: raw).")
 
 
 def _median_time(fn, steps):
@@ -357,7 +359,8 @@ def write_synthetic_features(config) -> None:
     raise ConfigError(f"{directory} already holds features; --synthetic_videos writes "
                       f"new ones: point --config.data.dir elsewhere")
   shapes = FeatureSpec.at_image_size(config.model, FLAGS.image_size).level_shapes
-  # Frames mode reads the frames (random uint8 here); the levels are written too.
+  # Frames mode reads the frames (smooth synthetic images, as camera frames are:
+  # JPEG's size depends on it); the levels are written too.
   frames_shape = ((FLAGS.image_size,) * 2 + (3,) if config.data.input == "frames"
                   else None)
   stats = {l: {"mean": [0.0] * s[-1], "scale": 1.0, "int8_step": 4 / 127}
@@ -368,7 +371,7 @@ def write_synthetic_features(config) -> None:
       backbone={"name": "vgg16", "weights": "random", "seed": 0,
                 "image_size": FLAGS.image_size},
       extraction={"synthetic": True}, int8_levels=tuple(FLAGS.int8_levels),
-      frames_shape=frames_shape)
+      frames_shape=frames_shape, frames_jpeg_quality=FLAGS.frames_jpeg_quality)
   rng = np.random.default_rng(0)
   per_shard = 16
   counts = {"train": FLAGS.synthetic_videos, "test": max(1, FLAGS.synthetic_videos // 8)}
@@ -387,9 +390,23 @@ def _random_video(rng, shapes, frames_shape):
   video = {l: rng.standard_normal((FLAGS.synthetic_frames, *s), np.float32)
            .astype(np.float16) for l, s in shapes.items()}
   if frames_shape:
-    video["frames"] = rng.integers(0, 256, (FLAGS.synthetic_frames, *frames_shape),
-                                   np.uint8)
+    video["frames"] = _smooth_frames(rng, FLAGS.synthetic_frames, frames_shape)
   return video
+
+
+def _smooth_frames(rng, count, shape):
+  """Frames of a drifting disc over a tinted gradient, with a little noise."""
+  size = shape[0]
+  y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+  tint = rng.uniform(0.3, 1.0, 3).astype(np.float32)
+  cy, cx, dy, dx = rng.uniform(0.2, 0.8, 4) - [0, 0, 0.5, 0.5]
+  frames = np.empty((count, *shape), np.uint8)
+  for t in range(count):
+    disc = ((y - cy - 0.01 * t * dy) ** 2 + (x - cx - 0.01 * t * dx) ** 2) < 0.02
+    image = (0.6 * x + 0.3 * y)[..., None] * tint + 0.3 * disc[..., None]
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32)
+    frames[t] = np.clip(image * 255, 0, 255).astype(np.uint8)
+  return frames
 
 
 def _batch_bytes(batch) -> int:

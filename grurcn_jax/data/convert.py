@@ -8,8 +8,12 @@ levels as int8.
   python -m grurcn_jax.data.convert --src=/data/ucf101 --dst=/data/ucf101_int8 \
       --int8_levels=pool2
 
+  # Stored frames (frames mode) re-stored as JPEG of quality 90:
+  python -m grurcn_jax.data.convert --src=/data/ucf101 --dst=/data/ucf101_jpeg \
+      --frames_jpeg_quality=90
+
 Videos keep their split, index, label, source frame indices and shard; the
-normalisation is copied. A level without an int8 step in the source (format 1)
+normalisation is copied; JPEG frames are copied byte for byte. A level without an int8 step in the source (format 1)
 gets one measured on the first videos read, as extraction measures it. Resumable:
 shards already in --dst are skipped.
 """
@@ -29,16 +33,29 @@ _CALIBRATION_VIDEOS = 8
 
 
 def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
-            progress: bool = True, out=sys.stdout) -> dict:
-  """Writes `src`'s videos into `dst`; returns `dst`'s metadata."""
+            progress: bool = True, out=sys.stdout, frames_jpeg_quality: int = 0) -> dict:
+  """Writes `src`'s videos into `dst`; returns `dst`'s metadata. Frames stay as
+  `src` stores them (JPEG bytes are copied, never re-encoded); raw frames become
+  JPEG of `frames_jpeg_quality` when it is given (1-100)."""
   if src.rstrip("/") == dst.rstrip("/"):
     raise ConfigError("--dst must differ from --src")
   source = features_lib.read_metadata(src, versions=(1, features_lib.FORMAT_VERSION))
-  unknown = sorted(set(int8_levels) - set(source["levels"]))
+  frames = source["levels"].get(features_lib.FRAMES)
+  unknown = sorted(set(int8_levels) - set(source["levels"]) | (
+      set(int8_levels) & {features_lib.FRAMES}))
   if unknown:
     raise ConfigError(f"--int8_levels names {', '.join(unknown)}, which {src} does not "
-                      f"hold; it has {', '.join(source['levels'])}")
-  stats = {level: dict(info) for level, info in source["levels"].items()}
+                      f"hold as features; it has "
+                      f"{', '.join(l for l in source['levels'] if l != features_lib.FRAMES)}")
+  if frames_jpeg_quality and (frames is None or features_lib.is_encoded(frames)):
+    raise ConfigError(f"--frames_jpeg_quality: {src} holds "
+                      + ("no frames" if frames is None else
+                         f"its frames as JPEG already (quality {frames['quality']}); "
+                         "they are copied as they are"))
+  if frames is not None and features_lib.is_encoded(frames):
+    frames_jpeg_quality = frames["quality"]
+  stats = {level: dict(info) for level, info in source["levels"].items()
+           if level != features_lib.FRAMES}
   missing_steps = [l for l, info in stats.items() if "int8_step" not in info]
   if missing_steps:
     first_split = next(iter(source["splits"]))
@@ -55,11 +72,15 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
                         f"use another --dst")
   else:
     metadata = features_lib.new_metadata(
-        levels={l: info["shape"] for l, info in source["levels"].items()},
+        levels={l: info["shape"] for l, info in source["levels"].items()
+                if l != features_lib.FRAMES},
         stats=stats, class_names=source["class_names"], backbone=source["backbone"],
         extraction=dict(source["extraction"], converted_from=src,
-                        int8_levels=list(int8_levels)),
-        int8_levels=int8_levels)
+                        int8_levels=list(int8_levels),
+                        frames_jpeg_quality=frames_jpeg_quality),
+        int8_levels=int8_levels,
+        frames_shape=None if frames is None else frames["shape"],
+        frames_jpeg_quality=frames_jpeg_quality)
   import tqdm
   total = sum(split.get("num_videos", 0) for split in source["splits"].values())
   bar = tqdm.tqdm(total=total, unit="video", disable=not progress, file=out,
@@ -87,7 +108,8 @@ def _shard_videos(src, source, split, shard):
   if source["format_version"] == 1:
     one = dict(source, splits={split: {"shards": [shard]}})
     return features_lib.read_videos(src, split, one)
-  return features_lib.read_shard(src, shard, source)
+  # JPEG frames as their bytes: written back unchanged.
+  return features_lib.read_shard(src, shard, source, encoded=True)
 
 
 FLAGS = flags.FLAGS
@@ -97,13 +119,16 @@ def define_flags():
   flags.DEFINE_string("src", None, "Feature directory to read (format 1 or 2).")
   flags.DEFINE_string("dst", None, "Feature directory to write (local or gs://).")
   flags.DEFINE_list("int8_levels", [], "Levels to store as int8, e.g. pool2.")
+  flags.DEFINE_integer("frames_jpeg_quality", 0, "Store raw frames as JPEG of this "
+                       "quality (1-100); JPEG frames are always copied as they are.")
   flags.mark_flags_as_required(["src", "dst"])
 
 
 def main(argv):
   del argv
   try:
-    convert(FLAGS.src, FLAGS.dst, tuple(FLAGS.int8_levels))
+    convert(FLAGS.src, FLAGS.dst, tuple(FLAGS.int8_levels),
+            frames_jpeg_quality=FLAGS.frames_jpeg_quality)
   except Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)

@@ -11,6 +11,13 @@ A feature directory (local or gs://, everything through tf.io.gfile) holds
     {split}-{index:05d}.json      the shard's video table (written last: a shard
                                   without it is not there)
 
+Frames stored as JPEG (`encoding: jpeg` in their level's metadata; extraction's
+--frames_jpeg_quality) are one JPEG per frame, one after another, in
+`{split}-{index:05d}.frames`, with `{split}-{index:05d}.frames.index` holding
+their byte offsets (little-endian int64, one more than the frames): a clip still
+reads only its own frames (one ranged read per run of consecutive frames), and
+tf.data decodes them.
+
 A video is (video_index, video_id, label, first_frame, num_frames): rows
 first_frame .. first_frame + num_frames - 1 of its shard's level files. Every row
 of a level has the same size, so a clip reads exactly the rows it needs, at a
@@ -55,6 +62,7 @@ METADATA_FILE = "metadata.json"
 STORAGE_DTYPES = {"float16": np.dtype("<f2"), "int8": np.dtype(np.int8),
                   "uint8": np.dtype(np.uint8)}
 FRAMES = levels_lib.FRAMES
+JPEG = "jpeg"
 # Values outside +-127 steps are clipped: the step covers the 99.99th percentile.
 _INT8_QUANTILE = 0.9999
 _CONVERT = "python -m grurcn_jax.data.convert --src={src} --dst=NEW_DIR"
@@ -182,9 +190,14 @@ def storage_dtype(info: Mapping) -> np.dtype:
 def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Mapping],
                  class_names: Sequence[str], backbone: Mapping, extraction: Mapping,
                  int8_levels: Sequence[str] = (),
-                 frames_shape: Optional[Sequence[int]] = None) -> dict:
+                 frames_shape: Optional[Sequence[int]] = None,
+                 frames_jpeg_quality: int = 0) -> dict:
   """Metadata of a new directory; with `frames_shape` ([S, S, 3]) it also holds
-  the frames (level `FRAMES`, uint8)."""
+  the frames (level `FRAMES`, uint8): raw, or as JPEG of `frames_jpeg_quality`
+  (1-100; 0: raw)."""
+  if not 0 <= frames_jpeg_quality <= 100:
+    raise FeatureFormatError(f"JPEG quality {frames_jpeg_quality} is not in 1..100 "
+                             f"(0: raw frames)")
   unknown = sorted(set(int8_levels) - set(levels))
   if unknown:
     raise FeatureFormatError(f"int8 level(s) {', '.join(unknown)} are not among the "
@@ -204,6 +217,8 @@ def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Map
   }
   if frames_shape is not None:
     metadata["levels"][FRAMES] = {"shape": list(frames_shape), "dtype": "uint8"}
+    if frames_jpeg_quality:
+      metadata["levels"][FRAMES].update(encoding=JPEG, quality=frames_jpeg_quality)
   return metadata
 
 
@@ -250,6 +265,29 @@ def _row_bytes(info: Mapping) -> int:
   return int(np.prod(info["shape"])) * storage_dtype(info).itemsize
 
 
+def is_encoded(info: Mapping) -> bool:
+  """Whether a level's frames are stored encoded (JPEG), with an offsets index,
+  rather than as raw rows."""
+  return info.get("encoding") == JPEG
+
+
+def index_file(name: str, level: str) -> str:
+  return f"{level_file(name, level)}.index"
+
+
+def encode_jpeg(frames: np.ndarray, quality: int) -> List[bytes]:
+  """[N, H, W, 3] uint8 -> one JPEG per frame."""
+  return [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in frames]
+
+
+def decode_jpeg(encoded: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
+  """JPEGs -> [N, *shape] uint8, decoded as the pipeline decodes them."""
+  out = np.empty((len(encoded), *shape), np.uint8)
+  for i, data in enumerate(encoded):
+    out[i] = tf.io.decode_jpeg(data, channels=3).numpy()
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Writing
 
@@ -288,15 +326,31 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
   files = {level: tf.io.gfile.GFile(path, "wb") for level, path in tmp.items()}
   for f in files.values():
     f.write(b"")  # a GFile creates its file at the first write: shards may be empty
+  # Encoded levels: each frame's byte offset in its file, and the end.
+  offsets = {level: [0] for level, info in levels.items() if is_encoded(info)}
   table, frame_indices, rows = [], {}, 0
   try:
     for video in videos:
       for level, info in levels.items():
         array = video.features[level]
-        if array.shape != (video.num_frames, *info["shape"]):
+        shape = (video.num_frames,) if array.dtype == object else (
+            video.num_frames, *info["shape"])
+        if array.dtype == object and level not in offsets:
+          raise ValueError(f"{video.video_id}: {level} is stored raw, got encoded "
+                           f"frames")
+        if array.shape != shape:
           raise ValueError(f"{video.video_id}: {level} has shape {array.shape}, expected "
-                           f"{(video.num_frames, *info['shape'])}")
-        files[level].write(_stored(level, array, info))
+                           f"{shape}")
+        if level in offsets:
+          # Frames already encoded (bytes, e.g. copied by conversion) stay as
+          # they are: no second JPEG generation.
+          encoded = (list(array) if array.dtype == object
+                     else encode_jpeg(array, info["quality"]))
+          for data in encoded:
+            files[level].write(data)
+            offsets[level].append(offsets[level][-1] + len(data))
+        else:
+          files[level].write(_stored(level, array, info))
       table.append([int(video.video_index), video.video_id, int(video.label), rows,
                     video.num_frames])
       frame_indices[str(video.video_index)] = [int(i) for i in video.frame_indices]
@@ -305,6 +359,9 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
       f.close()
     for level, path in tmp.items():
       tf.io.gfile.rename(path, join(directory, level_file(name, level)), overwrite=True)
+    for level, ends in offsets.items():
+      _atomic_write(join(directory, index_file(name, level)), lambda path, ends=ends:
+                    _write_bytes(path, np.asarray(ends, "<i8").tobytes()))
   finally:
     for level, path in tmp.items():
       files[level].close()
@@ -330,15 +387,31 @@ def read_shard_table(directory: str, name: str) -> dict:
 
 
 def read_shard(directory: str, entry: Mapping, metadata: Mapping,
-               levels: Optional[Sequence[str]] = None) -> Iterator[VideoFeatures]:
+               levels: Optional[Sequence[str]] = None, *,
+               encoded: bool = False) -> Iterator[VideoFeatures]:
   """The videos of shard `entry` (from `split_shards`), with every (or `levels`')
-  features as normalised float16 values (int8 levels dequantised)."""
+  features as normalised float16 values (int8 levels dequantised) and frames as
+  uint8 (JPEG frames decoded; with `encoded`, as their JPEG bytes, an object
+  array, which `write_shard` writes back unchanged)."""
   levels = list(levels or metadata["levels"])
   table = read_shard_table(directory, entry["name"])
   data = {}
   for level in levels:
     info = metadata["levels"][level]
     path = join(directory, level_file(entry["name"], level))
+    if is_encoded(info):
+      ends = _read_index(directory, entry["name"], level, entry["num_frames"])
+      raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else b""
+      if len(raw) != ends[-1]:
+        raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
+                                               int(ends[-1])))
+      frames = [raw[a:b] for a, b in zip(ends[:-1], ends[1:])]
+      if encoded:
+        data[level] = np.empty(len(frames), object)
+        data[level][:] = frames
+      else:
+        data[level] = decode_jpeg(frames, info["shape"])
+      continue
     expected = entry["num_frames"] * _row_bytes(info)
     raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else b""
     if len(raw) != expected:
@@ -366,6 +439,22 @@ def read_videos(directory: str, split: str,
     return
   for entry in split_shards(metadata, split):
     yield from read_shard(directory, entry, metadata)
+
+
+def _read_index(directory: str, name: str, level: str, num_frames: int) -> np.ndarray:
+  """An encoded level's frame offsets in shard `name` ([num_frames + 1] int64),
+  checked."""
+  path = join(directory, index_file(name, level))
+  raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else None
+  expected = (num_frames + 1) * 8
+  if raw is None or len(raw) != expected:
+    raise FeatureFormatError(_size_problem(path, None if raw is None else len(raw),
+                                           expected))
+  ends = np.frombuffer(raw, "<i8")
+  if ends[0] != 0 or np.any(np.diff(ends) <= 0):
+    raise FeatureFormatError(f"feature index {path} is corrupt: its offsets do not "
+                             f"increase from 0")
+  return ends
 
 
 def _size_problem(path: str, size: Optional[int], expected: int) -> str:
@@ -407,6 +496,9 @@ class ClipReader:
     self.row_bytes = {level: _row_bytes(info) for level, info in self.infos.items()}
     self.paths = {level: [join(directory, level_file(s["name"], level))
                           for s in self.shards] for level in self.levels}
+    # Encoded levels: each shard's frame offsets, read by `check`.
+    self.offsets: Dict[str, Dict[int, np.ndarray]] = {
+        level: {} for level, info in self.infos.items() if is_encoded(info)}
     self._local = "://" not in directory
     rows = [(v[0], v[2], shard, v[3], v[4]) for shard, s in enumerate(self.shards)
             for v in s["videos"]]
@@ -420,7 +512,18 @@ class ClipReader:
     problems = []
     for level in self.levels:
       for shard, (path, entry) in enumerate(zip(self.paths[level], self.shards)):
-        expected = entry["num_frames"] * self.row_bytes[level]
+        if level in self.offsets:
+          try:
+            ends = _read_index(self.directory, entry["name"], level,
+                               entry["num_frames"])
+          except FeatureFormatError as e:
+            problems.append((shard, join(self.directory,
+                                         index_file(entry["name"], level)), str(e)))
+            continue
+          self.offsets[level][shard] = ends
+          expected = int(ends[-1])
+        else:
+          expected = entry["num_frames"] * self.row_bytes[level]
         try:
           size = tf.io.gfile.stat(path).length
         except tf.errors.NotFoundError:
@@ -444,14 +547,23 @@ class ClipReader:
 
   def read(self, shard: tf.Tensor, first_frame: tf.Tensor,
            rows: tf.Tensor) -> Dict[str, tf.Tensor]:
-    """{level: [len(rows), *shape]} of a video's `rows` (in-graph)."""
+    """{level: [len(rows), *shape]} of a video's `rows` (in-graph); JPEG frames
+    are read as bytes and decoded here."""
     outputs = tf.numpy_function(
         lambda *args: tuple(self.read_numpy(*args)), [shard, first_frame, rows],
-        [tf.as_dtype(self.dtype(level)) for level in self.levels], stateful=False)
+        [tf.string if level in self.offsets else tf.as_dtype(self.dtype(level))
+         for level in self.levels], stateful=False)
     if not isinstance(outputs, (list, tuple)):
       outputs = [outputs]
-    return {level: tf.ensure_shape(x, [rows.shape[0], *self.infos[level]["shape"]])
-            for level, x in zip(self.levels, outputs)}
+    clip = {}
+    for level, x in zip(self.levels, outputs):
+      shape = [rows.shape[0], *self.infos[level]["shape"]]
+      if level in self.offsets:
+        x = tf.map_fn(lambda data: tf.io.decode_jpeg(data, channels=3),
+                      tf.ensure_shape(x, shape[:1]),
+                      fn_output_signature=tf.TensorSpec(shape[1:], tf.uint8))
+      clip[level] = tf.ensure_shape(x, shape)
+    return clip
 
   def read_numpy(self, shard, first_frame, rows) -> List[np.ndarray]:
     """The same read in numpy: one array per level."""
@@ -462,6 +574,9 @@ class ClipReader:
             for k in np.split(np.arange(len(rows)), breaks) if len(k)]
     out = []
     for level in self.levels:
+      if level in self.offsets:
+        out.append(self._read_encoded(level, int(shard), int(first_frame), runs))
+        continue
       clip = np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
       path, row_bytes = self.paths[level][int(shard)], self.row_bytes[level]
       reads = [((int(first_frame) + row) * row_bytes,
@@ -472,6 +587,27 @@ class ClipReader:
       else:
         _read_remote(path, reads)
       out.append(clip)
+    return out
+
+  def _read_encoded(self, level, shard, first_frame, runs) -> np.ndarray:
+    """[len(rows)] bytes: each row's JPEG, one ranged read per run of rows."""
+    ends = self.offsets[level][shard]
+    count = sum(n for _, _, n in runs)
+    out = np.empty(count, object)
+    buffers = []
+    for position, row, n in runs:
+      a, b = first_frame + row, first_frame + row + n
+      buffers.append((position, ends[a:b + 1] - ends[a],
+                      bytearray(int(ends[b] - ends[a])), int(ends[a])))
+    reads = [(offset, memoryview(buffer)) for _, _, buffer, offset in buffers]
+    path = self.paths[level][shard]
+    if self._local:
+      _read_local(path, reads)
+    else:
+      _read_remote(path, reads)
+    for position, bounds, buffer, _ in buffers:
+      for i in range(len(bounds) - 1):
+        out[position + i] = bytes(buffer[bounds[i]:bounds[i + 1]])
     return out
 
 

@@ -112,6 +112,30 @@ def test_int8_conversion_is_resumable_and_dequantised_in_the_step(tmp_path):
   assert np.all(error[inside] <= step / 2 + 2.0 ** -11 * 127 * step)
 
 
+def test_frames_are_copied_or_stored_as_jpeg(tmp_path):
+  raw, jpeg, copied = tmp_path / "raw", tmp_path / "jpeg", tmp_path / "copied"
+  written = write_fake_features(raw, frames_jpeg_quality=0)
+  # Raw frames -> JPEG, with pool4 as int8 on the way.
+  convert.convert(str(raw), str(jpeg), int8_levels=("pool4",), progress=False,
+                  frames_jpeg_quality=90)
+  info = features.read_metadata(str(jpeg))["levels"][features.FRAMES]
+  assert (info["encoding"], info["quality"]) == ("jpeg", 90)
+  for got, want in zip(features.read_videos(str(jpeg), "train"), written["train"]):
+    error = got.features["frames"].astype(float) - want.features["frames"]
+    assert 10 * np.log10(255 ** 2 / np.mean(error ** 2)) > 30
+  # JPEG frames are copied byte for byte, never encoded a second time.
+  convert.convert(str(jpeg), str(copied), progress=False)
+  for name in os.listdir(jpeg):
+    if name.endswith((".frames", ".frames.index")):
+      assert (jpeg / name).read_bytes() == (copied / name).read_bytes(), name
+  with pytest.raises(ConfigError, match="as JPEG already"):
+    convert.convert(str(jpeg), str(tmp_path / "again"), progress=False,
+                    frames_jpeg_quality=50)
+  with pytest.raises(ConfigError, match="names frames"):
+    convert.convert(str(raw), str(tmp_path / "x"), int8_levels=("frames",),
+                    progress=False)
+
+
 def test_command_line_errors_are_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "grurcn_jax.data.convert", f"--src={tmp_path / 'none'}",

@@ -10,7 +10,7 @@ import pytest
 from grurcn_jax.data import features
 from grurcn_jax.errors import FeatureFormatError
 from grurcn_jax.host_tf import tf
-from tests.data.fake import LEVEL_SHAPES, write_fake_features
+from tests.data.fake import FRAME_SHAPE, LEVEL_SHAPES, write_fake_features
 
 
 def read_split(directory, split, metadata=None):
@@ -193,3 +193,57 @@ def test_record_shard_keeps_one_sorted_entry_per_shard_and_the_totals(tmp_path):
   assert {k: entries[k] for k in totals} == totals
   assert entries["failed"] == [{"video_id": "train/bad", "error": "undecodable"}]
   assert features.video_ids(metadata, "train")[3] == "train/v003"
+
+
+def test_jpeg_frames_are_smaller_and_read_back_within_jpeg_error(tmp_path):
+  written = write_fake_features(tmp_path, frames_jpeg_quality=95)
+  metadata = features.read_metadata(str(tmp_path))
+  info = metadata["levels"][features.FRAMES]
+  assert (info["encoding"], info["quality"], info["dtype"]) == ("jpeg", 95, "uint8")
+  for got, want in zip(read_split(tmp_path, "train"), written["train"]):
+    frames = got.features[features.FRAMES]
+    assert frames.dtype == np.uint8 and frames.shape == want.features["frames"].shape
+    error = np.abs(frames.astype(int) - want.features["frames"])
+    assert error.mean() < 2 and error.max() < 48      # JPEG at quality 95
+    np.testing.assert_array_equal(got.features["fc7"], want.features["fc7"])
+  shard = features.split_shards(metadata, "train")[0]
+  stored = os.path.getsize(tmp_path / features.level_file(shard["name"], "frames"))
+  assert stored < shard["num_frames"] * int(np.prod(FRAME_SHAPE)) / 2
+  index = np.fromfile(tmp_path / features.index_file(shard["name"], "frames"), "<i8")
+  assert len(index) == shard["num_frames"] + 1 and index[-1] == stored
+
+
+@pytest.mark.parametrize("rows", [[0, 1, 2], [1, 3, 5], [4, 0, 1], [5, 5]])
+def test_clip_reader_decodes_exactly_the_jpeg_frames_asked_for(tmp_path, rows):
+  write_fake_features(tmp_path, frames=lambda i: 6, frames_jpeg_quality=90)
+  video = 4  # second shard, second video: a non-zero offset in its files
+  metadata = features.read_metadata(str(tmp_path))
+  reader = features.ClipReader(str(tmp_path), metadata, "train")
+  assert reader.check() == []   # reads the frame offsets too
+  table = reader.videos
+  clip = reader.read(tf.constant(table["shard"][video]),
+                     tf.constant(table["first_frame"][video]),
+                     tf.constant(rows, tf.int64))
+  # The decoder of the numpy tools, on the whole video: the same pixels.
+  whole = read_split(tmp_path, "train", metadata)[4].features[features.FRAMES]
+  np.testing.assert_array_equal(clip[features.FRAMES].numpy(), whole[rows])
+  np.testing.assert_array_equal(clip["pool4"].numpy(),
+                                read_split(tmp_path, "train")[4].features["pool4"][rows])
+
+
+def test_check_names_a_bad_jpeg_index_or_truncated_frames(tmp_path):
+  write_fake_features(tmp_path, frames_jpeg_quality=90)
+  metadata = features.read_metadata(str(tmp_path))
+  truncated = str(tmp_path / "train-00001.frames")
+  with open(truncated, "rb+") as f:
+    f.truncate(os.path.getsize(truncated) - 1)
+  os.remove(tmp_path / "train-00002.frames.index")
+  problems = features.ClipReader(str(tmp_path), metadata, "train").check()
+  assert [(shard, os.path.basename(path)) for shard, path, _ in problems] == [
+      (1, "train-00001.frames"), (2, "train-00002.frames.index")]
+  assert "truncated or corrupt" in problems[0][2]
+  assert "does not exist" in problems[1][2]
+  with pytest.raises(FeatureFormatError, match="JPEG quality 101"):
+    features.new_metadata(levels={}, stats={}, class_names=[], backbone={},
+                          extraction={}, frames_shape=FRAME_SHAPE,
+                          frames_jpeg_quality=101)
