@@ -95,10 +95,11 @@ def test_train_step_report(extra):
 def test_frames_mode_train_step_report():
   # VGG-16 (random weights, frozen) runs in the step on uint8 frames; the report
   # counts its parameters and its forward FLOPs (no backward through it).
+  # Compiled only (--steps=0): what is counted does not need the step timed.
   report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=2", "--image_size=32",
-                     "--steps=1", "--config.data.input=frames",
+                     "--steps=0", "--config.data.input=frames",
                      without=("tensorflow", "clu"))
-  assert report["input"] == "frames" and report["step_ms"] > 0
+  assert report["input"] == "frames" and report["compiled_memory_bytes"] > 0
   shapes = {l: levels_lib.feature_shape(l, 32) for l in ("pool2", "pool3")}
   channels = {l: s[-1] for l, s in shapes.items()}
   # VGG-16 blocks 1-3 (pool3 is the deepest level): (input channels, output
@@ -167,8 +168,11 @@ def test_synthetic_videos_feed_the_pipeline_and_end_to_end(tmp_path):
   assert metadata["levels"]["pool2"]["dtype"] == "int8"
   frames = run_bench(*common, "--what=pipeline", "--synthetic_videos=16",
                      "--synthetic_frames=5", "--config.data.input=frames",
-                     f"--config.data.dir={tmp_path / 'frames'}")
+                     "--frames_jpeg_quality=90", f"--config.data.dir={tmp_path / 'frames'}")
+  # JPEG frames on disk, delivered decoded.
   assert frames["levels"] == ["frames"] and frames["bytes_per_clip"] == 3 * 32 * 32 * 3
+  info = features.read_metadata(str(tmp_path / "frames"))["levels"]["frames"]
+  assert (info["encoding"], info["quality"]) == ("jpeg", 90)
   report = run_bench(*common, "--what=end_to_end")
   assert report["what"] == "end_to_end" and report["num_devices"] == 8
   for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s"):
