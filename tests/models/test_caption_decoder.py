@@ -1,0 +1,126 @@
+"""The attention LSTM decoder against a NumPy transcription of its equations, and
+greedy / beam-search decoding on hand-made score tables."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grurcn_jax.models import decoding
+from grurcn_jax.models.caption_decoder import AttentionLSTMDecoder, caption_loss
+
+B, K, D, V = 3, 4, 6, 9
+
+
+def _sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+def _numpy_step(p, h, c, words, v):
+  """The module docstring's equations, written out in float64."""
+  dense = lambda name, x: x @ p[name]["kernel"] + p[name].get("bias", 0.0)
+  scores = dense("attend_score", np.tanh(
+      dense("attend_hidden", h)[:, None] + dense("attend_context", v)))[..., 0]
+  alpha = np.exp(scores - scores.max(-1, keepdims=True))
+  alpha /= alpha.sum(-1, keepdims=True)
+  phi = np.einsum("bk,bkd->bd", alpha, v)
+  word = p["embed"]["embedding"][words]
+  z = dense("gates_word", word) + dense("gates_hidden", h) + dense("gates_context", phi)
+  i, f, o, g = np.split(z, 4, axis=-1)
+  c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+  h = _sigmoid(o) * np.tanh(c)
+  logits = dense("out_logits", np.tanh(dense("out_hidden", h) + word
+                                      + dense("out_context", phi)))
+  log_probs = logits - logits.max(-1, keepdims=True)
+  log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
+  return h, c, log_probs, alpha
+
+
+def test_one_step_matches_the_equations():
+  decoder = AttentionLSTMDecoder(V, embed_dim=5, hidden=7, attention_dim=8)
+  rng = np.random.default_rng(0)
+  v = jnp.asarray(rng.standard_normal((B, K, D)), jnp.float32)
+  words = jnp.asarray([0, 3, 8], jnp.int32)
+  params = decoder.init(jax.random.key(0), v, words[:, None])["params"]
+  # Random (not initial) values everywhere, biases included.
+  params = jax.tree.map(lambda a: jnp.asarray(rng.standard_normal(a.shape) * 0.5,
+                                              a.dtype), params)
+  p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+  (h0, c0), _ = decoder.apply({"params": params}, v, method=decoder.start)
+  mean = np.asarray(v, np.float64).mean(1)
+  np.testing.assert_allclose(h0, np.tanh(mean @ p64["init_hidden"]["kernel"]
+                                         + p64["init_hidden"]["bias"]), rtol=1e-5)
+  np.testing.assert_allclose(c0, np.tanh(mean @ p64["init_cell"]["kernel"]
+                                         + p64["init_cell"]["bias"]), rtol=1e-5)
+  h, c = rng.standard_normal((2, B, 7))
+  state, log_probs, alpha = decoder.apply(
+      {"params": params}, (jnp.asarray(h, jnp.float32), jnp.asarray(c, jnp.float32)),
+      words, v, decoder.apply({"params": params}, v, method=decoder.start)[1],
+      method=decoder.step)
+  want = _numpy_step(p64, h, c, np.asarray(words), np.asarray(v, np.float64))
+  # float32 arithmetic on O(1) values through a few tanh/exp: 1e-5 relative.
+  for got, expected in zip((*state, log_probs, alpha), want):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_teacher_forcing_is_the_steps_and_the_loss_counts_words():
+  decoder = AttentionLSTMDecoder(V, embed_dim=5, hidden=7, attention_dim=8,
+                                 dropout_rate=0.0)
+  rng = np.random.default_rng(1)
+  v = jnp.asarray(rng.standard_normal((B, K, D)), jnp.float32)
+  words = jnp.asarray(rng.integers(0, V, (B, 5)), jnp.int32)
+  params = decoder.init(jax.random.key(0), v, words)["params"]
+  log_probs, alphas = decoder.apply({"params": params}, v, words)
+  state, projected = decoder.apply({"params": params}, v, method=decoder.start)
+  for t in range(5):
+    state, lp, alpha = decoder.apply({"params": params}, state, words[:, t], v,
+                                     projected, method=decoder.step)
+    np.testing.assert_allclose(log_probs[:, t], lp, rtol=1e-6)
+    np.testing.assert_allclose(alphas[:, t], alpha, rtol=1e-6)
+  targets = jnp.roll(words, -1, axis=1)
+  mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], jnp.float32)
+  nll = -np.take_along_axis(np.asarray(log_probs), np.asarray(targets)[..., None], -1)
+  coverage = (np.asarray(alphas) * np.asarray(mask)[..., None]).sum(1)
+  want = ((nll[..., 0] * mask).sum() / mask.sum()
+          + 0.3 * np.mean(np.sum((1 - coverage) ** 2, -1)))
+  np.testing.assert_allclose(caption_loss(log_probs, targets, mask, alphas, 0.3),
+                             want, rtol=1e-6)
+
+
+BOS, EOS, A, BW = 0, 1, 2, 3
+
+
+def _markov(table):
+  """A step whose next-word log-probabilities depend on the previous word only."""
+  log_table = jnp.log(jnp.asarray(table, jnp.float32))
+  return lambda state, words: (log_table[words], state)
+
+
+def test_a_beam_finds_the_best_caption_greedy_misses():
+  # From bos: 'a' 0.6, 'b' 0.4; after 'a' three words near 1/3 each; after 'b'
+  # surely eos. Greedy takes 'a' (0.6 x 0.34 at best); the best caption is 'b eos'
+  # (0.4).
+  table = np.full((4, 4), 1e-12)
+  table[BOS, [A, BW]] = 0.6, 0.4
+  table[A, [EOS, A, BW]] = 0.33, 0.34, 0.33
+  table[BW, EOS] = table[EOS, EOS] = 1.0
+  step, state = _markov(table), jnp.zeros((2, 1))
+  tokens, score = decoding.greedy(step, state, 2, bos=BOS, eos=EOS, max_length=3)
+  np.testing.assert_array_equal(tokens, [[A, A, A]] * 2)
+  np.testing.assert_allclose(score, np.log(0.6 * 0.34 ** 2), rtol=1e-5)
+  tokens, score = jax.jit(lambda s: decoding.beam_search(
+      step, s, 2, beam=2, bos=BOS, eos=EOS, max_length=3))(state)
+  np.testing.assert_array_equal(tokens, [[BW, EOS, EOS]] * 2)
+  np.testing.assert_allclose(score, np.log(0.4), rtol=1e-5)
+
+
+def test_beam_of_one_is_greedy():
+  rng = np.random.default_rng(0)
+  table = jax.nn.softmax(jnp.asarray(rng.standard_normal((7, 7)) * 3), axis=-1)
+  # The state matters: each video adds its own bias to the scores.
+  bias = jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)
+  step = lambda s, w: (jax.nn.log_softmax(jnp.log(table[w]) + s), s)
+  greedy = decoding.greedy(step, bias, 3, bos=0, eos=1, max_length=6)
+  beam = decoding.beam_search(step, bias, 3, beam=1, bos=0, eos=1, max_length=6)
+  np.testing.assert_array_equal(greedy[0], beam[0])
+  np.testing.assert_allclose(greedy[1], beam[1], rtol=1e-6)

@@ -1,0 +1,67 @@
+"""The captioning model: one vector per segment, computed from that segment's
+frames only; the GRU-RCN segment encoder named as the classifier's encoder."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from grurcn_jax import levels as levels_lib
+from grurcn_jax.models import GRURCN, GRURCNEncoder
+from grurcn_jax.models.caption_decoder import AttentionLSTMDecoder
+from grurcn_jax.models.captioning import CaptioningModel, FrameSegments, GRURCNSegments
+
+LEVELS, HIDDEN = ("pool3", "pool4"), (3, 5)
+B, S, F, V = 2, 3, 4, 11
+
+
+def _features(seed=0):
+  keys = jax.random.split(jax.random.key(seed), len(LEVELS))
+  return {l: jax.random.normal(k, (B, S, F, *levels_lib.feature_shape(l, 32)))
+          for l, k in zip(LEVELS, keys)}
+
+
+def test_each_segment_vector_depends_on_its_own_frames_only():
+  encoder = GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN))
+  features = _features()
+  params = encoder.init(jax.random.key(1), features)
+  vectors = encoder.apply(params, features)
+  assert vectors.shape == (B, S, sum(HIDDEN)) and vectors.dtype == jnp.float32
+  changed = {l: x.at[1, 2].set(0.0) for l, x in features.items()}   # video 1, segment 2
+  after = encoder.apply(params, changed)
+  moved = np.any(np.asarray(after != vectors), axis=-1)
+  np.testing.assert_array_equal(moved, [[False] * 3, [False, False, True]])
+
+
+def test_the_segment_encoder_is_named_as_the_classifier_encoder():
+  # An action-recognition checkpoint's params['encoder'] fits it as they are.
+  features = _features()
+  segments = GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN)).init(
+      jax.random.key(1), features)["params"]
+  clip = {l: x[:, 0] for l, x in features.items()}
+  classifier = GRURCN(7, LEVELS, HIDDEN).init(jax.random.key(1), clip)["params"]
+  assert (jax.tree.map(lambda a: a.shape, segments["encoder"])
+          == jax.tree.map(lambda a: a.shape, classifier["encoder"]))
+
+
+def test_the_frame_baseline_sees_the_first_frame_of_each_segment_only():
+  features = _features()
+  vectors = FrameSegments(LEVELS).apply({}, features)
+  first = {l: np.asarray(features[l][:, :, 0], np.float64) for l in LEVELS}
+  want = np.concatenate([first[l].mean(axis=(2, 3)) for l in LEVELS], axis=-1)
+  # A float32 mean of n values is within n float32 roundings of the largest one.
+  n = max(x.shape[2] * x.shape[3] for x in first.values())
+  bound = n * 2.0 ** -24 * max(np.abs(x).max() for x in first.values())
+  np.testing.assert_allclose(vectors, want, rtol=0, atol=bound)
+  later = {l: x.at[:, :, 1:].set(0.0) for l, x in features.items()}
+  np.testing.assert_array_equal(FrameSegments(LEVELS).apply({}, later), vectors)
+
+
+def test_the_model_decodes_from_the_segments():
+  model = CaptioningModel(GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN)),
+                          AttentionLSTMDecoder(V, 4, 6, 5, dropout_rate=0.0))
+  features, words = _features(), jnp.zeros((B, 7), jnp.int32)
+  params = model.init(jax.random.key(0), features, words)
+  log_probs, alphas = model.apply(params, features, words)
+  assert log_probs.shape == (B, 7, V) and alphas.shape == (B, 7, S)
+  np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(alphas.sum(-1), 1.0, rtol=1e-5)

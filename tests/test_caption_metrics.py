@@ -1,0 +1,68 @@
+"""Caption metrics: coco-caption's scorers, BLEU against a hand computation, and
+the same numbers without Java except METEOR."""
+
+import math
+
+import pytest
+
+from grurcn_jax import caption_metrics
+from grurcn_jax.errors import ConfigError
+
+pytest.importorskip("pycocoevalcap")
+needs_java = pytest.mark.skipif(not caption_metrics.java_available(),
+                                reason="no Java runtime for METEOR and PTB tokenising")
+
+REFERENCES = {
+    "v1": ["A man is slicing a tomato.", "Someone cuts a tomato, carefully!",
+           "a man slices tomatoes"],
+    "v2": ["A dog runs on the beach.", "The dog is running -- on sand; fast",
+           "a brown dog's running", "it can't stop, it won't"],
+    "v3": ["Two women are dancing.", "Women dance (outside)."],
+}
+GENERATED = {"v1": "a man is cutting a tomato", "v2": "a dog is running on the sand",
+             "v3": "a man is dancing"}
+
+
+def test_bleu_is_the_hand_computed_value():
+  # "a cat sat" against "a cat sat on the mat": every unigram and bigram matches,
+  # the brevity penalty is exp(1 - 6/3).
+  result = caption_metrics.score({"x": ["a cat sat on the mat"]}, {"x": "a cat sat"},
+                                 use_java=False)
+  assert result["bleu_1"] == pytest.approx(math.exp(-1), rel=1e-6)
+  assert result["bleu_2"] == pytest.approx(math.exp(-1), rel=1e-6)
+  assert result["num_videos"] == 1
+
+
+def test_a_perfect_caption_scores_one():
+  refs = {"x": ["a cat sat on the mat"], "y": ["the dog barked twice"]}
+  result = caption_metrics.score(refs, {"x": "A cat sat on the mat.",
+                                        "y": "The dog barked twice!"}, use_java=False)
+  for key in ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l"):
+    assert result[key] == pytest.approx(1.0, rel=1e-6), key
+  assert result["meteor"] is None
+
+
+@needs_java
+def test_without_java_the_same_numbers_but_meteor():
+  # The fallback tokeniser gives the PTB tokeniser's words on plain captions.
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+  ptb = PTBTokenizer().tokenize({k: [{"caption": c} for c in v]
+                                 for k, v in REFERENCES.items()})
+  for key, captions in REFERENCES.items():
+    assert [caption_metrics.simple_tokenize(c) for c in captions] == ptb[key]
+  with_java = caption_metrics.score(REFERENCES, GENERATED, use_java=True)
+  without = caption_metrics.score(REFERENCES, GENERATED, use_java=False)
+  assert without.pop("meteor") is None
+  meteor = with_java.pop("meteor")
+  assert with_java == without
+  assert 0.0 < meteor < 1.0
+  perfect = caption_metrics.score(REFERENCES, {k: v[0] for k, v in REFERENCES.items()},
+                                  use_java=True)
+  assert perfect["meteor"] > meteor and perfect["meteor"] > 0.9
+
+
+def test_mismatched_or_empty_captions_are_clear_errors():
+  with pytest.raises(ConfigError, match="other videos"):
+    caption_metrics.score({"a": ["x"]}, {"b": "x"}, use_java=False)
+  with pytest.raises(ConfigError, match="at least one reference"):
+    caption_metrics.score({"a": []}, {"a": "x"}, use_java=False)
