@@ -43,7 +43,6 @@ def beam_search(step: Step, state: Any, batch: int, *, beam: int, bos: int, eos:
   """The `beam` best hypotheses by total log-probability, kept at every step:
   ([B, max_length] the best one's tokens, eos-padded; [B] its log-probability).
   `state` is per video ([B, ...]); it is repeated for the beams here."""
-  vocab = None
 
   def tile(x):  # [B, ...] -> [B * beam, ...], each video's beams together
     return jnp.repeat(x, beam, axis=0)
@@ -75,5 +74,4 @@ def beam_search(step: Step, state: Any, batch: int, *, beam: int, bos: int, eos:
            scores, jnp.zeros((batch, beam), bool),
            jnp.full((batch, beam, max_length), eos, jnp.int32))
   (_, _, scores, _, history), _ = lax.scan(body, carry, jnp.arange(max_length))
-  del vocab
   return history[:, 0], scores[:, 0]
