@@ -115,14 +115,8 @@ def shard_written(directory: str, name: str) -> bool:
 
 def read_metadata(directory: str, versions: Sequence[int] = (FORMAT_VERSION,)) -> dict:
   path = join(directory, METADATA_FILE)
-  if not exists(path):
-    raise FeatureFormatError(f"no feature metadata at {path}: not a feature directory "
+  metadata = read_json(path, f"no feature metadata at {path}: not a feature directory "
                              f"(extract features first)")
-  with tf.io.gfile.GFile(path, "r") as f:
-    try:
-      metadata = json.load(f)
-    except json.JSONDecodeError as e:
-      raise FeatureFormatError(f"{path} is not valid JSON: {e}") from None
   version = metadata.get("format_version")
   if version not in versions:
     hint = (f"; convert it once with: {_CONVERT.format(src=directory)}"
@@ -134,9 +128,25 @@ def read_metadata(directory: str, versions: Sequence[int] = (FORMAT_VERSION,)) -
 
 def write_metadata(directory: str, metadata: Mapping) -> None:
   """Atomically (temp file + rename) writes metadata.json."""
-  tf.io.gfile.makedirs(directory)
-  _atomic_write(join(directory, METADATA_FILE),
-                lambda path: _write_bytes(path, json.dumps(metadata, indent=1).encode()))
+  write_json(join(directory, METADATA_FILE), metadata)
+
+
+def write_json(path: str, document: Mapping) -> None:
+  """Atomically (temp file + rename) writes a JSON file of the directory."""
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  _atomic_write(path, lambda tmp: _write_bytes(tmp, json.dumps(document,
+                                                                indent=1).encode()))
+
+
+def read_json(path: str, missing: str) -> dict:
+  """A JSON file of the directory; FeatureFormatError(`missing`) when absent."""
+  if not exists(path):
+    raise FeatureFormatError(missing)
+  with tf.io.gfile.GFile(path, "r") as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise FeatureFormatError(f"{path} is not valid JSON: {e}") from None
 
 
 def level_stats(activations: np.ndarray) -> dict:

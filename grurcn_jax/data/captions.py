@@ -1,0 +1,113 @@
+"""Captions stored with a feature directory, and the vocabulary built from them.
+
+`captions.json` beside `metadata.json` holds every video's reference captions (by
+video id) and the vocabulary: the words of the training references seen at least
+`min_count` times, most frequent first, after the four reserved tokens. Captions
+are tokenised as the metrics tokenise them (`caption_metrics.simple_tokenize`:
+lower case, punctuation dropped), so what the model learns to write is what is
+scored.
+"""
+
+import collections
+import dataclasses
+import json
+from typing import Dict, Iterable, List, Mapping, Sequence
+
+import numpy as np
+
+from grurcn_jax.caption_metrics import simple_tokenize
+from grurcn_jax.data import features as features_lib
+from grurcn_jax.errors import FeatureFormatError
+
+CAPTIONS_FILE = "captions.json"
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+RESERVED = (PAD, BOS, EOS, UNK)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+  """Word <-> id; ids 0-3 are <pad>, <bos>, <eos>, <unk>."""
+  words: Sequence[str]
+
+  def __post_init__(self):
+    if tuple(self.words[:len(RESERVED)]) != RESERVED:
+      raise FeatureFormatError(f"a vocabulary starts with {RESERVED}")
+    object.__setattr__(self, "_ids", {w: i for i, w in enumerate(self.words)})
+
+  @property
+  def size(self) -> int:
+    return len(self.words)
+
+  @property
+  def bos(self) -> int:
+    return RESERVED.index(BOS)
+
+  @property
+  def eos(self) -> int:
+    return RESERVED.index(EOS)
+
+  def encode(self, caption: str, max_length: int) -> np.ndarray:
+    """[max_length] int32: the caption's word ids, at most max_length - 1 of them,
+    then <eos>, then <pad> (0)."""
+    unknown = self._ids[UNK]
+    ids = [self._ids.get(w, unknown) for w in simple_tokenize(caption).split()]
+    ids = ids[:max_length - 1] + [self.eos]
+    return np.array(ids + [0] * (max_length - len(ids)), np.int32)
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Words up to the first <eos> (reserved tokens other than <unk> left out)."""
+    words = []
+    for i in ids:
+      if int(i) == self.eos:
+        break
+      word = self.words[int(i)]
+      if word not in (PAD, BOS):
+        words.append(word)
+    return " ".join(words)
+
+
+def build_vocabulary(captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+  """The words of `captions` seen at least `min_count` times, most frequent first
+  (ties in alphabetical order, so the same captions give the same ids)."""
+  counts = collections.Counter(w for c in captions for w in simple_tokenize(c).split())
+  kept = sorted((w for w, n in counts.items() if n >= min_count),
+                key=lambda w: (-counts[w], w))
+  return Vocabulary(RESERVED + tuple(w for w in kept if w not in RESERVED))
+
+
+def write_captions(directory: str, references: Mapping[str, Sequence[str]],
+                   train_ids: Iterable[str], min_count: int = 1) -> Vocabulary:
+  """Writes `captions.json` (every video's references and the vocabulary of the
+  training videos' references) into the feature directory; returns the
+  vocabulary."""
+  train_ids = list(train_ids)
+  missing = [v for v in train_ids if v not in references]
+  if missing:
+    raise FeatureFormatError(f"no reference captions for training video(s) "
+                             f"{missing[:5]}")
+  vocabulary = build_vocabulary((c for v in train_ids for c in references[v]),
+                                min_count)
+  document = {"references": {v: list(c) for v, c in references.items()},
+              "vocabulary": list(vocabulary.words), "min_count": min_count}
+  features_lib.write_json(features_lib.join(directory, CAPTIONS_FILE), document)
+  return vocabulary
+
+
+def read_captions(directory: str) -> tuple:
+  """(references: video id -> captions, Vocabulary) of a feature directory."""
+  path = features_lib.join(directory, CAPTIONS_FILE)
+  document = features_lib.read_json(path, f"no captions at {path}: extract with "
+                                          "captions (--captions) first")
+  return ({v: list(c) for v, c in document["references"].items()},
+          Vocabulary(tuple(document["vocabulary"])))
+
+
+def references_by_id(references: Mapping[str, List[str]],
+                     video_ids: Iterable[str]) -> Dict[str, List[str]]:
+  """The references of `video_ids`; a video without any is an error."""
+  out = {}
+  for v in video_ids:
+    if not references.get(v):
+      raise FeatureFormatError(f"video {v!r} has no reference captions")
+    out[v] = references[v]
+  return out
