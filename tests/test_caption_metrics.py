@@ -55,10 +55,8 @@ def test_without_java_the_same_numbers_but_meteor():
   assert without.pop("meteor") is None
   meteor = with_java.pop("meteor")
   assert with_java == without
-  assert 0.0 < meteor < 1.0
-  perfect = caption_metrics.score(REFERENCES, {k: v[0] for k, v in REFERENCES.items()},
-                                  use_java=True)
-  assert perfect["meteor"] > meteor and perfect["meteor"] > 0.9
+  # Partly right captions (one JVM start is most of this test's time).
+  assert 0.2 < meteor < 0.8
 
 
 def test_mismatched_or_empty_captions_are_clear_errors():

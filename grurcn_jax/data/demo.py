@@ -177,14 +177,25 @@ class DemoSpec:
 def build(directory: str, spec: DemoSpec = DemoSpec(), progress: bool = True) -> Dict:
   """Builds the demo features into `directory` unless they are already complete
   there; returns the metadata."""
-  from grurcn_jax.data import extract, features
-  settings = extract.Settings(levels=tuple(spec.levels), image_size=spec.image_size,
-                              frame_stride=1, weights="random", seed=spec.seed,
-                              videos_per_shard=spec.videos_per_shard,
-                              store_frames=spec.store_frames, batch_size=32)
+  from grurcn_jax.data import features
   class_names, videos = demo_videos(spec.seed, spec.train_per_class,
                                     spec.test_per_class, spec.num_frames,
                                     spec.image_size)
-  extract.extract(videos, class_names, directory, settings, source="demo",
-                  progress=progress)
+  extract_rendered(directory, videos, class_names, spec, source="demo",
+                   store_frames=spec.store_frames, progress=progress)
   return features.read_metadata(directory)
+
+
+def extract_rendered(directory: str, videos, class_names: Sequence[str], spec, *,
+                     source: str, store_frames: bool = False,
+                     progress: bool = True) -> None:
+  """Rendered videos through the extraction real videos go through: VGG-16 with
+  random weights seeded by `spec.seed`, `spec.levels` at `spec.image_size`, every
+  frame, resumable."""
+  from grurcn_jax.data import extract
+  settings = extract.Settings(levels=tuple(spec.levels), image_size=spec.image_size,
+                              frame_stride=1, weights="random", seed=spec.seed,
+                              videos_per_shard=spec.videos_per_shard,
+                              store_frames=store_frames, batch_size=32)
+  extract.extract(videos, class_names, directory, settings, source=source,
+                  progress=progress)

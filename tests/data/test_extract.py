@@ -108,12 +108,8 @@ def test_extraction_counts_shapes_resume_and_estimate(ucf_tree, tmp_path):
   assert again.returncode == 0, again.stderr
   assert "Wrote 0 videos" in again.stdout
   assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)} == before
-
-  other = run_extract(*[a for a in args if not a.startswith("--frame_stride")], "--frame_stride=3")
-  assert other.returncode == 1
-  assert other.stderr.startswith("error: the output directory holds features extracted "
-                                 "with other settings (frame_stride"), other.stderr
-  assert "Traceback" not in other.stderr
+  # Other settings into the same --out: test_library_errors_are_errors_not_exits
+  # (the error), test_bad_flags_exit_1_with_one_line_and_no_traceback (its printing).
 
 
 def test_missing_split_file_is_a_clear_error(ucf_tree, tmp_path):

@@ -23,11 +23,12 @@ def _features(seed=0):
 def test_each_segment_vector_depends_on_its_own_frames_only():
   encoder = GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN))
   features = _features()
-  params = encoder.init(jax.random.key(1), features)
-  vectors = encoder.apply(params, features)
+  params = jax.jit(encoder.init)(jax.random.key(1), features)
+  apply = jax.jit(encoder.apply)   # compiled once, run twice
+  vectors = apply(params, features)
   assert vectors.shape == (B, S, sum(HIDDEN)) and vectors.dtype == jnp.float32
   changed = {l: x.at[1, 2].set(0.0) for l, x in features.items()}   # video 1, segment 2
-  after = encoder.apply(params, changed)
+  after = apply(params, changed)
   moved = np.any(np.asarray(after != vectors), axis=-1)
   np.testing.assert_array_equal(moved, [[False] * 3, [False, False, True]])
 
@@ -60,8 +61,8 @@ def test_the_model_decodes_from_the_segments():
   model = CaptioningModel(GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN)),
                           AttentionLSTMDecoder(V, 4, 6, 5, dropout_rate=0.0))
   features, words = _features(), jnp.zeros((B, 7), jnp.int32)
-  params = model.init(jax.random.key(0), features, words)
-  log_probs, alphas = model.apply(params, features, words)
+  params = jax.jit(model.init)(jax.random.key(0), features, words)
+  log_probs, alphas = jax.jit(model.apply)(params, features, words)
   assert log_probs.shape == (B, 7, V) and alphas.shape == (B, 7, S)
   np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(alphas.sum(-1), 1.0, rtol=1e-5)
