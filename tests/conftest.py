@@ -38,6 +38,16 @@ def tiny_demo_dir(tmp_path_factory):
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "optimized: compile with XLA's optimisation passes, as real runs do")
+  config.addinivalue_line(
+      "markers", "long: a test of a minute or more, scheduled first (see below)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Long tests first: with `-n 2`, one started last would keep a worker busy
+  for a minute after the other has finished."""
+  del config
+  items[:] = ([i for i in items if i.get_closest_marker("long")]
+              + [i for i in items if not i.get_closest_marker("long")])
 
 
 @pytest.fixture(autouse=True)

@@ -54,7 +54,8 @@ def expected_params(levels, hidden, channels, num_classes, kernel=3):
   return total
 
 
-@pytest.mark.parametrize("extra", [["--host_feed"], ["--remat", "--kernel_gradient=taps"],
+# Two runs cover the options (each run is a process start and a compilation).
+@pytest.mark.parametrize("extra", [["--host_feed", "--remat", "--kernel_gradient=taps"],
                                    ["--flax_rnn_cell"]])
 def test_train_step_report(extra):
   # The train step needs neither TensorFlow nor clu (GPU images often lack both).
@@ -154,6 +155,7 @@ def test_pipeline_report(tiny_demo_dir):
                              report["clips_per_s"] * report["bytes_per_clip"] / 1e9)
 
 
+@pytest.mark.long
 def test_synthetic_videos_feed_the_pipeline_and_end_to_end(tmp_path):
   data_dir = tmp_path / "synthetic"
   common = [*TINY_MODEL, f"--config.data.dir={data_dir}", "--config.data.clip_length=3",

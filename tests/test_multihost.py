@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from grurcn_jax import train
 from tests.training_setup import REPO, overrides_as_flags, restore_params, tiny_config
@@ -53,6 +54,7 @@ def wait(processes, timeout=600):
   return [p.wait(timeout=timeout) for p in processes]
 
 
+@pytest.mark.long
 def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
                                                                  tmp_path):
   data_dir = tiny_demo_dir

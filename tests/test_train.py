@@ -80,6 +80,7 @@ def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
   assert earlier["step"] == 6
 
 
+@pytest.mark.long
 def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, tmp_path):
   config, reference_dir, reference = finished_run
   flags = overrides_as_flags(data_dir, num_train_steps=12, checkpoint_every_steps=6,

@@ -62,6 +62,7 @@ COMMON = ["--source=ucf101", "--split=1", "--levels=pool2,pool5", "--image_size=
           "--frame_stride=2", "--videos_per_shard=2", "--batch_size=8"]
 
 
+@pytest.mark.long
 def test_extraction_counts_shapes_resume_and_estimate(ucf_tree, tmp_path):
   videos, splits = ucf_tree
   out = str(tmp_path / "feats")
