@@ -6,8 +6,13 @@
 # measurement goes to ${OUT:-/tmp/grurcn_bench}/results.jsonl; stderr of each run
 # to logs there.
 #
-#   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [all]
+#   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [profile]
+#                                  [unroll] [all]
 #
+# profile: where the step's device time goes, per kernel and per HLO op (the
+# traces and compiled programs land in $out as NAME.trace.json.gz, NAME.hlo.txt.gz).
+# unroll: the recurrences in a time loop (--config.model.unroll=1), against the
+# default (no loop on GPU for clips of up to 16 frames).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
 set -uo pipefail
@@ -22,7 +27,8 @@ run() {  # run NAME COMMAND...: append the command's last line (its JSON) to res
   local name="$1"; shift
   echo "== $name: $*" >&2
   local start=$SECONDS
-  if "$@" >"$out/$name.out" 2>"$out/$name.err"; then
+  # RUN_TIMEOUT: seconds each measurement may take (0, the default: no limit).
+  if timeout "${RUN_TIMEOUT:-0}" "$@" >"$out/$name.out" 2>"$out/$name.err"; then
     grep '^{' "$out/$name.out" >>"$out/results.jsonl"
     tail -n 1 "$out/$name.out" | cut -c1-400 >&2
   else
@@ -66,4 +72,19 @@ fi
 if want long; then
   run bf16_t64 "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3
   run bf16_t64_remat "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3 --remat
+fi
+if want profile; then
+  for dtype in bfloat16 float32; do
+    name="profile_$dtype"
+    run "$name" "${bench[@]}" --dtype=$dtype --profile_dir="$out/$name" --profile_steps=2
+    # The profiler's folders are timestamps: the last in order is this run's.
+    traces=("$out/$name"/plugins/profile/*/*.trace.json.gz)
+    cp "${traces[-1]}" "$out/$name.trace.json.gz" 2>/dev/null
+    gzip -c "$out/$name/train_step.hlo.txt" >"$out/$name.hlo.txt.gz" 2>/dev/null
+  done
+fi
+if want unroll; then
+  run bf16_loop "${bench[@]}" --dtype=bfloat16 --config.model.unroll=1
+  run f32_loop "${bench[@]}" --dtype=float32 --config.model.unroll=1
+  run bf16_remat_loop "${bench[@]}" --dtype=bfloat16 --remat --config.model.unroll=1
 fi

@@ -19,6 +19,8 @@ r"""Throughput benchmark: prints one JSON line.
   ... --clip_length=64 [--remat]
   # Batches fed from host memory, with and without device prefetch:
   ... --host_feed
+  # Where the device's time goes (per kernel / HLO op), from a profiler trace:
+  ... --profile_dir=/tmp/profile
 
   # Data parallelism: the step compiled for N devices against 1 device with the
   # same clips per device (N simulated CPU devices here; real devices where there):
@@ -46,7 +48,11 @@ the same read before the first step: compilation and initialisation; run a secon
 time with JAX_COMPILATION_CACHE_DIR set and the compiler's autotuning is skipped,
 so the peak is the step's), compiled_memory_bytes
 (XLA's estimate of the step's buffers), device; with --host_feed also
-host_fed_step_ms and host_fed_unprefetched_step_ms (mean per step over the run).
+host_fed_step_ms and host_fed_unprefetched_step_ms (mean per step over the run);
+with --profile_dir, profile: the trace's path (the compiled program beside it
+in train_step.hlo.txt) and, per device timeline (on a GPU
+each CUDA stream and the profiler's 'XLA Ops' line), its busy ms per step and its
+longest events by name (ms per step, share of the busy time); see summarize_trace.
 scaling fields: num_devices, batch, xla_flops_per_device and
 xla_flops_one_device (XLA's count for the step on all devices and on one device
 with the same clips per device: equal when every device does only its share; loop
@@ -61,6 +67,7 @@ Needs only jax, flax, optax and ml-collections for train_step and scaling
 """
 
 import dataclasses
+import gzip
 import itertools
 import json
 import statistics
@@ -108,6 +115,10 @@ def define_flags():
   flags.DEFINE_list("int8_levels", [], "Synthetic videos: levels stored as int8.")
   flags.DEFINE_integer("frames_jpeg_quality", 0, "Synthetic videos in frames mode: "
                        "frames stored as JPEG of this quality (0: raw).")
+  flags.DEFINE_string("profile_dir", None, "train_step: also trace --profile_steps "
+                      "steps into this directory (TensorBoard's profile plugin and "
+                      "Perfetto read it) and report where the device's time went.")
+  flags.DEFINE_integer("profile_steps", 3, "Steps traced with --profile_dir.")
 
 
 def _median_time(fn, steps):
@@ -278,6 +289,9 @@ def bench_train_step(config) -> dict:
       "device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
       "num_devices": jax.device_count(),
   }
+  if FLAGS.steps and FLAGS.profile_dir:
+    result["profile"] = _profile(compiled, state, global_batch, FLAGS.profile_dir,
+                                 FLAGS.profile_steps)
   if FLAGS.steps and FLAGS.host_feed:
     result.update(_host_fed_step_ms(compiled, state, experiment))
   result.update(reference_flops_per_s=None, reference=None)
@@ -292,6 +306,69 @@ def bench_train_step(config) -> dict:
                     reference=f"max(8192^3 matmul, 3x3 convolution) in {model_cfg.dtype}")
     result["utilisation"] = result["achieved_flops_per_s"] / result["reference_flops_per_s"]
   return result
+
+
+def _profile(compiled, state, batch, log_dir, steps) -> dict:
+  """Traces `steps` train steps into `log_dir`, next to the compiled program
+  (`train_step.hlo.txt`: the backend's HLO after optimisation, which names the
+  trace's ops); the summary of the trace."""
+  import glob
+  import os
+  os.makedirs(log_dir, exist_ok=True)
+  with open(os.path.join(log_dir, "train_step.hlo.txt"), "w") as f:
+    f.write(compiled.as_text())
+  with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+  # The trace of this run: the newest of the profiler's timestamped folders.
+  traces = sorted(glob.glob(os.path.join(log_dir, "plugins", "profile", "*",
+                                         "*.trace.json.gz")), key=os.path.getmtime)
+  if not traces:
+    return {"trace": None}
+  with gzip.open(traces[-1], "rt") as f:
+    summary = summarize_trace(json.load(f), steps)
+  return {"trace": traces[-1], **summary}
+
+
+def summarize_trace(trace: dict, steps: int, top: int = 25) -> dict:
+  """Where a traced run's device time went, from a Chrome trace (the profiler's
+  `*.trace.json.gz`): per device timeline (a thread of a '/device:...' process),
+  its busy time per step (overlaps counted once) and its events' total time per
+  step by name, the `top` longest first.
+
+  On a GPU the timelines are the CUDA streams (kernels and copies by kernel name)
+  and the profiler's derived lines ('XLA Ops': time per HLO instruction); on a CPU
+  there are none (XLA:CPU's work is not traced per op).
+  """
+  events = trace.get("traceEvents", [])
+  processes = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+               if e.get("ph") == "M" and e.get("name") == "process_name"}
+  threads = {(e["pid"], e.get("tid")): e.get("args", {}).get("name", "")
+             for e in events if e.get("ph") == "M" and e.get("name") == "thread_name"}
+  spans = {}
+  for e in events:
+    if (e.get("ph") == "X" and "/device:" in processes.get(e.get("pid"), "")
+        and e.get("dur") is not None):
+      spans.setdefault((e["pid"], e.get("tid")), []).append(
+          (float(e["ts"]), float(e["dur"]), e.get("name", "")))
+  timelines = []
+  for key, intervals in spans.items():
+    by_name = {}
+    for _, duration, name in intervals:
+      by_name[name] = by_name.get(name, 0.0) + duration
+    busy, end = 0.0, float("-inf")
+    for start, duration, _ in sorted(intervals):  # union of the intervals
+      busy += max(0.0, start + duration - max(start, end))
+      end = max(end, start + duration)
+    ranked = sorted(by_name.items(), key=lambda item: -item[1])[:top]
+    timelines.append({
+        "process": processes.get(key[0], ""), "timeline": threads.get(key, str(key[1])),
+        "events_per_step": len(intervals) / steps, "busy_ms_per_step": busy / steps / 1e3,
+        "top": [{"name": name, "ms_per_step": total / steps / 1e3,
+                 "share": total / busy if busy else 0.0} for name, total in ranked]})
+  timelines.sort(key=lambda t: -t["busy_ms_per_step"])
+  return {"steps": steps, "timelines": timelines}
 
 
 def _host_fed_step_ms(compiled, state, experiment) -> dict:

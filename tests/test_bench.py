@@ -56,8 +56,9 @@ def expected_params(levels, hidden, channels, num_classes, kernel=3):
 
 # Two runs cover the options (each run is a process start and a compilation).
 @pytest.mark.parametrize("extra", [["--host_feed", "--remat", "--kernel_gradient=taps"],
-                                   ["--flax_rnn_cell"]])
-def test_train_step_report(extra):
+                                   ["--flax_rnn_cell", "--profile_dir"]])
+def test_train_step_report(extra, tmp_path):
+  extra = [f"--profile_dir={tmp_path}" if e == "--profile_dir" else e for e in extra]
   # The train step needs neither TensorFlow nor clu (GPU images often lack both).
   report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=3", "--image_size=32",
                      "--steps=2", *extra, without=("tensorflow", "clu"))
@@ -91,6 +92,39 @@ def test_train_step_report(extra):
     assert "host_fed_step_ms" not in report
   assert report["recurrence"] == ("flax_rnn_cell" if "--flax_rnn_cell" in extra
                                   else "fused")
+  if "--flax_rnn_cell" in extra:  # traced: the trace is written where asked
+    assert report["profile"]["trace"].startswith(str(tmp_path))
+    assert os.path.getsize(report["profile"]["trace"]) > 0
+    assert report["profile"]["steps"] == 3  # the default --profile_steps
+    assert "convolution" in (tmp_path / "train_step.hlo.txt").read_text()
+  else:
+    assert "profile" not in report
+
+
+def test_trace_summary_counts_device_time_per_step():
+  # A GPU-shaped Chrome trace: a host process (ignored) and a device process with
+  # one stream whose kernels overlap in part, over 2 steps.
+  from grurcn_jax import bench
+  meta = lambda kind, pid, name, tid=None: {"ph": "M", "name": kind, "pid": pid,
+                                            "tid": tid, "args": {"name": name}}
+  kernel = lambda ts, dur, name, tid=7: {"ph": "X", "pid": 2, "tid": tid, "ts": ts,
+                                         "dur": dur, "name": name}
+  trace = {"traceEvents": [
+      meta("process_name", 1, "/host:CPU"), meta("process_name", 2, "/device:GPU:0"),
+      meta("thread_name", 2, "Stream #13(Compute)", tid=7),
+      {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 10_000, "name": "host work"},
+      kernel(0, 1000, "conv"), kernel(500, 1000, "conv"),   # overlap: busy 1500 us
+      kernel(3000, 400, "fusion.1"), kernel(5000, 1000, "conv"),
+      kernel(0, 50, "other", tid=8)]}
+  summary = bench.summarize_trace(trace, steps=2)
+  stream, other = summary["timelines"]
+  assert stream["timeline"] == "Stream #13(Compute)" and other["timeline"] == "8"
+  assert stream["process"] == "/device:GPU:0" and stream["events_per_step"] == 2
+  np.testing.assert_allclose(stream["busy_ms_per_step"], (1500 + 400 + 1000) / 2 / 1e3)
+  assert [op["name"] for op in stream["top"]] == ["conv", "fusion.1"]
+  np.testing.assert_allclose(stream["top"][0]["ms_per_step"], 3000 / 2 / 1e3)
+  np.testing.assert_allclose(stream["top"][1]["share"], 400 / 2900)
+  assert bench.summarize_trace({"traceEvents": []}, steps=1)["timelines"] == []
 
 
 def test_frames_mode_train_step_report():
