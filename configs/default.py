@@ -81,7 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   model.recurrence = "fused"
   # Long clips: keep only input frames and states, recompute the rest backwards.
   model.remat = False
-  model.unroll = 1
+  # The time loop: 0 = the backend's choice (no loop on GPU for clips of up to 16
+  # frames without remat, a loop elsewhere) | an unroll factor (1: a loop).
+  model.unroll = 0
   # How convolution kernel gradients are computed: auto (per backend: XLA's own
   # on GPU/TPU, per-tap matrix products for wide kernels on CPU) | xla | taps.
   model.kernel_gradient = "auto"

@@ -240,9 +240,10 @@ def test_model_while_loop_is_reported(monkeypatch):
       return i + 1, carry
     _, carry = lax.while_loop(lambda s: s[0] < n, loop_body, (jnp.int32(0), init))
     return carry, None
-  from grurcn_jax.models import recurrence
-  # Only the recurrence module sees the replacement (jax.lax itself is untouched).
-  monkeypatch.setattr(recurrence, "lax",
+  from grurcn_jax.models import backend_tuning
+  # Only the module that runs the recurrence's time loops sees the replacement
+  # (jax.lax itself is untouched).
+  monkeypatch.setattr(backend_tuning, "lax",
                       types.SimpleNamespace(**{**vars(lax), "scan": while_scan}))
   with pytest.raises(flops.FlopCountError):
     count(model_config())

@@ -1,7 +1,9 @@
-"""How this package's convolutions and their gradients are computed, per backend.
+"""How this package's convolutions, their gradients and its time loops are
+computed, per backend.
 
 The one module with platform-specific tuning; the recurrence's math
-(`recurrence.py`) only calls `conv2d`, `input_gradient` and `kernel_gradient`.
+(`recurrence.py`) only calls `conv2d`, `input_gradient`, `kernel_gradient` and
+`time_loop`.
 
 Kernel (weight) gradients, `model.kernel_gradient`:
   xla   XLA's own transposed convolution: cuDNN's weight-gradient kernel on GPU,
@@ -12,16 +14,27 @@ Kernel (weight) gradients, `model.kernel_gradient`:
         pool4 size) while these products stay at matrix-multiply speed.
   auto  `xla` on GPU and TPU; on CPU `taps` for wide kernels (at least 256 x 256
         channels) and inside loops over time, `xla` for the other batched ones.
-        Chosen with `lax.platform_dependent`, i.e. when the program is lowered for
-        its platform, so a program exported for GPU or TPU from a CPU host gets
-        the GPU/TPU kernel.
+
+Time loops, `model.unroll`: an integer is lax.scan's unroll factor everywhere;
+  auto  on GPU, clips of at most MAX_UNROLLED_STEPS frames run as straight-line
+        code (no loop): a GPU while loop costs a launch gap per iteration and
+        keeps XLA from fusing across steps. Measured on an H200 (paper model,
+        batch 64, T=10): 27.7 -> 25.4 ms in bfloat16, 59.9 -> 56.6 ms in float32,
+        at 41 s of compilation instead of 25 s. Longer clips, and every other
+        backend, a loop (unroll 1): it keeps the program's size and compile time
+        independent of T, and on CPU a step takes seconds, so the loop costs
+        nothing. TPU: not measured yet.
+
+`auto` choices are made with `lax.platform_dependent`, i.e. when the program is
+lowered for its platform, so a program exported for GPU or TPU from a CPU host
+gets the GPU/TPU choice.
 
 Frames arrive batch-major ([B*T, H, W, C], the batch outermost), so the frames of
 one data-parallel shard stay together and every device reduces only its own.
 """
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 from jax import lax
@@ -30,6 +43,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 KERNEL_GRADIENTS = ("auto", "xla", "taps")
+# model.unroll="auto": GPU clips up to this many frames run without a loop.
+MAX_UNROLLED_STEPS = 16
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 # On CPU, kernels with at least this many input x output channels take `taps`.
@@ -44,6 +59,28 @@ def check_kernel_gradient(method: str) -> None:
   if method not in KERNEL_GRADIENTS:
     raise ValueError(f"unknown kernel gradient {method!r}; valid: "
                      f"{', '.join(KERNEL_GRADIENTS)}")
+
+
+def check_unroll(unroll) -> None:
+  if not (unroll == "auto" or (isinstance(unroll, int) and not isinstance(unroll, bool)
+                               and unroll >= 1)):
+    raise ValueError(f"unroll={unroll!r}: choose 'auto' or an integer >= 1")
+
+
+def time_loop(body: Callable, carry, num_steps: int, unroll):
+  """`lax.scan(body, carry, arange(num_steps))`'s final carry, with the loop
+  unrolled as `unroll` says (an integer, or 'auto': see the module's docstring)."""
+  check_unroll(unroll)
+
+  def run(factor):
+    return lambda c: lax.scan(body, c, jnp.arange(num_steps), unroll=factor)[0]
+
+  if unroll != "auto":
+    return run(unroll)(carry)
+  if num_steps > MAX_UNROLLED_STEPS or num_steps <= 1:
+    return run(1)(carry)
+  unrolled = run(num_steps)
+  return lax.platform_dependent(carry, cuda=unrolled, rocm=unrolled, default=run(1))
 
 
 def conv2d(x: Array, kernel: Array) -> Array:

@@ -4,7 +4,7 @@ Both read per-frame vectors: fc7 as it is, or a map level (the paper: pool5)
 average pooled over space. They return the same output dict as GRU-RCN (heads.py).
 """
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from flax import linen as nn
 import jax
@@ -60,7 +60,7 @@ class VGGRNN(nn.Module):
   dropout_rate: float = 0.0
   recurrence: str = "fused"
   remat: bool = False
-  unroll: int = 1
+  unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32

@@ -11,7 +11,7 @@ from flax import linen as nn
 
 from grurcn_jax import config_validation, levels as levels_lib
 from grurcn_jax.errors import ConfigError
-from grurcn_jax.models import baselines, conv_kernels, convgru, grurcn, losses
+from grurcn_jax.models import backend_tuning, baselines, convgru, grurcn, losses
 
 MODEL_NAMES = ("grurcn", "vgg_frames", "vgg_rnn")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -30,7 +30,7 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   _one_of("variant", cfg["variant"], grurcn.VARIANTS)
   _one_of("bi_merge", cfg["bi_merge"], grurcn.BI_MERGES)
   _one_of("recurrence", cfg["recurrence"], convgru.RECURRENCES)
-  _one_of("kernel_gradient", cfg["kernel_gradient"], conv_kernels.KERNEL_GRADIENTS)
+  _one_of("kernel_gradient", cfg["kernel_gradient"], backend_tuning.KERNEL_GRADIENTS)
   _one_of("dtype", cfg["dtype"], tuple(DTYPES))
   _one_of("loss", cfg["loss"], losses.LOSSES)
 
@@ -67,8 +67,16 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   if not 0.0 <= cfg["backbone_dropout"] < 1.0:
     raise ConfigError(f"model.backbone_dropout={cfg['backbone_dropout']} must be in "
                       f"[0, 1)")
-  if not (isinstance(cfg["unroll"], int) and cfg["unroll"] >= 1):
-    raise ConfigError(f"model.unroll={cfg['unroll']!r} must be an integer >= 1")
+  unroll_setting(cfg["unroll"])
+
+
+def unroll_setting(value):
+  """model.unroll as the layers take it: 0 is 'auto' (the backend's choice,
+  `backend_tuning.time_loop`), a positive integer an unroll factor."""
+  if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+    raise ConfigError(f"model.unroll={value!r} must be 0 (the backend's choice) or "
+                      f"an unroll factor >= 1")
+  return value or "auto"
 
 
 def build_model(cfg: Mapping[str, Any]) -> nn.Module:
@@ -78,7 +86,7 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
   common = dict(num_classes=cfg["num_classes"], levels=tuple(cfg["levels"]),
                 dropout_rate=cfg["dropout_rate"], dtype=dtype)
   recurrent = dict(hidden=tuple(cfg["hidden"]), recurrence=cfg["recurrence"],
-                   remat=cfg["remat"], unroll=cfg["unroll"],
+                   remat=cfg["remat"], unroll=unroll_setting(cfg["unroll"]),
                    kernel_gradient=cfg["kernel_gradient"])
   if cfg["name"] == "vgg_frames":
     return baselines.VGGFrames(**common)

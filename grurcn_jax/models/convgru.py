@@ -10,14 +10,14 @@ so parameters trained with one load into the other: `ConvGRU`'s parameters are
 `nn.RNN(ConvGRUCell)`'s under the key 'cell'.
 """
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import einops
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
-from grurcn_jax.models import conv_kernels, recurrence
+from grurcn_jax.models import backend_tuning, recurrence
 
 Array = jax.Array
 Dtype = Any
@@ -122,8 +122,10 @@ class ConvGRU(nn.Module):
     remat: trade compute for memory on long clips. 'fused': keep only the input
       frames and the states, and recompute each step's input convolution and gates
       in the backward loop; 'scan': `nn.remat` of the step.
-    unroll: loop unroll factor (1 keeps the program size independent of T).
-    kernel_gradient: how kernel gradients are computed (`conv_kernels`): 'auto'
+    unroll: loop unroll factor (1 keeps the program size independent of T), or
+      'auto': the backend's choice (`backend_tuning.time_loop`; 'scan' then
+      takes 1).
+    kernel_gradient: how kernel gradients are computed (`backend_tuning`): 'auto'
       picks per backend.
     dtype: compute dtype; the carry is kept in it. param_dtype: parameter dtype.
   """
@@ -134,7 +136,7 @@ class ConvGRU(nn.Module):
   return_sequences: bool = False
   recurrence: str = "fused"
   remat: bool = False
-  unroll: int = 1
+  unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Dtype] = None
   param_dtype: Dtype = jnp.float32
@@ -146,13 +148,14 @@ class ConvGRU(nn.Module):
     if self.recurrence not in RECURRENCES:
       raise ValueError(f"unknown recurrence {self.recurrence!r}; valid: "
                        f"{', '.join(RECURRENCES)}")
-    conv_kernels.check_kernel_gradient(self.kernel_gradient)
+    backend_tuning.check_kernel_gradient(self.kernel_gradient)
+    backend_tuning.check_unroll(self.unroll)
     kernel_size = tuple(self.kernel_size)
     # Batched convolutions over B*T frames, with the backend's kernel gradient.
     conv = lambda features, use_bias, init, name: nn.Conv(
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
-        conv_general_dilated=conv_kernels.flax_conv(self.kernel_gradient), name=name)
+        conv_general_dilated=backend_tuning.flax_conv(self.kernel_gradient), name=name)
     if self.recurrence == "fused":  # the same parameters, convolved by the layer
       self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
                                    self.bias_init, self.param_dtype)
@@ -213,7 +216,7 @@ class ConvGRU(nn.Module):
     step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
     scan = nn.scan(step, variable_broadcast="params",
                    split_rngs={"params": False}, reverse=self.reverse,
-                   unroll=self.unroll)
+                   unroll=1 if self.unroll == "auto" else self.unroll)
     final, states = scan(self, initial_carry, input_proj)
     if self.return_sequences:
       return einops.rearrange(states, "t b h w f -> b t h w f")

@@ -7,7 +7,7 @@ plain GRU, as in the paper).
 
 import functools
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import einops
 from flax import linen as nn
@@ -73,7 +73,7 @@ class GRURCNEncoder(nn.Module):
   bi_merge: str = "concat"
   recurrence: str = "fused"
   remat: bool = False
-  unroll: int = 1
+  unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32
@@ -136,7 +136,7 @@ class GRURCN(nn.Module):
   dropout_rate: float = 0.0
   recurrence: str = "fused"
   remat: bool = False
-  unroll: int = 1
+  unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
   param_dtype: Any = jnp.float32

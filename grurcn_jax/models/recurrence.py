@@ -2,8 +2,8 @@
 
 Everything here works on arrays (no Flax variables), so the cell, the `nn.scan`
 sequence layer and the fused layer share one definition of the gate equations.
-Nothing here depends on the platform: how a kernel gradient is computed is
-`conv_kernels.kernel_gradient`'s choice.
+Nothing here depends on the platform: how a kernel gradient is computed and
+whether the time loop is unrolled are `backend_tuning`'s choices.
 
 Why a custom VJP: autodiff through `lax.scan` computes the gradient of the
 hidden-to-hidden convolution WEIGHTS inside the backward loop, one small
@@ -21,14 +21,14 @@ are needed, in either direction.
 """
 
 import functools
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 from jax import lax
 import jax.numpy as jnp
 
-from grurcn_jax.models import conv_kernels
-from grurcn_jax.models.conv_kernels import conv2d
+from grurcn_jax.models import backend_tuning
+from grurcn_jax.models.backend_tuning import conv2d
 
 Array = jax.Array
 
@@ -72,11 +72,11 @@ def step_backward(dh, h, z, r, candidate, gates_kernel, candidate_kernel):
   gate pre-activations (z, r) and of the candidate's)."""
   d_z = dh * (candidate - h) * z * (1 - z)        # through the sigmoid
   d_c = dh * z * (1 - candidate * candidate)      # through the tanh
-  d_q = conv_kernels.input_gradient(candidate_kernel, d_c)
+  d_q = backend_tuning.input_gradient(candidate_kernel, d_c)
   d_r = d_q * h * r * (1 - r)
   d_gates = jnp.concatenate([d_z, d_r], axis=-1)
   dh_prev = (dh * (1 - z) + d_q * r
-             + conv_kernels.input_gradient(gates_kernel, d_gates))
+             + backend_tuning.input_gradient(gates_kernel, d_gates))
   return dh_prev, d_gates, d_c
 
 
@@ -84,14 +84,14 @@ class SequenceOptions(NamedTuple):
   """Static settings of `convgru_sequence` (see there)."""
   reverse: bool = False
   remat: bool = False
-  unroll: int = 1
+  unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
 
 
 def convgru_sequence(inputs: Array, input_kernel: Array, input_bias: Array,
                      h0: Array, gates_kernel: Array, candidate_kernel: Array,
                      gate_inputs: Optional[Array] = None, *, reverse: bool = False,
-                     remat: bool = False, unroll: int = 1,
+                     remat: bool = False, unroll: Union[int, str] = "auto",
                      kernel_gradient: str = "auto") -> Array:
   """A GRU-RCN layer over a clip: every hidden state, batch-major.
 
@@ -109,16 +109,17 @@ def convgru_sequence(inputs: Array, input_kernel: Array, input_bias: Array,
       recompute each step's input convolution and gates there (long clips), adding
       up the weight gradients step by step; else keep the gates too and compute
       each weight gradient once over all frames.
-    unroll: loop unroll factor.
-    kernel_gradient: see `conv_kernels.KERNEL_GRADIENTS`.
+    unroll: loop unroll factor, or 'auto' (`backend_tuning.time_loop`).
+    kernel_gradient: see `backend_tuning.KERNEL_GRADIENTS`.
 
   The compute dtype is the kernels' (cast them, h0 and gate_inputs to it).
 
   Returns:
     [B, T, H, W, F]: the state after each frame.
   """
-  conv_kernels.check_kernel_gradient(kernel_gradient)
-  options = SequenceOptions(bool(reverse), bool(remat), int(unroll), kernel_gradient)
+  backend_tuning.check_kernel_gradient(kernel_gradient)
+  backend_tuning.check_unroll(unroll)
+  options = SequenceOptions(bool(reverse), bool(remat), unroll, kernel_gradient)
   return _sequence(options, inputs, input_kernel, input_bias, gate_inputs, h0,
                    gates_kernel, candidate_kernel)
 
@@ -200,8 +201,8 @@ def _run_forward(options, inputs, input_kernel, input_bias, gate_inputs, h0,
       gates = _put(gates, t, jnp.concatenate([z, r, candidate], axis=-1))
     return (h_new, states, gates), None
 
-  (_, states, gates), _ = lax.scan(body, (h0, states, gates), jnp.arange(num_steps),
-                                   unroll=options.unroll)
+  _, states, gates = backend_tuning.time_loop(body, (h0, states, gates), num_steps,
+                                              options.unroll)
   return states, gates
 
 
@@ -236,7 +237,12 @@ def _sequence_backward(options, residuals, states_cotangent):
     t = _frame_index(options, num_steps, num_steps - 1 - i)  # backwards in time
     h = previous_state(t)
     if options.remat:
-      x_t = _frame(inputs, t).astype(dtype)
+      # Where the loops are unrolled, the barrier ties the recomputation to the
+      # incoming gradient: XLA can then neither share it with the forward pass's
+      # (equal) one nor run it early, either of which would keep every step's
+      # gates alive and undo remat.
+      x_t, h, dh_carry = lax.optimization_barrier(
+          (_frame(inputs, t).astype(dtype), h, dh_carry))
       a = _add_gate_inputs(_project(x_t, input_kernel, input_bias),
                            None if gate_inputs is None else _frame(gate_inputs, t))
       _, (z, r, candidate) = step(a, h, gates_kernel, candidate_kernel)
@@ -251,7 +257,7 @@ def _sequence_backward(options, residuals, states_cotangent):
       return (dh_prev, buffers, sums), None
     # remat: weight gradients added up step by step, over this step's B frames.
     d_proj = jnp.concatenate([d_gates, d_candidate], axis=-1)
-    gradient = functools.partial(conv_kernels.kernel_gradient, method=method,
+    gradient = functools.partial(backend_tuning.kernel_gradient, method=method,
                                  in_loop=True)
     sums = dict(
         input_kernel=sums["input_kernel"] + gradient(x_t, d_proj, input_kernel.shape),
@@ -262,7 +268,7 @@ def _sequence_backward(options, residuals, states_cotangent):
             r * h, d_candidate, candidate_kernel.shape))
     if "inputs" in buffers:
       buffers["inputs"] = _put(buffers["inputs"], t,
-                               conv_kernels.input_gradient(input_kernel, d_proj))
+                               backend_tuning.input_gradient(input_kernel, d_proj))
     if "gate_inputs" in buffers:
       buffers["gate_inputs"] = _put(buffers["gate_inputs"], t, d_gates)
     return (dh_prev, buffers, sums), None
@@ -282,8 +288,8 @@ def _sequence_backward(options, residuals, states_cotangent):
     buffers = dict(d_gates=zeros(sequence + (2 * features,)),
                    d_candidate=zeros(sequence + (features,)))
     sums = {}
-  (dh0, buffers, sums), _ = lax.scan(body, (jnp.zeros_like(h0), buffers, sums),
-                                     jnp.arange(num_steps), unroll=options.unroll)
+  dh0, buffers, sums = backend_tuning.time_loop(
+      body, (jnp.zeros_like(h0), buffers, sums), num_steps, options.unroll)
 
   if options.remat:
     d_inputs = buffers.get("inputs")
@@ -294,7 +300,7 @@ def _sequence_backward(options, residuals, states_cotangent):
     previous = _frames(_previous_states(options, h0, states))
     _, r, _ = jnp.split(_frames(gates), 3, axis=-1)
     x = _frames(inputs).astype(dtype)
-    gradient = functools.partial(conv_kernels.kernel_gradient, method=method)
+    gradient = functools.partial(backend_tuning.kernel_gradient, method=method)
     sums = dict(
         # Gates and candidate columns as two cotangents: the backend decides
         # whether to concatenate them.
@@ -305,8 +311,8 @@ def _sequence_backward(options, residuals, states_cotangent):
         candidate_kernel=gradient(r * previous, d_candidate, candidate_kernel.shape))
     d_inputs = None
     if "inputs" in wanted:
-      d_inputs = (conv_kernels.input_gradient(input_kernel[..., :2 * features], d_gates)
-                  + conv_kernels.input_gradient(input_kernel[..., 2 * features:],
+      d_inputs = (backend_tuning.input_gradient(input_kernel[..., :2 * features], d_gates)
+                  + backend_tuning.input_gradient(input_kernel[..., 2 * features:],
                                                 d_candidate)).reshape(inputs.shape)
     d_gate_inputs = (buffers["d_gates"] if "gate_inputs" in wanted else None)
 

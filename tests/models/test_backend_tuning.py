@@ -1,5 +1,6 @@
 """Kernel gradients per backend: equal to a float64 reference within the bound the
-float32 arithmetic allows, sharded loops, and the kernel each platform compiles."""
+float32 arithmetic allows, sharded loops, and the kernel and time loop each
+platform compiles."""
 
 import flax.linen as nn
 import jax
@@ -11,7 +12,7 @@ import pytest
 
 from configs import default
 from grurcn_jax import hlo, levels as levels_lib, sharding
-from grurcn_jax.models import build_model, classification_loss, conv_kernels
+from grurcn_jax.models import build_model, classification_loss, backend_tuning
 
 # The kernels' numbers as real runs compute them, XLA's optimisations included.
 pytestmark = pytest.mark.optimized
@@ -64,7 +65,7 @@ def test_kernel_gradient_equals_float64_reference(method, x_shape, channels, fea
   kernel_shape = kernel_size + (channels, features)
   x = jax.random.normal(jax.random.key(0), x_shape + (channels,))
   cotangent = jax.random.normal(jax.random.key(1), x_shape + (features,))
-  got = jax.jit(lambda x, c: conv_kernels.kernel_gradient(x, c, kernel_shape, method))(
+  got = jax.jit(lambda x, c: backend_tuning.kernel_gradient(x, c, kernel_shape, method))(
       x, cotangent)
   assert got.dtype == jnp.float32 and got.shape == kernel_shape
   reference, magnitude = reference_kernel_gradient(x, cotangent, kernel_shape)
@@ -82,7 +83,7 @@ def test_kernel_gradient_of_split_cotangents(method):
   x = jax.random.normal(jax.random.key(0), (4, 6, 5, 3))
   parts = (jax.random.normal(jax.random.key(1), (4, 6, 5, 4)),
            jax.random.normal(jax.random.key(2), (4, 6, 5, 2)))
-  got = conv_kernels.kernel_gradient(x, parts, (3, 3, 3, 6), method)
+  got = backend_tuning.kernel_gradient(x, parts, (3, 3, 3, 6), method)
   reference, magnitude = reference_kernel_gradient(
       x, np.concatenate(parts, axis=-1), (3, 3, 3, 6))
   assert_within(got, reference, float32_sum_bound(magnitude, 120))
@@ -92,14 +93,14 @@ def test_chunks_split_evenly_over_devices():
   """`taps` walks chunks of frames; each chunk takes frames spread over the whole
   batch-major axis, so a batch sharded over 8 devices stays sharded in the loop."""
   assert jax.device_count() == 8
-  assert conv_kernels._frames_per_chunk(160, 20) == 16   # a multiple of 8 devices
-  assert conv_kernels._frames_per_chunk(160, 4) == 8     # the smallest such
-  assert conv_kernels._frames_per_chunk(12, 5) == 4      # none: the nearest below
+  assert backend_tuning._frames_per_chunk(160, 20) == 16   # a multiple of 8 devices
+  assert backend_tuning._frames_per_chunk(160, 4) == 8     # the smallest such
+  assert backend_tuning._frames_per_chunk(12, 5) == 4      # none: the nearest below
   mesh = sharding.make_mesh()
   frames = NamedSharding(mesh, P(sharding.DATA_AXIS))
   x = jax.device_put(jax.random.normal(jax.random.key(0), (64, 8, 8, 4)), frames)
   cotangent = jax.device_put(jax.random.normal(jax.random.key(1), (64, 8, 8, 4)), frames)
-  gradient = jax.jit(lambda x, c: conv_kernels.kernel_gradient(x, c, (3, 3, 4, 4), "taps"))
+  gradient = jax.jit(lambda x, c: backend_tuning.kernel_gradient(x, c, (3, 3, 4, 4), "taps"))
   compiled = gradient.lower(x, cotangent).compile().as_text()
   assert "while" in compiled            # 4,096 rows: a loop over chunks of 8 frames
   assert not hlo.all_gathers(compiled)
@@ -112,7 +113,7 @@ def test_flax_conv_is_nn_conv_with_its_kernel_gradient(method):
   x = jax.random.normal(jax.random.key(0), (2, 3, 6, 5, 4))   # [B, T, H, W, C]
   plain = nn.Conv(8, (3, 3), padding="SAME")
   batched = nn.Conv(8, (3, 3), padding="SAME",
-                    conv_general_dilated=conv_kernels.flax_conv(method))
+                    conv_general_dilated=backend_tuning.flax_conv(method))
   variables = plain.init(jax.random.key(1), x)
   np.testing.assert_array_equal(batched.apply(variables, x), plain.apply(variables, x))
   cotangent = jax.random.normal(jax.random.key(2), (2, 3, 6, 5, 8))
@@ -129,15 +130,16 @@ def test_flax_conv_is_nn_conv_with_its_kernel_gradient(method):
 
 def test_unknown_kernel_gradient_is_a_clear_error():
   with pytest.raises(ValueError, match="valid: auto, xla, taps"):
-    conv_kernels.flax_conv("cudnn")
+    backend_tuning.flax_conv("cudnn")
 
 
-def _exported_gradient(platform, method="auto", remat=False):
+def _exported_gradient(platform, method="auto", remat=False, unroll=1):
   """The StableHLO a GPU/TPU/CPU would compile for the paper's pool3 + pool4
   gradient, lowered here without such a device."""
   config = default.get_config()
   config.model.levels, config.model.hidden = ("pool3", "pool4"), (128, 256)
   config.model.kernel_gradient, config.model.remat = method, remat
+  config.model.unroll = unroll
   model = build_model(config.model)
   shapes = {l: levels_lib.feature_shape(l, 224) for l in config.model.levels}
   features = {l: jax.ShapeDtypeStruct((4, 10, *s), jnp.float16) for l, s in shapes.items()}
@@ -156,6 +158,16 @@ def _exported_gradient(platform, method="auto", remat=False):
   return text.count("stablehlo.while"), text.count("stablehlo.dot_general")
 
 
+@pytest.mark.parametrize("platform,remat,loops", [
+    ("cuda", False, 0), ("cuda", True, 0), ("tpu", False, 4), ("cpu", True, 4)])
+def test_auto_unroll_removes_the_time_loops_on_gpu_only(platform, remat, loops):
+  """unroll=auto: a GPU runs the paper's 10-frame clips as straight-line code
+  (each loop iteration would cost a launch gap); TPU and CPU keep the two loops
+  per level. The same XLA kernel gradients either way."""
+  method = "xla"  # the CPU's own taps add loops of their own
+  assert _exported_gradient(platform, method, remat=remat, unroll=0) == (loops, 6)
+
+
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])
 @pytest.mark.parametrize("remat", [False, True])
 def test_accelerators_compile_xla_kernel_gradients(platform, remat):
@@ -172,3 +184,21 @@ def test_cpu_compiles_tap_products_for_wide_kernels():
   loops, products = _exported_gradient("cpu")
   assert loops > 4 and products > 6
   assert _exported_gradient("cpu", "xla") == (4, 6)
+
+
+def test_time_loop_unrolls_as_asked():
+  body = lambda c, i: (c * 2 + i, None)
+  carry = jnp.float32(1)
+  for unroll in ("auto", 1, 3, 10):
+    assert backend_tuning.time_loop(body, carry, 10, unroll) == 2 ** 10 + 1013
+  # auto keeps the loop for long clips on every platform.
+  def loops(num_steps, platform="cuda"):
+    fn = lambda c: backend_tuning.time_loop(body, c, num_steps, "auto")
+    return export.export(jax.jit(fn), platforms=[platform])(carry).mlir_module().count(
+        "stablehlo.while")
+  assert loops(backend_tuning.MAX_UNROLLED_STEPS) == 0
+  assert loops(backend_tuning.MAX_UNROLLED_STEPS + 1) == 1
+  assert loops(4, "tpu") == 1 and loops(4, "cpu") == 1
+  for bad in (0, "fast", True, 2.0):
+    with pytest.raises(ValueError, match="choose 'auto' or an integer >= 1"):
+      backend_tuning.time_loop(body, carry, 4, bad)

@@ -31,6 +31,8 @@ def model_config(**overrides):
     (dict(kernel_gradient="cudnn"), "model.kernel_gradient='cudnn' is not valid; "
                                     "choose one of: auto, xla, taps"),
     (dict(loss="focal"), "choose one of: level_mean, ensemble"),
+    (dict(unroll=-1), "model.unroll=-1 must be 0 (the backend's choice) or an unroll "
+                      "factor >= 1"),
     (dict(dropout_rate=1.0), "must be in [0, 1)"),
     (dict(kernel_size=0), "positive integer"),
     (dict(num_classes=1), "must be an integer > 1"),
@@ -40,6 +42,11 @@ def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
   with pytest.raises(ConfigError) as error:
     build_model(model_config(**overrides))
   assert message in str(error.value)
+
+
+@pytest.mark.parametrize("value,unroll", [(0, "auto"), (10, 10)])
+def test_unroll_zero_is_the_backends_choice(value, unroll):
+  assert build_model(model_config(unroll=value)).unroll == unroll
 
 
 def test_unknown_field_is_named():
