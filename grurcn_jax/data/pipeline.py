@@ -21,7 +21,8 @@ Clips are `clip_length` frames `frame_stride` apart. A video shorter than that s
 loops (frame indices wrap around), so every video gives a clip of the full length.
 
 Eval is deterministic: host p takes the videos p, p+P, ... of the split; every video
-gives `eval_clips` evenly spaced clips; the last batch is padded with `mask` 0
+gives `eval_clips` evenly spaced clips, the first and last at its ends (one clip: the
+middle one); the last batch is padded with `mask` 0
 elements and all hosts yield the same number of batches.
 
 Before anything is read, every file's size is checked against its table: a missing
@@ -226,8 +227,11 @@ def eval_batches(data: Mapping, *, batch_size: int,
   def clip_plans(video):
     num_frames = tf.gather(table["num_frames"], video)
     max_start = tf.cast(tf.maximum(num_frames - span, 0), tf.float64)
-    starts = tf.cast(tf.round(tf.linspace(tf.constant(0, tf.float64), max_start,
-                                          eval_clips)), tf.int64)
+    if eval_clips == 1:   # the middle of the video, not its first frames
+      starts = tf.reshape(tf.cast(tf.round(max_start / 2), tf.int64), [1])
+    else:
+      starts = tf.cast(tf.round(tf.linspace(tf.constant(0, tf.float64), max_start,
+                                            eval_clips)), tf.int64)
     return tf.data.Dataset.from_tensor_slices(starts).map(
         lambda start: (video, _clip_rows(num_frames, start, clip_length, frame_stride)))
 

@@ -117,12 +117,16 @@ def test_eval_gives_each_video_eval_clips_and_padding_never_counts(feature_dir, 
   assert counts == {i: 3 for i in range(7)}
 
 
-def test_eval_clips_are_evenly_spaced(feature_dir):
+@pytest.mark.parametrize("clips", [1, 3])
+def test_eval_clips_are_evenly_spaced(feature_dir, clips):
   first = next(features.read_videos(feature_dir, "test"))
   batch = next(iter(pipeline.eval_batches(
-      data_config(feature_dir, clip_length=2, eval_clips=3), batch_size=3)))
+      data_config(feature_dir, clip_length=2, eval_clips=clips), batch_size=clips)))
   n = first.num_frames
-  starts = np.round(np.linspace(0, n - 2, 3)).astype(int)
+  # Several clips span the video end to end; one clip is its middle.
+  starts = (np.round(np.linspace(0, n - 2, 3)).astype(int) if clips == 3
+            else [round((n - 2) / 2)])
+  assert n > 3    # so that the middle is not the start
   for i, s in enumerate(starts):
     np.testing.assert_array_equal(batch["features"]["fc7"][i], first.features["fc7"][s:s + 2])
 
