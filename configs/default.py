@@ -98,4 +98,33 @@ def get_config() -> ml_collections.ConfigDict:
   # level_mean: mean of the per-level cross-entropies | ensemble: cross-entropy of
   # the level-averaged prediction.
   model.loss = "level_mean"
+
+  # classification (action recognition, the paper's first task) | captioning (the
+  # second: configs/demo_captioning.py, configs/msvd_bigrurcn_captioning.py).
+  config.task = "classification"
+  # Captioning only. A video is `segments` equally spaced segments of
+  # data.clip_length frames each; its encoder gives one vector per segment and an
+  # attention LSTM decoder writes the caption (grurcn_jax.models.captioning).
+  caption = config.caption = ml_collections.ConfigDict()
+  # grurcn (the model.* GRU-RCN over each segment) | first_frame (each segment's
+  # first frame, the paper's VGG-16 baseline) | frame_average (the mean over each
+  # segment's frames: blind to their order).
+  caption.encoder = "grurcn"
+  caption.segments = 8
+  # Add a learned vector per segment index before the decoder, so the attention can
+  # tell the segments' order (the paper's decoder has none).
+  caption.segment_positions = False
+  caption.max_length = 30         # words per caption, <eos> included (the paper: 30)
+  caption.embed_dim = 256
+  caption.hidden = 512
+  caption.attention_dim = 256
+  caption.dropout_rate = 0.5
+  caption.attention_weight = 0.706  # lambda of the attention regulariser (the
+                                    # decoder's public code)
+  caption.beam_size = 5           # 1: greedy decoding
+  # An action-recognition run (workdir or checkpoints folder, optionally @STEP)
+  # whose GRU-RCN starts the encoder; freeze_encoder keeps it fixed.
+  caption.encoder_checkpoint = ""
+  caption.freeze_encoder = False
+  caption.eval_samples = 8        # generated captions shown in TensorBoard
   return config

@@ -170,6 +170,10 @@ def experiment_for(config, mesh=None):
   with --flax_rnn_cell its model is `FlaxRNNCellGRURCN`."""
   from grurcn_jax import experiment as experiment_lib
   from grurcn_jax.data.prepare import FeatureSpec
+  from grurcn_jax.errors import ConfigError
+  if config.task != "classification":
+    raise ConfigError(f"the benchmark times the classification step; task="
+                      f"{config.task!r} is not benchmarked yet")
   spec = FeatureSpec.at_image_size(config.model, FLAGS.image_size,
                                    frames=config.data.input == "frames")
   experiment = experiment_lib.assemble(config, spec=spec, mesh=mesh)

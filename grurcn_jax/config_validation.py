@@ -16,6 +16,8 @@ from grurcn_jax.errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 INPUTS = ("features", "frames")
+TASKS = ("classification", "captioning")
+CAPTION_ENCODERS = ("grurcn", "first_frame", "frame_average")
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,3 +105,31 @@ def validate_config(config: Mapping) -> None:
     raise ConfigError(f"learning_rate={config['learning_rate']} must be positive")
   if config["warmup_steps"] < 0 or config["weight_decay"] < 0 or config["grad_clip_norm"] < 0:
     raise ConfigError("warmup_steps, weight_decay and grad_clip_norm must be >= 0")
+  if config["task"] not in TASKS:
+    raise ConfigError(f"task={config['task']!r} is not valid; choose one of: "
+                      f"{', '.join(TASKS)}")
+  if config["task"] == "captioning":
+    _validate_caption(config)
+
+
+def _validate_caption(config: Mapping) -> None:
+  caption = config["caption"]
+  if caption["encoder"] not in CAPTION_ENCODERS:
+    raise ConfigError(f"caption.encoder={caption['encoder']!r} is not valid; choose "
+                      f"one of: {', '.join(CAPTION_ENCODERS)}")
+  for name in ("segments", "max_length", "embed_dim", "hidden", "attention_dim",
+               "beam_size"):
+    _positive_int(caption, name, "caption.")
+  if caption["max_length"] < 2:
+    raise ConfigError("caption.max_length must leave room for a word and <eos>")
+  if not 0.0 <= caption["dropout_rate"] < 1.0:
+    raise ConfigError(f"caption.dropout_rate={caption['dropout_rate']} must be in [0, 1)")
+  if caption["attention_weight"] < 0:
+    raise ConfigError("caption.attention_weight must be >= 0")
+  if caption["eval_samples"] < 0:
+    raise ConfigError("caption.eval_samples must be >= 0")
+  if caption["freeze_encoder"] and not caption["encoder_checkpoint"]:
+    raise ConfigError("caption.freeze_encoder=True needs caption.encoder_checkpoint "
+                      "(a frozen random encoder learns nothing)")
+  if config["data"]["input"] != "features":
+    raise ConfigError("captioning reads stored features (data.input=features)")

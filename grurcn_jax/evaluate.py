@@ -3,8 +3,9 @@
   python -m grurcn_jax.main --config=CONFIG --workdir=DIR --mode=eval [--eval_step=N]
 
 The model config must be the one the checkpoint was trained with (checked before
-anything is restored). Results: see `writers.py` (eval_metrics.json,
-eval_scores.npz, confusion_matrix.png, TensorBoard eval/ scalars).
+anything is restored). Results: see `writers.py` (eval_metrics.json and, for
+classification, eval_scores.npz and confusion_matrix.png, for captioning
+eval_captions.json and caption_metrics.json; TensorBoard eval/ scalars).
 """
 
 from typing import Dict, Optional
@@ -28,8 +29,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
                       f"to evaluate")
   state = experiment.restore(checkpoints, step)
   checkpoints.close()
-  result = evaluators.ClassificationEvaluator(experiment).evaluate(state.params,
-                                                                   int(state.step))
+  result = evaluators.for_experiment(experiment).evaluate(state.params,
+                                                          int(state.step))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0)
   with metric_writers.ensure_flushes(writer):

@@ -11,6 +11,16 @@ per_level_video_accuracy, per_level_clip_accuracy (and skipped_records when
 `data.skip_bad_records` skipped any). Its scores, per video (for score fusion,
 `grurcn_jax.fuse`): video_index, video_id, label, probs [V, K], level_probs
 [V, L, K], levels, class_names, step. Its figure: the video-level confusion matrix.
+
+`CaptioningEvaluator` (captioning): every eval video's caption, decoded by beam
+search (`caption.beam_size`; 1: greedy) and scored against its references with the
+coco-caption metrics (`caption_metrics`). Its metrics: step, num_videos, bleu_1..4,
+meteor (None without Java), rouge_l, cider; on the captioning demo also
+motion_accuracy (the share of videos whose motion words, in order, are right).
+Its documents: eval_captions.json ([{video_id, generated, references}]) and
+caption_metrics.json; its texts: a few generated captions beside a reference.
+
+`for_experiment` picks the evaluator of an experiment's task.
 """
 
 import dataclasses
@@ -35,6 +45,16 @@ class EvalResult:
   metrics: Dict[str, Any]                     # JSON-able; floats also go to TensorBoard
   scores: Dict[str, np.ndarray]               # per-example arrays, saved as .npz
   figures: Dict[str, Callable[[], bytes]]     # name -> PNG renderer (called by the writer)
+  documents: Dict[str, Any] = dataclasses.field(default_factory=dict)  # file -> JSON
+  texts: Dict[str, str] = dataclasses.field(default_factory=dict)      # TensorBoard text
+  summary: str = ""                           # one line for the log and the console
+
+
+def for_experiment(experiment: Experiment):
+  """The evaluator of the experiment's task."""
+  if experiment.config.task == "captioning":
+    return CaptioningEvaluator(experiment)
+  return ClassificationEvaluator(experiment)
 
 
 class ClassificationEvaluator:
@@ -75,7 +95,12 @@ class ClassificationEvaluator:
                               len(self._class_names))
     figures = {"confusion_matrix": lambda: render_confusion_matrix(
         matrix, self._class_names, step)}
-    return EvalResult(int(step), metrics, scores, figures)
+    levels = ", ".join(f"{k} {v:.3f}" for k, v in
+                       metrics["per_level_video_accuracy"].items())
+    summary = (f"video accuracy {metrics['video_accuracy']:.3f} (clip "
+               f"{metrics['clip_accuracy']:.3f}, loss {metrics['loss']:.4f}; per level: "
+               f"{levels}) on {metrics['num_videos']} videos at step {int(step)}")
+    return EvalResult(int(step), metrics, scores, figures, summary=summary)
 
 
 def _make_eval_step(experiment: Experiment):
@@ -167,3 +192,95 @@ def render_confusion_matrix(matrix: np.ndarray, class_names, step: int) -> bytes
   fig.savefig(buffer, format="png", dpi=80)
   plt.close(fig)
   return buffer.getvalue()
+
+
+class CaptioningEvaluator:
+  """Captions of every eval video by beam search, scored with coco-caption."""
+
+  def __init__(self, experiment):
+    self.experiment = experiment
+    config = experiment.config
+    self._host_batch = sharding.host_batch_size(config.eval_batch_size, "eval_batch_size")
+    self._inputs = tuple(experiment.spec.input_shapes)
+    self._video_ids = features_lib.video_ids(
+        features_lib.read_metadata(config.data.dir), config.data.eval_split)
+    from grurcn_jax.data import captions
+    self._references = captions.references_by_id(experiment.references,
+                                                 self._video_ids.values())
+    extraction = features_lib.read_metadata(config.data.dir).get("extraction", {})
+    self._is_demo = extraction.get("source") == "demo_captions"
+    pipeline.check_split(config.data, config.data.eval_split, self._inputs)
+    self._decode = _make_decode_step(experiment)
+
+  def evaluate(self, params, step: int) -> EvalResult:
+    config = self.experiment.config
+    batches = pipeline.caption_eval_batches(
+        config.data, segments=config.caption.segments, batch_size=self._host_batch,
+        levels=self._inputs, process_index=jax.process_index(),
+        process_count=jax.process_count())
+    mesh = self.experiment.mesh
+    chunks = [jax.device_get(self._decode(params, sharding.global_batch(mesh, batch)))
+              for batch in batches]
+    tokens = np.concatenate([c["tokens"] for c in chunks])
+    video_index = np.concatenate([c["video_index"] for c in chunks])
+    valid = np.concatenate([c["mask"] for c in chunks]) > 0
+    vocabulary = self.experiment.vocabulary
+    generated = {self._video_ids[int(i)]: vocabulary.decode(t)
+                 for i, t in zip(video_index[valid], tokens[valid])}
+    from grurcn_jax import caption_metrics
+    metrics = {"step": int(step), **caption_metrics.score(self._references, generated)}
+    if self._is_demo:
+      from grurcn_jax.data import demo_captions
+      metrics["motion_accuracy"] = demo_captions.motion_accuracy(generated,
+                                                                 self._references)
+    if batches.stats.skipped_records:
+      metrics["skipped_records"] = batches.stats.skipped_records
+    ids = sorted(generated)
+    captions_doc = [{"video_id": v, "generated": generated[v],
+                     "references": self._references[v]} for v in ids]
+    samples = "\n\n".join(
+        f"**{v}**: {generated[v]}  \n(reference: {self._references[v][0]})"
+        for v in ids[:config.caption.eval_samples])
+    meteor = "n/a" if metrics["meteor"] is None else f"{metrics['meteor']:.3f}"
+    summary = (f"BLEU-4 {metrics['bleu_4']:.3f}, METEOR {meteor}, CIDEr "
+               f"{metrics['cider']:.3f}, ROUGE-L {metrics['rouge_l']:.3f}"
+               + (f", motion words right {metrics['motion_accuracy']:.3f}"
+                  if "motion_accuracy" in metrics else "")
+               + f" on {metrics['num_videos']} videos at step {int(step)}")
+    return EvalResult(int(step), metrics, {}, {},
+                      documents={"eval_captions.json": captions_doc,
+                                 "caption_metrics.json": metrics},
+                      texts={"eval/captions": samples} if samples else {},
+                      summary=summary)
+
+
+def _make_decode_step(experiment):
+  from grurcn_jax.models import decoding
+  model, mesh, spec = experiment.model, experiment.mesh, experiment.spec
+  caption, vocabulary = experiment.config.caption, experiment.vocabulary
+
+  def decode(params, batch):
+    variables = {"params": params}
+    segments = model.apply(variables, spec.dequantize(batch["features"]),
+                           method="segments")
+    state, projected = model.apply(variables, segments, method="start")
+
+    def step(carry, tokens):
+      decoder_state, segments, projected = carry
+      decoder_state, log_probs, _ = model.apply(variables, decoder_state, tokens,
+                                                segments, projected, method="step")
+      return log_probs, (decoder_state, segments, projected)
+
+    options = dict(bos=vocabulary.bos, eos=vocabulary.eos,
+                   max_length=caption.max_length)
+    carry, size = (state, segments, projected), segments.shape[0]
+    if caption.beam_size == 1:
+      tokens, _ = decoding.greedy(step, carry, size, **options)
+    else:
+      tokens, _ = decoding.beam_search(step, carry, size, beam=caption.beam_size,
+                                       **options)
+    return {"tokens": tokens, "video_index": batch["video_index"], "mask": batch["mask"]}
+
+  return jax.jit(decode,
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))

@@ -7,6 +7,11 @@ so each step is written once:
     state = experiment.init_state()               # or:
     state = experiment.restore(checkpoints)       # abstract target, sharded restore
     train_step = experiment.train_step()
+    batches = experiment.train_batches(host_batch, start_step)
+
+`config.task` picks the experiment: `Experiment` (classification) or
+`CaptioningExperiment` (captioning); each brings its model, step and batches, so
+the training loop has no task branches.
 """
 
 import dataclasses
@@ -15,6 +20,7 @@ from typing import Any, Optional, Tuple
 
 from flax import linen as nn
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 import ml_collections
 
@@ -72,10 +78,13 @@ class Experiment:
               step: Optional[int] = None) -> steps.TrainState:
     """The state of checkpoint `step` (default: newest), after checking that it was
     trained with this model config."""
-    # The model, and whether it reads frames (a frames-mode state holds VGG-16).
-    contract = {"model": self.config.model.to_dict(),
-                "data": {"input": self.config.data.input}}
-    return checkpoints.restore(self.abstract_state(), contract, step)
+    return checkpoints.restore(self.abstract_state(), self._contract(), step)
+
+  def _contract(self):
+    # The task, the model, and whether it reads frames (a frames-mode state holds
+    # VGG-16).
+    return {"task": self.config.task, "model": self.config.model.to_dict(),
+            "data": {"input": self.config.data.input}}
 
   def train_step_flops(self, batch_size: int) -> int:
     """FLOPs of a train step on `batch_size` clips, counted from the model's
@@ -93,6 +102,97 @@ class Experiment:
     return steps.make_train_step(self.model, self.config, self.mesh, self.state_sharding,
                                  prepare_features=self.spec.dequantize)
 
+  def train_batches(self, host_batch: int, start_step: int):
+    """This host's endless train batches (`data.pipeline`), from `start_step` on."""
+    from grurcn_jax.data import pipeline
+    return pipeline.train_batches(
+        self.config.data, batch_size=host_batch, seed=self.config.seed,
+        levels=tuple(self.spec.input_shapes), start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptioningExperiment(Experiment):
+  """The paper's second task: segment encoder + attention LSTM decoder
+  (`models.captioning`), trained on one reference caption per video and step."""
+  vocabulary: Any = None
+  references: Any = None      # video id -> reference captions
+
+  def _contract(self):
+    # The decoder's shape and what the encoder reads, too.
+    caption = self.config.caption
+    return dict(super()._contract(), caption={
+        k: caption[k] for k in ("encoder", "segments", "segment_positions",
+                                "embed_dim", "hidden", "attention_dim")})
+
+  def _example_inputs(self, batch: int = 1):
+    caption = self.config.caption
+    features = {l: jnp.zeros((batch, caption.segments, self.config.data.clip_length, *s),
+                             jnp.float32) for l, s in self.spec.input_shapes.items()}
+    return features, jnp.zeros((batch, caption.max_length), jnp.int32)
+
+  def init_state(self) -> steps.TrainState:
+    """The initial state; with caption.encoder_checkpoint the encoder's GRU-RCN
+    starts from that action-recognition run's (params `encoder` there)."""
+    given = None
+    if self.config.caption.encoder_checkpoint:
+      given = {"encoder": {"encoder": self._checkpoint_encoder()}}
+    return self._create_state(given)
+
+  def _checkpoint_encoder(self):
+    from grurcn_jax.errors import ConfigError
+    if self.config.caption.encoder != "grurcn":
+      raise ConfigError("caption.encoder_checkpoint starts a GRU-RCN encoder; "
+                        f"caption.encoder={self.config.caption.encoder!r} has none")
+    directory, _, step = self.config.caption.encoder_checkpoint.partition("@")
+    params, trained_config, _ = checkpoints_lib.read_params(
+        directory, "encoder", int(step) if step else None)
+    expected = jax.eval_shape(self._create_state).params["encoder"]["encoder"]
+    got = jax.tree.map(lambda a: tuple(a.shape), params)
+    want = jax.tree.map(lambda a: tuple(a.shape), dict(expected))
+    if got != want:
+      raise ConfigError(
+          f"the GRU-RCN of {directory} does not fit this encoder (its model: levels "
+          f"{trained_config.get('model.levels')}, hidden {trained_config.get('model.hidden')}"
+          f", variant {trained_config.get('model.variant')}); set model.levels, "
+          f"model.hidden and model.variant as it was trained")
+    return params
+
+  def _create_state(self, given_params=None) -> steps.TrainState:
+    frozen = ("encoder",) if self.config.caption.freeze_encoder else ()
+    return steps.create_state(self.model, self.config, self.mesh,
+                              self.spec.input_shapes, given_params=given_params,
+                              frozen=frozen, example_inputs=self._example_inputs())
+
+  def train_step_flops(self, batch_size: int) -> int:
+    """3x the forward FLOPs (forward, then backward at twice them); through a
+    frozen encoder the backward covers the decoder only."""
+    variables = jax.eval_shape(lambda: self.model.init(jax.random.key(0),
+                                                       *self._example_inputs()))
+    forward = flops.jaxpr_flops(jax.make_jaxpr(self.model.apply)(
+        variables, *self._example_inputs(batch_size)))
+    if not self.config.caption.freeze_encoder:
+      return 3 * forward
+    features, _ = self._example_inputs(batch_size)
+    encoder = flops.jaxpr_flops(jax.make_jaxpr(
+        lambda v, f: self.model.apply(v, f, method="segments"))(variables, features))
+    return forward + 2 * (forward - encoder)
+
+  def train_step(self):
+    return steps.make_caption_train_step(self.model, self.config, self.mesh,
+                                         self.state_sharding,
+                                         prepare_features=self.spec.dequantize)
+
+  def train_batches(self, host_batch: int, start_step: int):
+    from grurcn_jax.data import pipeline
+    caption = self.config.caption
+    return pipeline.caption_train_batches(
+        self.config.data, segments=caption.segments, references=self.references,
+        vocabulary=self.vocabulary, max_length=caption.max_length,
+        batch_size=host_batch, seed=self.config.seed,
+        levels=tuple(self.spec.input_shapes), start_step=start_step,
+        process_index=jax.process_index(), process_count=jax.process_count())
+
 
 def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] = None,
              mesh: Optional[Mesh] = None,
@@ -101,6 +201,8 @@ def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] =
   directory `config.data.dir`'s (read and checked against the model, with
   `splits`, default train and eval, required); `mesh` to every device."""
   config_validation.validate_config(config)
+  if config.task == "captioning":
+    return _assemble_captioning(config, spec, mesh, splits)
   model = build_model(config.model)  # model values are checked before data is read
   spec = spec or FeatureSpec.from_directory(config.data, config.model, splits)
   if spec.backbone is not None:  # frames mode: VGG-16 in the step, then the model
@@ -112,3 +214,14 @@ def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] =
         backbone_dropout=config.model.backbone_dropout,
         dtype=build_lib.DTYPES[config.model.dtype])
   return Experiment(config, spec, model, mesh or sharding.make_mesh())
+
+
+def _assemble_captioning(config, spec, mesh, splits) -> CaptioningExperiment:
+  from grurcn_jax.data import captions
+  build_lib.validate_model_config(config.model)
+  spec = spec or FeatureSpec.from_directory(config.data, config.model, splits,
+                                            check_classes=False)
+  references, vocabulary = captions.read_captions(config.data.dir)
+  model = build_lib.build_captioning_model(config, vocabulary.size)
+  return CaptioningExperiment(config, spec, model, mesh or sharding.make_mesh(),
+                              vocabulary, references)

@@ -70,7 +70,7 @@ def main(argv):
   from grurcn_jax import errors, train
   from grurcn_jax.data import prepare
   try:
-    prepare.ensure_demo(FLAGS.config.data)
+    prepare.ensure_demo(FLAGS.config.data, task=FLAGS.config.task)
     if FLAGS.mode == "train":
       metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
     else:
@@ -81,13 +81,29 @@ def main(argv):
     sys.exit(1)
   import jax
   if jax.process_index() == 0:
-    levels = ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_level_video_accuracy"].items())
-    print(f"\nVideo accuracy {metrics['video_accuracy']:.3f} (clip {metrics['clip_accuracy']:.3f};"
-          f" per level: {levels}) on {metrics['num_videos']} videos at step {metrics['step']}.\n"
-          f"Results in {FLAGS.workdir}:\n"
+    print(_final_report(metrics, FLAGS.workdir))
+
+
+def _final_report(metrics, workdir: str) -> str:
+  if "cider" in metrics:   # captioning
+    meteor = "n/a" if metrics["meteor"] is None else f"{metrics['meteor']:.3f}"
+    motion = (f", motion words right {metrics['motion_accuracy']:.3f}"
+              if "motion_accuracy" in metrics else "")
+    return (f"\nBLEU-4 {metrics['bleu_4']:.3f}, METEOR {meteor}, CIDEr "
+            f"{metrics['cider']:.3f}, ROUGE-L {metrics['rouge_l']:.3f}{motion} on "
+            f"{metrics['num_videos']} videos at step {metrics['step']}.\n"
+            f"Results in {workdir}:\n"
+            f"  eval_captions.json (every video's caption and references),\n"
+            f"  caption_metrics.json, checkpoints/, and TensorBoard logs (sample "
+            f"captions under Text):\n  tensorboard --logdir={workdir}")
+  levels = ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_level_video_accuracy"].items())
+  return (f"\nVideo accuracy {metrics['video_accuracy']:.3f} (clip "
+          f"{metrics['clip_accuracy']:.3f}; per level: {levels}) on "
+          f"{metrics['num_videos']} videos at step {metrics['step']}.\n"
+          f"Results in {workdir}:\n"
           f"  eval_metrics.json, eval_scores.npz (per-video scores for grurcn_jax.fuse),\n"
           f"  confusion_matrix.png, checkpoints/, and TensorBoard logs:\n"
-          f"  tensorboard --logdir={FLAGS.workdir}")
+          f"  tensorboard --logdir={workdir}")
 
 
 def parse_flags(argv):

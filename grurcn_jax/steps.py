@@ -77,35 +77,78 @@ def make_train_step(model, config, mesh, state_sharding, prepare_features=None):
       accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
       return loss, accuracy
 
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updated = state.apply_gradients(grads=grads)
-    # A non-finite step is never applied: the state stays the last good one.
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
-               "param_norm": optax.tree.norm(new_state.params),
-               "learning_rate": schedule(state.step), "finite": finite}
-    return new_state, metrics
+    return _apply(state, loss_fn, schedule)
 
+  return _jit(train_step, mesh, state_sharding)
+
+
+def make_caption_train_step(model, config, mesh, state_sharding,
+                            prepare_features=None):
+  """The captioning train step: teacher-forced next-word NLL plus the attention
+  regulariser (`caption_decoder.caption_loss`); metrics as the classification
+  step's, `accuracy` being the share of caption words predicted right."""
+  from grurcn_jax.models.caption_decoder import caption_loss
+  attention_weight = config.caption.attention_weight
+  prepare_features = prepare_features or (lambda features: features)
+  schedule = learning_rate_schedule(config)
+  base_rng = jax.random.key(config.seed)
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_rng, state.step)
+    targets = batch["targets"]
+    mask = (targets != 0).astype(jnp.float32)        # <pad> is 0
+
+    def loss_fn(params):
+      log_probs, alphas = model.apply(
+          {"params": params}, prepare_features(batch["features"]), batch["words"],
+          train=True, rngs={"dropout": rng})
+      loss = caption_loss(log_probs, targets, mask, alphas, attention_weight)
+      right = (jnp.argmax(log_probs, -1) == targets).astype(jnp.float32)
+      return loss, jnp.sum(right * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+    return _apply(state, loss_fn, schedule)
+
+  return _jit(train_step, mesh, state_sharding)
+
+
+def _jit(train_step, mesh, state_sharding):
+  """(state, batch) -> (state, metrics) compiled with the state replicated (and
+  donated) and the batch sharded over the mesh."""
   return jax.jit(train_step,
                  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(state_sharding, sharding.replicated(mesh)),
                  donate_argnums=(0,))
 
 
+def _apply(state, loss_fn, schedule):
+  """One optimiser step on loss_fn(params) -> (loss, accuracy); a non-finite step
+  is never applied (the state stays the last good one)."""
+  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updated = state.apply_gradients(grads=grads)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+  metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": grad_norm,
+             "param_norm": optax.tree.norm(new_state.params),
+             "learning_rate": schedule(state.step), "finite": finite}
+  return new_state, metrics
+
+
 def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]], *,
                  given_params: Optional[Mapping] = None,
-                 frozen: Sequence[str] = ()) -> TrainState:
+                 frozen: Sequence[str] = (), example_inputs=None) -> TrainState:
   """The initial train state, replicated over the mesh; `shapes` maps each input
-  (level, or frames) to its per-frame shape. `given_params` replace the initial
-  parameters under their top-level keys (a backbone's weights); `frozen` keys are
-  left alone by the optimiser."""
-  dummy = {l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
-           for l, s in shapes.items()}
+  (level, or frames) to its per-frame shape, and the model is initialised on one
+  clip of them (or on `example_inputs`, a tuple of arguments). `given_params`
+  replace the initial parameters under their top-level keys (a backbone's
+  weights); `frozen` keys are left alone by the optimiser."""
+  if example_inputs is None:
+    example_inputs = ({l: jnp.zeros((1, config.data.clip_length, *s), jnp.float32)
+                       for l, s in shapes.items()},)
   tx = create_optimizer(config, frozen)
   replicated = sharding.replicated(mesh)
-  params = jax.jit(lambda: model.init(jax.random.key(config.seed), dummy)["params"],
+  params = jax.jit(lambda: model.init(jax.random.key(config.seed),
+                                      *example_inputs)["params"],
                    out_shardings=replicated)()
   if given_params:  # outside jit: weights are arguments, not program constants
     params = dict(params, **{k: jax.device_put(v, replicated)

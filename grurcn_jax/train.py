@@ -21,7 +21,6 @@ import numpy as np
 from grurcn_jax import checkpoints as checkpoints_lib
 from grurcn_jax import config_validation, evaluators, experiment as experiment_lib
 from grurcn_jax import sharding, writers
-from grurcn_jax.data import pipeline
 from grurcn_jax.errors import TrainingError
 
 
@@ -32,7 +31,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   """
   experiment = experiment_lib.assemble(config)
   host_batch = sharding.host_batch_size(config.batch_size)
-  evaluator = evaluators.ClassificationEvaluator(experiment)
+  evaluator = evaluators.for_experiment(experiment)
   is_chief = jax.process_index() == 0
 
   checkpoints = experiment.checkpoints(workdir, max_to_keep=config.keep_checkpoints)
@@ -48,11 +47,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     writer.write_hparams({k: str(v) for k, v in config_validation.flatten(config).items()})
   step_flops = experiment.train_step_flops(config.batch_size)
   train_step = experiment.train_step()
-  host_batches = pipeline.train_batches(
-      config.data, batch_size=host_batch, seed=config.seed,
-      levels=tuple(experiment.spec.input_shapes),
-      start_step=start_step, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  host_batches = experiment.train_batches(host_batch, start_step)
   # The next batches travel to the devices while a step runs.
   batches = sharding.prefetch_to_device(host_batches, experiment.mesh,
                                         config.data.device_prefetch)
@@ -128,8 +123,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 def _evaluate(evaluator, state, workdir, writer) -> Dict[str, Any]:
   result = evaluator.evaluate(state.params, int(state.step))
   writers.write_eval(workdir, result, writer)
-  metrics = result.metrics
-  logging.info("eval at step %d: video accuracy %.3f, clip accuracy %.3f, loss %.4f",
-               result.step, metrics["video_accuracy"], metrics["clip_accuracy"],
-               metrics["loss"])
-  return metrics
+  logging.info("eval: %s", result.summary)
+  return result.metrics

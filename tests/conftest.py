@@ -35,6 +35,13 @@ def tiny_demo_dir(tmp_path_factory):
   return build_tiny_demo(tmp_path_factory.mktemp("tiny_demo"))
 
 
+@pytest.fixture(scope="session")
+def tiny_captions_dir(tmp_path_factory):
+  """tests.training_setup's tiny captioned demo set. Read it; never write into it."""
+  from tests.training_setup import build_tiny_captions
+  return build_tiny_captions(tmp_path_factory.mktemp("tiny_captions"))
+
+
 def pytest_configure(config):
   config.addinivalue_line(
       "markers", "optimized: compile with XLA's optimisation passes, as real runs do")

@@ -1,6 +1,7 @@
 """Every config file: valid, buildable, and documents the command that runs it."""
 
 import glob
+import re
 import importlib
 import os
 
@@ -16,8 +17,8 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_D
 
 
 def test_every_experiment_is_here():
-  assert {"default", "demo", "tpu", "ucf101_grurcn", "ucf101_bigrurcn", "ucf101_stacked",
-          "ucf101_vgg_frames", "ucf101_vgg_rnn"} <= set(NAMES)
+  assert {"default", "demo", "demo_captioning", "tpu", "ucf101_grurcn", "ucf101_bigrurcn",
+          "ucf101_stacked", "ucf101_vgg_frames", "ucf101_vgg_rnn"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -68,3 +69,27 @@ def test_the_default_config_is_the_schema(monkeypatch):
       config_validation.validate_config(config)
   finally:
     config_validation._schema.cache_clear()
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(task="detection"), "task='detection' is not valid; choose one of: "
+                             "classification, captioning"),
+    (dict(caption__encoder="c3d"), "caption.encoder='c3d' is not valid; choose one of: "
+                                   "grurcn, first_frame, frame_average"),
+    (dict(caption__segments=0), "caption.segments=0 must be a positive integer"),
+    (dict(caption__max_length=1), "caption.max_length must leave room"),
+    (dict(caption__freeze_encoder=True), "needs caption.encoder_checkpoint"),
+    (dict(data__input="frames"), "captioning reads stored features"),
+])
+def test_captioning_settings_are_checked(changes, message):
+  from configs import demo_captioning
+  from grurcn_jax.errors import ConfigError
+  config = demo_captioning.get_config()
+  for key, value in changes.items():
+    *path, last = key.split("__")
+    target = config
+    for part in path:
+      target = target[part]
+    target[last] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_validation.validate_config(config)

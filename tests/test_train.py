@@ -168,3 +168,84 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
   assert "stopped by SIGTERM at step" in err and "Traceback" not in err
   step = err.split("stopped by SIGTERM at step ")[1].split(";")[0]
   assert os.listdir(workdir / "checkpoints") == [step]
+
+
+# -- captioning: the same loop, the task's model, batches and evaluator ----------
+
+@pytest.mark.long
+def test_captioning_run_trains_checkpoints_writes_captions_and_evaluates_again(
+    tiny_captions_dir, tmp_path):
+  # One test, one run: its compilations are the cost.
+  from grurcn_jax.data import captions
+  from tests.training_setup import tiny_captioning_config
+  workdir = str(tmp_path)
+  config = tiny_captioning_config(tiny_captions_dir)
+  metrics = train.train_and_evaluate(config, workdir)
+  losses = train_losses(workdir)
+  assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+  references, vocabulary = captions.read_captions(tiny_captions_dir)
+  with open(os.path.join(workdir, "eval_captions.json")) as f:
+    written = json.load(f)
+  test_ids = sorted(v for v in references if v.startswith("test"))
+  assert [c["video_id"] for c in written] == test_ids
+  for entry in written:
+    assert entry["references"] == references[entry["video_id"]]
+    assert set(entry["generated"].split()) <= set(vocabulary.words[4:])
+  with open(os.path.join(workdir, "caption_metrics.json")) as f:
+    scored = json.load(f)
+  assert scored == metrics and scored["step"] == 6 and scored["num_videos"] == 4
+  assert {"bleu_1", "bleu_4", "meteor", "rouge_l", "cider", "motion_accuracy"} <= set(scored)
+  # The metrics are coco-caption's on the written captions (METEOR's Java scorer
+  # aside: these plain lower-case captions tokenise the same without Java).
+  from grurcn_jax import caption_metrics
+  again = caption_metrics.score({c["video_id"]: c["references"] for c in written},
+                                {c["video_id"]: c["generated"] for c in written},
+                                use_java=False)
+  assert {k: scored[k] for k in again if k != "meteor"} == {
+      k: v for k, v in again.items() if k != "meteor"}
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    summary = json.load(f)
+  assert summary["eval_captions_file"] == "eval_captions.json"
+  assert not os.path.exists(os.path.join(workdir, "eval_scores.npz"))
+  texts = [value for name in os.listdir(workdir) if name.startswith("events.out")
+           for record in tf.data.TFRecordDataset(os.path.join(workdir, name))
+           for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value
+           if value.tag == "eval/captions"]
+  assert texts and written[0]["generated"] in tf.make_ndarray(texts[0].tensor).item().decode()
+  # --mode=eval of the last checkpoint gives the same metrics.
+  assert evaluate.evaluate_checkpoint(config, workdir) == metrics
+  # A checkpoint of another decoder is refused with the fields named.
+  from grurcn_jax.errors import CheckpointMismatchError
+  other = config.copy_and_resolve_references()
+  other.caption.hidden = 32
+  with pytest.raises(CheckpointMismatchError, match="caption.hidden: checkpoint 16"):
+    evaluate.evaluate_checkpoint(other, workdir)
+
+
+def test_captioning_encoder_starts_from_a_classifier_and_stays_frozen(
+    finished_run, tiny_captions_dir):
+  from grurcn_jax import sharding
+  from grurcn_jax.errors import ConfigError
+  from grurcn_jax.experiment import assemble
+  from tests.training_setup import tiny_captioning_config
+  classifier_config, classifier_dir, _ = finished_run   # GRU-RCN pool2, pool3 (4, 4)
+  config = tiny_captioning_config(
+      tiny_captions_dir, caption__encoder_checkpoint=f"{classifier_dir}@6",
+      caption__freeze_encoder=True)
+  experiment = assemble(config)
+  state = experiment.init_state()
+  classifier = restore_params(classifier_config, classifier_dir, 6)["encoder"]
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(state.params["encoder"]["encoder"]), classifier)
+  before = jax.device_get(state.params)
+  batch = next(experiment.train_batches(config.batch_size, 0))
+  state, _ = experiment.train_step()(state, sharding.global_batch(experiment.mesh, batch))
+  after = jax.device_get(state.params)
+  jax.tree.map(np.testing.assert_array_equal, after["encoder"], before["encoder"])
+  assert not np.array_equal(after["decoder"]["out_logits"]["kernel"],
+                            before["decoder"]["out_logits"]["kernel"])
+  # A classifier of other sizes does not fit: one clear error.
+  config.model.hidden = (8, 8)
+  with pytest.raises(ConfigError, match="does not fit this encoder"):
+    assemble(config).init_state()

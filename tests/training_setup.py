@@ -17,6 +17,38 @@ def build_tiny_demo(directory):
   return str(directory)
 
 
+TINY_CAPTIONS_SPEC = dict(seed=0, num_train=16, num_test=4, num_frames=4,
+                          image_size=32, levels=("pool2", "pool3"), videos_per_shard=8)
+
+
+def build_tiny_captions(directory):
+  from grurcn_jax.data import demo_captions
+  demo_captions.build(str(directory),
+                      demo_captions.CaptionDemoSpec(**TINY_CAPTIONS_SPEC), progress=False)
+  return str(directory)
+
+
+def tiny_captioning_config(data_dir, **overrides):
+  """configs/demo_captioning.py on the tiny captioned set: 2 segments of 2 frames."""
+  from configs import demo_captioning
+  config = demo_captioning.get_config()
+  config.data.dir = data_dir
+  config.data.demo = None
+  config.data.clip_length = 2
+  config.model.levels = ("pool2", "pool3")
+  config.model.hidden = (4, 4)
+  config.caption.update(segments=2, max_length=8, embed_dim=8, hidden=16,
+                        attention_dim=8, beam_size=2, eval_samples=2)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 6
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 3
+  config.eval_every_steps = 6
+  config.warmup_steps = 0
+  return _override(config, overrides)
+
+
 def tiny_config(data_dir, **overrides):
   config = demo_config.get_config()
   config.data.dir = data_dir
@@ -32,6 +64,11 @@ def tiny_config(data_dir, **overrides):
   config.eval_every_steps = 6
   config.warmup_steps = 0
   config.learning_rate = 1e-2
+  return _override(config, overrides)
+
+
+def _override(config, overrides):
+  """Fields given as data__clip_length=4 (dots as double underscores)."""
   for key, value in overrides.items():
     key = key.replace("__", ".")
     target = config

@@ -136,6 +136,26 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
   in the directory) are the levels read.
   """
   reader, stats = _open(data, data["train_split"], levels)
+  table = reader.table()
+  clip_length, frame_stride = data["clip_length"], data["frame_stride"]
+  span = (clip_length - 1) * frame_stride + 1
+
+  def clip(video, draw_seed):
+    num_frames = tf.gather(table["num_frames"], video)
+    max_start = tf.maximum(num_frames - span, 0)
+    start_frame = tf.random.stateless_uniform([], draw_seed, 0, max_start + 1, tf.int64)
+    return _clip(reader, table, video,
+                 _clip_rows(num_frames, start_frame, clip_length, frame_stride))
+
+  return _train_streams(reader, stats, data, clip, batch_size=batch_size, seed=seed,
+                        start_step=start_step, process_index=process_index,
+                        process_count=process_count)
+
+
+def _train_streams(reader, stats, data, element, *, batch_size, seed, start_step,
+                   process_index, process_count) -> Batches:
+  """This host's batches of the streams' elements; `element(video, draw_seed)`
+  makes one from a video's row in the reader's table and a seed for its draws."""
   num_videos = len(reader.videos["video_index"])
   num_streams = data["num_streams"] or process_count
   if num_streams % process_count:
@@ -153,7 +173,7 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
         f"data streams: every stream needs at least one")
   share = batch_size // streams_per_host
   datasets = [
-      _stream_dataset(reader, stream, num_streams, seed, start_step * share, data)
+      _stream_dataset(num_videos, stream, num_streams, seed, start_step * share, element)
       .batch(share, drop_remainder=True)
       for stream in range(process_index * streams_per_host,
                           (process_index + 1) * streams_per_host)]
@@ -165,32 +185,24 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
   return Batches(dataset.prefetch(tf.data.AUTOTUNE), stats)
 
 
-def _stream_dataset(reader, stream, num_streams, seed, start, data):
-  num_videos = len(reader.videos["video_index"])
+def _stream_dataset(num_videos, stream, num_streams, seed, start, element):
   plan = _stream_plan(num_videos, seed, stream, num_streams)
   epoch_size = len(range(stream, num_videos, num_streams))
   first_epoch, skip = divmod(start, epoch_size)   # skipped without reading
-  table = reader.table()
-  clip_length, frame_stride = data["clip_length"], data["frame_stride"]
-  span = (clip_length - 1) * frame_stride + 1
 
   def epoch_positions(epoch):
     skipped = tf.where(epoch == first_epoch, tf.constant(skip, tf.int64), 0)
     return (tf.data.Dataset.from_tensor_slices(plan(epoch)).enumerate()
             .skip(skipped).map(lambda position, video: (epoch, position, video)))
 
-  def read_clip(epoch, position, video):
-    num_frames = tf.gather(table["num_frames"], video)
-    max_start = tf.maximum(num_frames - span, 0)
-    seed_pair = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch,
+  def read(epoch, position, video):
+    draw_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch,
                           tf.cast(stream, tf.int64) * 1_000_003 + position])
-    start_frame = tf.random.stateless_uniform([], seed_pair, 0, max_start + 1, tf.int64)
-    rows = _clip_rows(num_frames, start_frame, clip_length, frame_stride)
-    return _clip(reader, table, video, rows)
+    return element(video, draw_seed)
 
   return (tf.data.Dataset.counter(first_epoch, dtype=tf.int64)
           .flat_map(epoch_positions)
-          .map(read_clip, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+          .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def _clip(reader, table, video, rows) -> Dict:
@@ -258,3 +270,122 @@ def _padding_element(reader, clip_length):
       "video_index": tf.constant(-1, tf.int32),
       "mask": tf.constant(0.0, tf.float32),
   }
+
+
+# -- captioning: a video's segments and one of its captions --------------------
+
+@dataclasses.dataclass(frozen=True)
+class CaptionTable:
+  """A split's captions as word ids, aligned with a reader's videos: video row v
+  has the captions tokens[first[v] : first[v] + count[v]] ([N, max_length] int32:
+  words, <eos>, then <pad> 0)."""
+  tokens: np.ndarray
+  first: np.ndarray
+  count: np.ndarray
+
+
+def caption_table(video_indices: Sequence[int], video_ids: Mapping[int, str],
+                  references: Mapping[str, Sequence[str]], vocabulary,
+                  max_length: int) -> CaptionTable:
+  """The CaptionTable of the videos `video_indices` (a reader's order); a video
+  without references is a FeatureFormatError."""
+  tokens, first, count = [], [], []
+  for index in video_indices:
+    video_id = video_ids.get(int(index), str(index))
+    captions = references.get(video_id)
+    if not captions:
+      raise FeatureFormatError(f"video {video_id!r} has no reference captions")
+    first.append(len(tokens))
+    count.append(len(captions))
+    tokens.extend(vocabulary.encode(c, max_length) for c in captions)
+  return CaptionTable(np.stack(tokens).astype(np.int32), np.array(first, np.int64),
+                      np.array(count, np.int64))
+
+
+def segment_rows(num_frames: tf.Tensor, segments: int, frames: int,
+                 frame_stride: int) -> tf.Tensor:
+  """[segments * frames] frame indices: segment k starts at frame floor(k * n /
+  segments) of the video's n and takes `frames` frames `frame_stride` apart
+  (wrapping around a short video)."""
+  starts = (tf.range(segments, dtype=tf.int64) * num_frames) // segments
+  offsets = tf.range(frames, dtype=tf.int64) * frame_stride
+  return tf.reshape(tf.math.floormod(starts[:, None] + offsets[None], num_frames), [-1])
+
+
+def _segments_element(reader, table, video, data, segments):
+  frames = data["clip_length"]
+  rows = segment_rows(tf.gather(table["num_frames"], video), segments, frames,
+                      data["frame_stride"])
+  element = _clip(reader, table, video, rows)
+  element["features"] = {
+      level: tf.reshape(x, [segments, frames, *reader.infos[level]["shape"]])
+      for level, x in element["features"].items()}
+  del element["label"]
+  return element
+
+
+def _split_captions(reader, data, split, references, vocabulary, max_length):
+  metadata = features_lib.read_metadata(data["dir"])
+  return caption_table(reader.videos["video_index"],
+                       features_lib.video_ids(metadata, split), references,
+                       vocabulary, max_length)
+
+
+def caption_train_batches(data: Mapping, *, segments: int, references, vocabulary,
+                          max_length: int, batch_size: int, seed: int = 0,
+                          levels: Optional[Sequence[str]] = None, start_step: int = 0,
+                          process_index: int = 0, process_count: int = 1) -> Batches:
+  """Endless per-host captioning batches: {'features': {level: [b, S, F, ...]}
+  (`segments` segments of data.clip_length frames), 'words': [b, L] (the decoder's
+  inputs: <bos> and the caption shifted right), 'targets': [b, L] (the caption's
+  ids, <eos>, <pad> 0), 'video_index', 'mask'}. Each element is one video of the
+  stream (order, streams and resume as `train_batches`) with one of its references
+  drawn from (seed, epoch, stream, position)."""
+  reader, stats = _open(data, data["train_split"], levels)
+  table = reader.table()
+  captions = _split_captions(reader, data, data["train_split"], references,
+                             vocabulary, max_length)
+  tokens, first, count = (tf.constant(captions.tokens), tf.constant(captions.first),
+                          tf.constant(captions.count))
+  bos = tf.constant([vocabulary.bos], tf.int32)
+
+  def element(video, draw_seed):
+    out = _segments_element(reader, table, video, data, segments)
+    pick = tf.random.stateless_uniform([], draw_seed, 0, tf.gather(count, video),
+                                       tf.int64)
+    targets = tf.gather(tokens, tf.gather(first, video) + pick)
+    out.update(targets=targets, words=tf.concat([bos, targets[:-1]], 0))
+    return out
+
+  return _train_streams(reader, stats, data, element, batch_size=batch_size, seed=seed,
+                        start_step=start_step, process_index=process_index,
+                        process_count=process_count)
+
+
+def caption_eval_batches(data: Mapping, *, segments: int, batch_size: int,
+                         levels: Optional[Sequence[str]] = None, process_index: int = 0,
+                         process_count: int = 1) -> Batches:
+  """Finite per-host eval batches, one element per video of data.eval_split:
+  {'features': {level: [b, S, F, ...]}, 'video_index', 'mask'}; hosts take videos
+  as `eval_batches` does, and all yield `num_batches` batches (padding: mask 0)."""
+  reader, stats = _open(data, data["eval_split"], levels)
+  table = reader.table()
+  num_videos = len(reader.videos["video_index"])
+  num_batches = max(math.ceil(len(eval_host_videos(num_videos, p, process_count))
+                              / batch_size) for p in range(process_count))
+  frames = data["clip_length"]
+  padding = {
+      "features": {level: tf.zeros([segments, frames, *info["shape"]],
+                                   tf.as_dtype(features_lib.storage_dtype(info)))
+                   for level, info in reader.infos.items()},
+      "video_index": tf.constant(-1, tf.int32), "mask": tf.constant(0.0, tf.float32)}
+  mine = tf.constant(eval_host_videos(num_videos, process_index, process_count),
+                     tf.int64)
+  dataset = (tf.data.Dataset.from_tensor_slices(mine)
+             .map(lambda video: _segments_element(reader, table, video, data, segments),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+             .concatenate(tf.data.Dataset.from_tensors(padding).repeat())
+             .take(num_batches * batch_size)
+             .batch(batch_size)
+             .prefetch(tf.data.AUTOTUNE))
+  return Batches(dataset, stats, num_batches)

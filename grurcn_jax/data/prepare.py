@@ -54,10 +54,12 @@ class FeatureSpec:
 
   @classmethod
   def from_directory(cls, data: Mapping, model: Mapping,
-                     splits: Optional[Tuple[str, ...]] = None) -> "FeatureSpec":
+                     splits: Optional[Tuple[str, ...]] = None, *,
+                     check_classes: bool = True) -> "FeatureSpec":
     """The spec of the feature directory `data.dir`, for the levels `model` uses;
-    a level it lacks, another class count or a missing split (of `splits`, default
-    the train and eval splits) is an error."""
+    a level it lacks, another class count (unless not `check_classes`: captioning
+    has no classes) or a missing split (of `splits`, default the train and eval
+    splits) is an error."""
     if not data["dir"]:
       raise ConfigError("data.dir is empty: point it at a feature directory "
                         "(python -m grurcn_jax.data.extract writes one)")
@@ -67,7 +69,7 @@ class FeatureSpec:
     if missing:
       raise ConfigError(f"model.levels names {', '.join(missing)}, which {data['dir']} "
                         f"does not hold; it has {', '.join(metadata['levels'])}")
-    if model["num_classes"] != len(metadata["class_names"]):
+    if check_classes and model["num_classes"] != len(metadata["class_names"]):
       raise ConfigError(f"model.num_classes={model['num_classes']} but {data['dir']} has "
                         f"{len(metadata['class_names'])} classes")
     for split in splits or (data["train_split"], data["eval_split"]):
@@ -104,23 +106,33 @@ class FeatureSpec:
                level_stats={l: ((0.0,) * s[-1], 1.0) for l, s in shapes.items()})
 
 
-def ensure_demo(data: Mapping, *, progress: bool = True) -> None:
+def ensure_demo(data: Mapping, *, task: str = "classification",
+                progress: bool = True) -> None:
   """Builds the synthetic demo dataset into `data.dir` when `data.demo` asks for
-  one and it is not complete there yet (process 0 builds, the others wait)."""
+  one and it is not complete there yet (process 0 builds, the others wait): the
+  motion classes, or for `task='captioning'` the captioned videos
+  (`demo_captions`)."""
   if not data.get("demo"):
     return
   from absl import logging
   import jax
-  from grurcn_jax.data import demo as demo_lib
   from grurcn_jax.data import features as features_lib
+  if task == "captioning":
+    from grurcn_jax.data import captions, demo_captions
+    spec_type, build = demo_captions.CaptionDemoSpec, demo_captions.build
+    marker = captions.CAPTIONS_FILE    # written last
+  else:
+    from grurcn_jax.data import demo as demo_lib
+    spec_type, build = demo_lib.DemoSpec, demo_lib.build
+    marker = features_lib.METADATA_FILE
   try:
-    spec = demo_lib.DemoSpec(**dict(data["demo"]))
+    spec = spec_type(**dict(data["demo"]))
   except TypeError as e:
     raise ConfigError(f"data.demo does not fit the demo's settings: {e}") from None
-  if not features_lib.exists(features_lib.join(data["dir"], features_lib.METADATA_FILE)):
+  if not features_lib.exists(features_lib.join(data["dir"], marker)):
     if jax.process_index() == 0:
       logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
-      demo_lib.build(data["dir"], spec, progress=progress)
+      build(data["dir"], spec, progress=progress)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices("demo dataset built")

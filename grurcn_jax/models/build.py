@@ -94,3 +94,27 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
     return baselines.VGGRNN(**common, **recurrent)
   return grurcn.GRURCN(**common, **recurrent, variant=cfg["variant"],
                        kernel_size=cfg["kernel_size"], bi_merge=cfg["bi_merge"])
+
+
+def build_captioning_model(config: Mapping[str, Any], vocab_size: int) -> nn.Module:
+  """The captioning model of a config (`config.caption`, and `config.model` for a
+  GRU-RCN encoder's levels, sizes and variant) for a vocabulary of `vocab_size`."""
+  from grurcn_jax.models import caption_decoder, captioning
+  cfg, caption = config["model"], config["caption"]
+  validate_model_config(cfg)
+  dtype = DTYPES[cfg["dtype"]]
+  levels = tuple(cfg["levels"])
+  if caption["encoder"] == "grurcn":
+    encoder = captioning.GRURCNSegments(grurcn.GRURCNEncoder(
+        levels, tuple(cfg["hidden"]), variant=cfg["variant"],
+        kernel_size=cfg["kernel_size"], bi_merge=cfg["bi_merge"],
+        recurrence=cfg["recurrence"], remat=cfg["remat"],
+        unroll=unroll_setting(cfg["unroll"]), kernel_gradient=cfg["kernel_gradient"],
+        dtype=dtype))
+  else:
+    encoder = captioning.FrameSegments(
+        levels, average_frames=caption["encoder"] == "frame_average")
+  decoder = caption_decoder.AttentionLSTMDecoder(
+      vocab_size, caption["embed_dim"], caption["hidden"], caption["attention_dim"],
+      caption["dropout_rate"], dtype)
+  return captioning.CaptioningModel(encoder, decoder, caption["segment_positions"])

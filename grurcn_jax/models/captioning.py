@@ -11,7 +11,9 @@ each (the paper: the first 10 frames of each segment).
   device. Its parameters are named as the classifier's encoder (`encoder/<level>`),
   so an action-recognition checkpoint can start it.
 - `FrameSegments`: the baseline, each segment's first frame, each level average
-  pooled over space, concatenated (the paper: VGG-16 fc7 of the first frame).
+  pooled over space, concatenated (the paper: VGG-16 fc7 of the first frame); with
+  `average_frames`, the mean over each segment's frames instead: blind to their
+  order by construction.
 """
 
 from typing import Mapping, Sequence
@@ -49,31 +51,53 @@ class GRURCNSegments(nn.Module):
 
 
 class FrameSegments(nn.Module):
-  """Each segment's first frame, levels average pooled: [B, S, D]."""
+  """Each segment's first frame (or, with `average_frames`, the mean of its
+  frames), levels average pooled: [B, S, D]."""
 
   levels: Sequence[str]
+  average_frames: bool = False
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array]) -> Array:
-    vectors = [jnp.mean(as_maps(features[l][:, :, 0]).astype(jnp.float32), axis=(2, 3))
-               for l in self.levels]
-    return jnp.concatenate(vectors, axis=-1)
+    def vector(x):   # [B, S, F, ...] -> [B, S, C]
+      x = x.astype(jnp.float32)
+      frames = jnp.mean(x, axis=2) if self.average_frames else x[:, :, 0]
+      return jnp.mean(as_maps(frames), axis=(2, 3))
+    return jnp.concatenate([vector(features[l]) for l in self.levels], axis=-1)
+
+
+class SegmentPositions(nn.Module):
+  """Adds a learned vector per segment index to the segment vectors [B, S, D]:
+  the attention over segments is otherwise blind to their order (an option; the
+  paper's decoder has none)."""
+
+  @nn.compact
+  def __call__(self, segments: Array) -> Array:
+    table = self.param("embedding", nn.initializers.normal(0.02),
+                       segments.shape[1:], jnp.float32)
+    return segments + table.astype(segments.dtype)
 
 
 class CaptioningModel(nn.Module):
-  """Segment encoder, then the attention LSTM decoder."""
+  """Segment encoder (then, with `segment_positions`, a learned vector per segment
+  index), then the attention LSTM decoder."""
 
   encoder: nn.Module
   decoder: AttentionLSTMDecoder
+  segment_positions: bool = False
+
+  def setup(self):
+    self.positions = SegmentPositions() if self.segment_positions else None
 
   def __call__(self, features: Mapping[str, Array], words: Array, *,
                train: bool = False):
     """Teacher forcing: next-word log-probabilities [B, L, V] and attention
     weights [B, L, S] for the input words [B, L]."""
-    return self.decoder(self.encoder(features), words, train=train)
+    return self.decoder(self.segments(features), words, train=train)
 
   def segments(self, features: Mapping[str, Array]) -> Array:
-    return self.encoder(features)
+    segments = self.encoder(features)
+    return segments if self.positions is None else self.positions(segments)
 
   def start(self, segments: Array):
     return self.decoder.start(segments)

@@ -82,3 +82,16 @@ def test_build_writes_features_and_captions(tmp_path):
   before = sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir())
   dc.build(str(tmp_path), spec, progress=False)
   assert sorted((p.name, p.stat().st_mtime_ns) for p in tmp_path.iterdir()) == before
+
+
+def test_motion_words_are_read_in_order_and_scored_per_video():
+  assert dc.motion_phrases("a red square moves left and then grows") == (
+      "moves left", "grows")
+  assert dc.motion_phrases("a disc turns anticlockwise and then turns clockwise") == (
+      "turns anticlockwise", "turns clockwise")
+  assert dc.motion_phrases("a blue diamond") == ()
+  references = {"a": ["a red square moves left and then grows"],
+                "b": ["a red disc shrinks and then moves up"]}
+  generated = {"a": "a green disc moves left and then grows",       # colour wrong: fine
+               "b": "a red disc moves up and then shrinks"}         # order wrong
+  assert dc.motion_accuracy(generated, references) == 0.5

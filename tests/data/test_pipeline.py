@@ -1,4 +1,5 @@
-"""The tf.data pipeline: host sharding, determinism, resume, eval padding, errors."""
+"""The tf.data pipeline: host sharding, determinism, resume, eval padding, errors;
+captioning's segments and captions."""
 
 import collections
 import itertools
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import features, pipeline
+from grurcn_jax.host_tf import tf
 from grurcn_jax.errors import FeatureFormatError
 from configs import default
 from tests.data.fake import write_fake_features
@@ -219,3 +221,92 @@ def test_global_batches_do_not_depend_on_the_host_count(feature_dir):
       np.testing.assert_array_equal(joined, batch["features"]["fc7"])
   resumed = stream(2, 1, steps=2, start_step=4)
   np.testing.assert_array_equal(resumed[0]["video_index"], stream(2, 1)[4]["video_index"])
+
+
+# -- captioning: segments and captions ----------------------------------------
+
+def fake_references(feature_dir, per_video=2):
+  """Two references a video, each naming its video id: 'clip trainv003 take 1'."""
+  metadata = features.read_metadata(feature_dir)
+  ids = [v for split in ("train", "test")
+         for v in features.video_ids(metadata, split).values()]
+  return {v: [f"clip {v.replace('/', '')} take {k}" for k in range(per_video)]
+          for v in ids}
+
+
+def caption_batches(feature_dir, references, start_step=0, **fields):
+  from grurcn_jax.data import captions
+  vocabulary = captions.build_vocabulary(c for refs in references.values() for c in refs)
+  batches = pipeline.caption_train_batches(
+      data_config(feature_dir, clip_length=2, **fields), segments=3,
+      references=references, vocabulary=vocabulary, max_length=6, batch_size=4,
+      seed=0, start_step=start_step)
+  return batches, vocabulary
+
+
+def test_segment_rows_start_each_segment_at_its_share_of_the_video():
+  rows = lambda n, segments, frames, stride=1: pipeline.segment_rows(
+      tf.constant(n, tf.int64), segments, frames, stride).numpy().tolist()
+  assert rows(10, 3, 2) == [0, 1, 3, 4, 6, 7]
+  assert rows(12, 2, 3, stride=2) == [0, 2, 4, 6, 8, 10]
+  assert rows(2, 3, 2) == [0, 1, 0, 1, 1, 0]        # a short video wraps around
+
+
+def test_caption_batches_hold_each_segments_frames_and_one_reference(feature_dir):
+  references = fake_references(feature_dir)
+  videos = {v.video_index: v for v in features.read_videos(feature_dir, "train")}
+  ids = features.video_ids(features.read_metadata(feature_dir), "train")
+  batches, vocabulary = caption_batches(feature_dir, references)
+  drawn = collections.defaultdict(set)
+  for batch in itertools.islice(batches, 15):
+    assert batch["features"]["fc7"].shape == (4, 3, 2, 5)
+    assert batch["features"]["pool4"].shape == (4, 3, 2, 2, 2, 3)
+    np.testing.assert_array_equal(batch["words"][:, 0], vocabulary.bos)
+    np.testing.assert_array_equal(batch["words"][:, 1:], batch["targets"][:, :-1])
+    for i, index in enumerate(batch["video_index"]):
+      source = videos[int(index)].features["fc7"]
+      n = len(source)
+      rows = [(k * n // 3 + j) % n for k in range(3) for j in range(2)]
+      np.testing.assert_array_equal(batch["features"]["fc7"][i].reshape(6, 5),
+                                    source[rows])
+      caption = vocabulary.decode(batch["targets"][i])
+      assert caption in references[ids[int(index)]]
+      drawn[int(index)].add(caption)
+  # 60 draws over 20 videos: some video has shown both of its references.
+  assert max(len(c) for c in drawn.values()) == 2
+
+
+def test_caption_batches_resume_where_they_stopped(feature_dir):
+  references = fake_references(feature_dir)
+  run, _ = caption_batches(feature_dir, references)
+  expected = list(itertools.islice(run, 4))[2:]
+  resumed, _ = caption_batches(feature_dir, references, start_step=2)
+  for want, got in zip(expected, itertools.islice(resumed, 2)):
+    for key in ("video_index", "words", "targets"):
+      np.testing.assert_array_equal(want[key], got[key])
+
+
+def test_a_video_without_references_is_named(feature_dir):
+  references = fake_references(feature_dir)
+  missing = sorted(v for v in references if v.startswith("train"))[0]
+  references[missing] = []
+  with pytest.raises(FeatureFormatError, match=f"video '{missing}' has no reference"):
+    caption_batches(feature_dir, references)
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_caption_eval_gives_every_video_once(feature_dir, hosts):
+  seen = []
+  counts = set()
+  for host in range(hosts):
+    batches = pipeline.caption_eval_batches(
+        data_config(feature_dir, clip_length=2), segments=3, batch_size=3,
+        process_index=host, process_count=hosts)
+    host_batches = list(batches)
+    counts.add(len(host_batches))
+    for batch in host_batches:
+      assert batch["features"]["fc7"].shape == (3, 3, 2, 5)
+      seen.extend(int(i) for i, m in zip(batch["video_index"], batch["mask"]) if m)
+  assert len(counts) == 1                  # every host the same number of batches
+  assert sorted(seen) == sorted(v.video_index for v in features.read_videos(
+      feature_dir, "test"))

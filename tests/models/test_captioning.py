@@ -66,3 +66,46 @@ def test_the_model_decodes_from_the_segments():
   assert log_probs.shape == (B, 7, V) and alphas.shape == (B, 7, S)
   np.testing.assert_allclose(np.exp(log_probs).sum(-1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(alphas.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_the_frame_average_is_blind_to_frame_order():
+  features = _features()
+  average = FrameSegments(LEVELS, average_frames=True)
+  vectors = average.apply({}, features)
+  frames = {l: np.asarray(features[l], np.float64) for l in LEVELS}
+  want = np.concatenate([frames[l].mean(axis=(2, 3, 4)) for l in LEVELS], axis=-1)
+  n = max(x.shape[2] * x.shape[3] * x.shape[4] for x in frames.values())
+  bound = n * 2.0 ** -24 * max(np.abs(x).max() for x in frames.values())
+  np.testing.assert_allclose(vectors, want, rtol=0, atol=bound)
+  backwards = {l: x[:, :, ::-1] for l, x in features.items()}
+  np.testing.assert_allclose(average.apply({}, backwards), vectors, rtol=0, atol=bound)
+
+
+def test_build_captioning_model_follows_the_config():
+  from configs import demo_captioning
+  from grurcn_jax.models.build import build_captioning_model
+  config = demo_captioning.get_config()
+  config.model.levels, config.model.hidden = LEVELS, HIDDEN
+  config.caption.update(embed_dim=4, hidden=6, attention_dim=5, segments=S)
+  model = build_captioning_model(config, V)
+  params = jax.eval_shape(model.init, jax.random.key(0), _features(),
+                          jnp.zeros((B, 7), jnp.int32))["params"]
+  assert sorted(params["encoder"]["encoder"]) == sorted(LEVELS)   # the classifier's names
+  assert params["decoder"]["out_logits"]["kernel"].shape == (4, V)
+  config.caption.encoder = "frame_average"
+  assert build_captioning_model(config, V).encoder.average_frames
+
+
+def test_only_segment_positions_let_the_decoder_see_segment_order():
+  features, words = _features(), jnp.zeros((B, 5), jnp.int32)
+  swapped = {l: x[:, ::-1] for l, x in features.items()}
+  for positions in (False, True):
+    # Any encoder: the frame baseline is the cheapest.
+    model = CaptioningModel(FrameSegments(LEVELS),
+                            AttentionLSTMDecoder(V, 4, 6, 5, dropout_rate=0.0),
+                            segment_positions=positions)
+    params = model.init(jax.random.key(0), features, words)
+    apply = model.apply
+    (before, _), (after, _) = apply(params, features, words), apply(params, swapped, words)
+    # Attention and the mean that starts the LSTM are sums over segments.
+    assert np.allclose(before, after, rtol=0, atol=1e-5) != positions

@@ -1,0 +1,58 @@
+"""Video captioning on MSVD (YouTube2Text) with a Bi-GRU-RCN encoder, as in the
+paper's section 5.2: K equally spaced segments of 10 frames, each encoded by the
+bidirectional GRU-RCN over pool2..pool5 (hidden 64/128/256/256), its last hidden
+maps pooled and concatenated into one vector per segment; an LSTM with soft
+attention over the segments writes the caption (Yao et al. 2015); beam width 5.
+
+  python -m grurcn_jax.main --config=configs/msvd_bigrurcn_captioning.py \\
+      --workdir=DIR --config.data.dir=FEATURES
+
+FEATURES holds pool2..pool5 features of the MSVD clips (train: the 1,200 training
+clips, test: the 670 test clips) and their references in captions.json
+(`grurcn_jax.data.captions.write_captions`). Start the encoder from an
+action-recognition run (configs/ucf101_bigrurcn.py) with
+--config.caption.encoder_checkpoint=RUN_DIR, and keep it fixed with
+--config.caption.freeze_encoder=True. The paper's VGG-16 baseline (fc7 of each
+segment's first frame): --config.caption.encoder=first_frame
+--config.model.levels="('fc7',)".
+
+K and the decoder's sizes were chosen by random search in the paper and not
+published; the values below are this project's starting point.
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.task = "captioning"
+  config.batch_size = 64
+  config.eval_batch_size = 64
+  config.num_train_steps = 20_000
+  config.learning_rate = 2e-4
+  config.warmup_steps = 500
+  config.weight_decay = 1e-4
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 1000
+  config.eval_every_steps = 2000
+
+  data = config.data
+  data.clip_length = 10       # frames per segment (the paper: each segment's first 10)
+  data.eval_split = "test"
+
+  model = config.model        # the encoder: the paper's Bi-GRU-RCN
+  model.variant = "bi"
+  model.levels = ("pool2", "pool3", "pool4", "pool5")
+  model.hidden = (64, 128, 256, 256)
+
+  caption = config.caption
+  caption.encoder = "grurcn"
+  caption.segments = 8
+  caption.max_length = 30     # the decoder's public code: captions of 30 tokens
+  caption.embed_dim = 512
+  caption.hidden = 1024
+  caption.attention_dim = 512
+  caption.dropout_rate = 0.5
+  caption.attention_weight = 0.706
+  caption.beam_size = 5
+  return config
