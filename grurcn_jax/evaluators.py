@@ -202,13 +202,12 @@ class CaptioningEvaluator:
     config = experiment.config
     self._host_batch = sharding.host_batch_size(config.eval_batch_size, "eval_batch_size")
     self._inputs = tuple(experiment.spec.input_shapes)
-    self._video_ids = features_lib.video_ids(
-        features_lib.read_metadata(config.data.dir), config.data.eval_split)
+    metadata = features_lib.read_metadata(config.data.dir)
+    self._video_ids = features_lib.video_ids(metadata, config.data.eval_split)
     from grurcn_jax.data import captions
     self._references = captions.references_by_id(experiment.references,
                                                  self._video_ids.values())
-    extraction = features_lib.read_metadata(config.data.dir).get("extraction", {})
-    self._is_demo = extraction.get("source") == "demo_captions"
+    self._is_demo = metadata.get("extraction", {}).get("source") == "demo_captions"
     pipeline.check_split(config.data, config.data.eval_split, self._inputs)
     self._decode = _make_decode_step(experiment)
 
