@@ -7,10 +7,15 @@ attention over the segments writes the caption (Yao et al. 2015); beam width 5.
   python -m grurcn_jax.main --config=configs/msvd_bigrurcn_captioning.py \\
       --workdir=DIR --config.data.dir=FEATURES
 
-FEATURES holds pool2..pool5 features of the MSVD clips (train: the 1,200 training
-clips, test: the 670 test clips) and their references in captions.json
-(`grurcn_jax.data.captions.write_captions`). Start the encoder from an
-action-recognition run (configs/ucf101_bigrurcn.py) with
+FEATURES holds pool2..pool5 (and fc7, for the baseline) features of the MSVD clips
+(train: the 1,200 training clips, val: 100, test: the 670 test clips) and their
+references and vocabulary in captions.json, as extraction writes them:
+
+  python -m grurcn_jax.data.extract --source=msvd --videos=YouTubeClips/ \\
+      --captions=AllVideoDescriptions.txt --mapping=youtube_mapping.txt \\
+      --out=FEATURES --levels=pool2,pool3,pool4,pool5,fc7 --weights=imagenet
+
+Start the encoder from an action-recognition run (configs/ucf101_bigrurcn.py) with
 --config.caption.encoder_checkpoint=RUN_DIR, and keep it fixed with
 --config.caption.freeze_encoder=True. The paper's VGG-16 baseline (fc7 of each
 segment's first frame): --config.caption.encoder=first_frame

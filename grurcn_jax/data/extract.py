@@ -4,6 +4,13 @@ r"""VGG-16 feature extraction: videos -> feature shards (data/features.py format
       --splits=ucfTrainTestlist/ --split=1 --out=/data/ucf101_feats \
       --levels=pool2,pool3,pool4,pool5 --frame_stride=5 --weights=imagenet
 
+For captioning, MSVD's clips with their references (data/msvd.py) go into the same
+format, plus `captions.json` (data/captions.py: references and vocabulary):
+
+  python -m grurcn_jax.data.extract --source=msvd --videos=YouTubeClips/ \
+      --captions=AllVideoDescriptions.txt --mapping=youtube_mapping.txt \
+      --out=/data/msvd_feats --levels=pool2,pool3,pool4,pool5 --weights=imagenet
+
 It prints the estimated output size per level first (`--dry_run` prints only that),
 shows progress with videos/s, frames/s and ETA, and is resumable: shards already
 written are skipped, so re-running the same command after an interruption finishes
@@ -24,10 +31,11 @@ import numpy as np
 from grurcn_jax import errors
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
-from grurcn_jax.data import ucf101, video as video_lib
+from grurcn_jax.data import captions as captions_lib
+from grurcn_jax.data import msvd, ucf101, video as video_lib
 from grurcn_jax.errors import ConfigError, VideoDecodeError
 
-SOURCES = ("ucf101", "folders", "tfds")
+SOURCES = ("ucf101", "folders", "tfds", "msvd")
 # Bytes of a shard's table per video (id, label, rows) and per frame (its source
 # frame index): generous.
 _RECORD_OVERHEAD = 200
@@ -354,6 +362,14 @@ def define_flags():
   flags.DEFINE_string("splits", None, "Directory with classInd.txt, trainlist0N.txt, "
                       "testlist0N.txt (--source=ucf101).")
   flags.DEFINE_integer("split", 1, "UCF-101 split: 1, 2 or 3.")
+  flags.DEFINE_string("captions", None, "MSVD's AllVideoDescriptions.txt: '<clip> "
+                      "<caption>' lines (--source=msvd).")
+  flags.DEFINE_string("mapping", None, "MSVD's youtube_mapping.txt: '<clip> vidN' "
+                      "lines, the order the split follows (--source=msvd).")
+  flags.DEFINE_list("msvd_split", [str(n) for n in msvd.SPLIT_SIZES],
+                    "train,val,test clip counts, in vidN order (--source=msvd).")
+  flags.DEFINE_integer("min_word_count", 1, "Words of the training references seen "
+                       "fewer times are <unk> in the vocabulary (--source=msvd).")
   flags.DEFINE_string("tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
   flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
   flags.DEFINE_string("out", None, "Output feature directory (local or gs://).")
@@ -427,15 +443,21 @@ def _check_required_flags() -> None:
     raise app.UsageError(f"--videos is required with --source={FLAGS.source}")
   if FLAGS.source == "ucf101" and not FLAGS.splits:
     raise app.UsageError("--splits is required with --source=ucf101")
+  if FLAGS.source == "msvd" and not (FLAGS.captions and FLAGS.mapping):
+    raise app.UsageError("--captions and --mapping are required with --source=msvd")
 
 
 def run() -> Summary:
   """The extraction the flags ask for; user errors raise grurcn_jax.errors.Error."""
   settings = settings_from_flags()
+  references = None
   if FLAGS.source == "tfds":
     class_names, videos = tfds_videos(FLAGS.tfds_name, FLAGS.tfds_data_dir, settings)
   else:
-    if FLAGS.source == "ucf101":
+    if FLAGS.source == "msvd":
+      class_names, (entries, references) = [], msvd.msvd_entries(
+          FLAGS.videos, FLAGS.captions, FLAGS.mapping, _split_sizes())
+    elif FLAGS.source == "ucf101":
       class_names, entries = ucf101.ucf101_entries(FLAGS.videos, FLAGS.splits, FLAGS.split)
     else:
       class_names, entries = ucf101.folder_entries(FLAGS.videos)
@@ -444,7 +466,24 @@ def run() -> Summary:
                     dry_run=FLAGS.dry_run)
   if summary.failed and not summary.written_videos and not summary.skipped_shards:
     raise VideoDecodeError("no video could be decoded")
+  if references is not None and not FLAGS.dry_run:
+    # After the features: its presence says the directory is complete.
+    vocabulary = captions_lib.write_captions(
+        FLAGS.out, references, [v.video_id for v in videos if v.split == "train"],
+        FLAGS.min_word_count)
+    print(f"Wrote the references of {len(references)} clips and a vocabulary of "
+          f"{vocabulary.size} words (min count {FLAGS.min_word_count}) to "
+          f"{features_lib.join(FLAGS.out, captions_lib.CAPTIONS_FILE)}")
   return summary
+
+
+def _split_sizes() -> Tuple[int, ...]:
+  if FLAGS.min_word_count < 1:
+    raise ConfigError(f"--min_word_count={FLAGS.min_word_count}: give 1 or more")
+  if not all(n.strip().isdigit() for n in FLAGS.msvd_split):
+    raise ConfigError(f"--msvd_split={','.join(FLAGS.msvd_split)}: give three clip "
+                      f"counts, train,val,test")
+  return tuple(int(n) for n in FLAGS.msvd_split)
 
 
 def main(argv):

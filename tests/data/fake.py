@@ -1,5 +1,7 @@
-"""Small feature directories written straight through the format (no VGG-16)."""
+"""Small feature directories written straight through the format (no VGG-16), and
+tiny encoded videos."""
 
+import av
 import numpy as np
 
 from grurcn_jax.data import features
@@ -58,3 +60,16 @@ def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
     written[split] = videos
   features.write_metadata(str(directory), metadata)
   return written
+
+
+def encode_video(path, num_frames, seed):
+  rng = np.random.default_rng(seed)
+  with av.open(path, mode="w") as container:
+    stream = container.add_stream("mpeg4", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
+    for _ in range(num_frames):
+      image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
+      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+        container.mux(packet)
+    for packet in stream.encode():
+      container.mux(packet)

@@ -6,28 +6,15 @@ import os
 import subprocess
 import sys
 
-import av
 import numpy as np
 import pytest
 
 from grurcn_jax.data import demo, extract, features, ucf101
 from grurcn_jax.errors import ConfigError, VideoDecodeError
+from tests.data.fake import encode_video
 
 CLASSES = ["JumpRope", "Rowing"]
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def encode_video(path, num_frames, seed):
-  rng = np.random.default_rng(seed)
-  with av.open(path, mode="w") as container:
-    stream = container.add_stream("mpeg4", rate=25)
-    stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
-    for _ in range(num_frames):
-      image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
-      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-        container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
 
 
 @pytest.fixture(scope="module")
