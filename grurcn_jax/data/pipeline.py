@@ -6,8 +6,11 @@ not grow with the length of its video.
 Train order is a pure function of (seed, epoch, stream): the data is read as
 `num_streams` independent streams (default: one per host). Each epoch every video
 of the split is permuted by (seed, epoch) and stream s of S takes positions s, s+S,
-...; so every video is seen exactly once per epoch, in an order that mixes all
-shards (no shuffle buffer: nothing but the clips in flight is held in memory). Host
+...; so every video is seen once per epoch, in an order that mixes all shards (no
+shuffle buffer: nothing but the clips in flight is held in memory). When S does not
+divide the N videos, every stream still takes ceil(N/S) per epoch, positions past
+the end wrapping to the permutation's start (S - N mod S videos seen twice), so the
+streams stay in the same epoch instead of the shorter ones drifting ahead. Host
 p of P owns the streams [p*S/P, (p+1)*S/P) and its part of every global batch is
 its streams' equal shares, in stream order: with a fixed `num_streams`, the global
 batches are the same for any number of hosts that divides it. Each clip's start
@@ -114,14 +117,22 @@ def _clip_rows(num_frames: tf.Tensor, start: tf.Tensor, clip_length: int,
 
 def _stream_plan(num_videos: int, seed: int, stream: int, num_streams: int):
   """epoch -> the video positions stream `stream` of `num_streams` reads in it:
-  positions s, s+S, ... of a permutation of all videos seeded by (seed, epoch)."""
+  positions s, s+S, ... (ceil(N/S) of them, wrapping past the end) of a
+  permutation of all N videos seeded by (seed, epoch)."""
+  positions = np.arange(stream, _epoch_size(num_videos, num_streams) * num_streams,
+                        num_streams) % num_videos
   def plan(epoch):
     order = tf.random.experimental.stateless_shuffle(
         tf.range(num_videos, dtype=tf.int64),
         seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
         alg="philox")
-    return order[stream::num_streams]
+    return tf.gather(order, positions)
   return plan
+
+
+def _epoch_size(num_videos: int, num_streams: int) -> int:
+  """Videos per stream and epoch: the same for every stream."""
+  return -(-num_videos // num_streams)
 
 
 def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
@@ -187,7 +198,7 @@ def _train_streams(reader, stats, data, element, *, batch_size, seed, start_step
 
 def _stream_dataset(num_videos, stream, num_streams, seed, start, element):
   plan = _stream_plan(num_videos, seed, stream, num_streams)
-  epoch_size = len(range(stream, num_videos, num_streams))
+  epoch_size = _epoch_size(num_videos, num_streams)
   first_epoch, skip = divmod(start, epoch_size)   # skipped without reading
 
   def epoch_positions(epoch):

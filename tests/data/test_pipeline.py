@@ -33,7 +33,7 @@ def feature_dir(tmp_path_factory):
 
 def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
   """The video ids one host reads in one epoch, in order (batch size 1)."""
-  epoch_size = len(range(host, 20, hosts))    # stream `host` of `hosts`, 20 videos
+  epoch_size = -(-20 // hosts)    # every stream of `hosts`: ceil(20 videos / hosts)
   batches = pipeline.train_batches(data_config(feature_dir, clip_length=3), batch_size=1,
                                    seed=seed, process_index=host, process_count=hosts,
                                    start_step=epoch * epoch_size)
@@ -44,7 +44,14 @@ def host_epoch_videos(feature_dir, seed, host, hosts, epoch=0):
 def test_every_video_once_per_epoch_over_hosts(feature_dir, hosts):
   for epoch in (0, 1):
     seen = [v for h in range(hosts) for v in host_epoch_videos(feature_dir, 0, h, hosts, epoch)]
-    assert sorted(seen) == list(range(20)), (epoch, seen)
+    if hosts == 2:
+      assert sorted(seen) == list(range(20)), (epoch, seen)
+    else:   # 3 streams of 7 (all in the same epoch at the same step): one video
+      # of the 20 twice, the epoch's first
+      counts = collections.Counter(seen)
+      assert sorted(counts) == list(range(20)), (epoch, seen)
+      assert sorted(counts.values()) == [1] * 19 + [2]
+      assert counts[host_epoch_videos(feature_dir, 0, 0, hosts, epoch)[0]] == 2
 
 
 def test_order_is_a_function_of_the_seed(feature_dir):
