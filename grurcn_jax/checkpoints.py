@@ -29,10 +29,22 @@ def _flatten(config: Mapping) -> dict:
           for k, v in config_validation.flatten(config).items()}
 
 
+def _write_each_array_from_one_replica() -> None:
+  """Orbax's default splits each replicated array over its replicas to copy it to
+  the host in parallel, compiling a slicing program per array shape: on 8
+  devices the first save of this package's train state blocked for 5.6 s (0.05 s
+  without), while its arrays are small enough for one replica to copy. The
+  registration is process-wide (orbax keeps one registry per process)."""
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+      override=True)
+
+
 class Checkpoints:
   """Save, find and restore the train state of one workdir."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 3):
+    _write_each_array_from_one_replica()
     self._manager = ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
