@@ -131,6 +131,43 @@ def test_train_step_is_three_forwards():
   assert forward == reference_forward_flops(cfg, SHAPES, BATCH, CLIP)
 
 
+def reference_decoder_flops(batch, length, segments, width, vocab, caption):
+  """The attention LSTM's contractions (models/caption_decoder.py), per video:
+  once h_0, c_0 (2 x D x H each) and the segments' projection (K x D x A); per
+  word the attention (H x A, K x A scores, K x D context), the gates from the
+  word, h and the context (E, H, D each x 4H), and the output layer (H x E,
+  D x E, E x V). The embedding is a lookup, not a product."""
+  e, h, a = caption.embed_dim, caption.hidden, caption.attention_dim
+  k, d = segments, width
+  once = 2 * d * h * 2 + 2 * k * d * a
+  per_word = (2 * h * a + 2 * k * a + 2 * k * d + 2 * 4 * h * (e + h + d)
+              + 2 * e * (h + d) + 2 * e * vocab)
+  return batch * (once + length * per_word)
+
+
+@pytest.mark.parametrize("freeze_encoder", [False, True])
+def test_captioning_step_counts_the_encoder_backward_only_when_trained(
+    tiny_captions_dir, freeze_encoder):
+  from grurcn_jax import experiment as experiment_lib
+  from tests.training_setup import tiny_captioning_config
+  # A frozen encoder needs a checkpoint to start from; counting FLOPs never reads it.
+  config = tiny_captioning_config(
+      tiny_captions_dir, caption__freeze_encoder=freeze_encoder,
+      caption__encoder_checkpoint="/not/read" if freeze_encoder else "")
+  experiment = experiment_lib.assemble(config)
+  batch, caption = 3, config.caption
+  cfg = config.model.copy_and_resolve_references()
+  cfg.num_classes = 0                    # the encoder without a classifier
+  shapes = {l: tuple(s) for l, s in experiment.spec.input_shapes.items()}
+  # Every segment of every video is a clip of clip_length frames.
+  encoder = reference_forward_flops(cfg, shapes, batch * caption.segments,
+                                    config.data.clip_length)
+  decoder = reference_decoder_flops(batch, caption.max_length, caption.segments,
+                                    sum(cfg.hidden), experiment.vocabulary.size, caption)
+  backward_through = decoder if freeze_encoder else encoder + decoder
+  assert experiment.train_step_flops(batch) == encoder + decoder + 2 * backward_through
+
+
 # -- the jaxpr walker on functions with known counts ----------------------------
 
 def walk(fn, *args):
