@@ -18,7 +18,8 @@ NAMES = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(CONFIG_D
 
 def test_every_experiment_is_here():
   assert {"default", "demo", "demo_captioning", "tpu", "ucf101_grurcn", "ucf101_bigrurcn",
-          "ucf101_stacked", "ucf101_vgg_frames", "ucf101_vgg_rnn"} <= set(NAMES)
+          "ucf101_stacked", "ucf101_vgg_frames", "ucf101_vgg_rnn", "demo_flow",
+          "ucf101_flow_grurcn", "ucf101_flow_vgg_frames", "msvd_bigrurcn_captioning"} <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -172,6 +172,11 @@ class DemoSpec:
   videos_per_shard: int = 16
   # The frames too (uint8, 7 KB each at 48 px): frames mode trains on them.
   store_frames: bool = True
+  # rgb, or flow (configs/demo_flow.py): VGG-16 on windows of flow_length stacked
+  # flows between consecutive frames (data/flow.py), 7 windows per 8-frame video.
+  modality: str = "rgb"
+  flow: str = "dis"
+  flow_length: int = 1
 
 
 def build(directory: str, spec: DemoSpec = DemoSpec(), progress: bool = True) -> Dict:
@@ -196,6 +201,9 @@ def extract_rendered(directory: str, videos, class_names: Sequence[str], spec, *
   settings = extract.Settings(levels=tuple(spec.levels), image_size=spec.image_size,
                               frame_stride=1, weights="random", seed=spec.seed,
                               videos_per_shard=spec.videos_per_shard,
-                              store_frames=store_frames, batch_size=32)
+                              store_frames=store_frames, batch_size=32,
+                              modality=getattr(spec, "modality", "rgb"),
+                              flow=getattr(spec, "flow", "dis"),
+                              flow_length=getattr(spec, "flow_length", 1))
   extract.extract(videos, class_names, directory, settings, source=source,
                   progress=progress)

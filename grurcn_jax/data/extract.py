@@ -32,10 +32,11 @@ from grurcn_jax import errors
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import captions as captions_lib
+from grurcn_jax.data import flow as flow_lib
 from grurcn_jax.data import msvd, ucf101, video as video_lib
 from grurcn_jax.errors import ConfigError, VideoDecodeError
 
-SOURCES = ("ucf101", "folders", "tfds", "msvd")
+SOURCES = ("ucf101", "folders", "tfds", "msvd", "flow_frames")
 # Bytes of a shard's table per video (id, label, rows) and per frame (its source
 # frame index): generous.
 _RECORD_OVERHEAD = 200
@@ -51,6 +52,9 @@ class Video:
   split: str
   load: Callable[[], Tuple[np.ndarray, np.ndarray]]
   estimate_frames: Callable[[], int]
+  # What `load` gives: rgb frames, or flow (stored flow [N, H, W, 2] uint8,
+  # data/flow.py, imported from flow frames made elsewhere).
+  content: str = "rgb"
 
 
 @dataclasses.dataclass
@@ -70,15 +74,29 @@ class Settings:
   store_frames: bool = False         # also the frames (uint8), for frames mode
   frames_jpeg_quality: int = 0       # frames as JPEG of this quality (0: raw rows)
   batch_size: int = 64             # frames per VGG-16 forward pass
+  # rgb, or flow: the paper's second stream, VGG-16 on windows of flow_length
+  # stacked flows (data/flow.py), its first convolution cross-modality initialised.
+  modality: str = "rgb"
+  flow: str = "dis"                # dis | farneback | tvl1
+  flow_bound: float = flow_lib.DEFAULT_BOUND
+  flow_length: int = flow_lib.DEFAULT_LENGTH
 
   def record(self) -> dict:
     """What must match for a resumed extraction to continue the same dataset."""
-    return {"levels": list(self.levels), "image_size": self.image_size,
-            "frame_stride": self.frame_stride, "fps": self.fps,
-            "max_frames": self.max_frames, "weights": self.weights, "seed": self.seed,
-            "augment": self.augment, "videos_per_shard": self.videos_per_shard,
-            "int8_levels": list(self.int8_levels), "store_frames": self.store_frames,
-            "frames_jpeg_quality": self.frames_jpeg_quality}
+    record = {"levels": list(self.levels), "image_size": self.image_size,
+              "frame_stride": self.frame_stride, "fps": self.fps,
+              "max_frames": self.max_frames, "weights": self.weights, "seed": self.seed,
+              "augment": self.augment, "videos_per_shard": self.videos_per_shard,
+              "int8_levels": list(self.int8_levels), "store_frames": self.store_frames,
+              "frames_jpeg_quality": self.frames_jpeg_quality}
+    if self.modality == "flow":   # RGB records stay as they were: old runs resume
+      record.update(flow_lib.flow_settings_record(self.flow, self.flow_bound,
+                                                  self.flow_length))
+    return record
+
+  @property
+  def input_channels(self) -> int:
+    return 2 * self.flow_length if self.modality == "flow" else 3
 
 
 @dataclasses.dataclass
@@ -104,13 +122,18 @@ class FeatureExtractor:
       params = vgg16.init_params(self.levels, settings.seed, settings.image_size)
     else:
       params = vgg16.load_weights(settings.weights, self.levels)
+    preprocess = vgg16.preprocess
+    if settings.modality == "flow":
+      params = vgg16.cross_modality(params, settings.input_channels)
+      preprocess = vgg16.preprocess_flow
     model = vgg16.VGG16(levels=self.levels)
     self._params = params
     self._forward = jax.jit(
-        lambda p, frames: model.apply({"params": p}, vgg16.preprocess(frames)))
+        lambda p, frames: model.apply({"params": p}, preprocess(frames)))
 
   def __call__(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
-    """[N, S, S, 3] uint8 -> level -> float32 [N, *shape]."""
+    """[N, S, S, 3] uint8 frames (or [N, S, S, 2L] flow windows) -> level ->
+    float32 [N, *shape]."""
     n, b = len(frames), self.settings.batch_size
     outputs: Dict[str, List[np.ndarray]] = {level: [] for level in self.levels}
     for start in range(0, n, b):
@@ -183,10 +206,12 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
   samples: Dict[str, List[np.ndarray]] = {level: [] for level in settings.levels}
   for video in videos:
     try:
-      frames, _ = video.load()
+      frames, indices = video.load()
+      frames, _ = network_input(
+          video, video_lib.resize_and_crop(frames, settings.image_size, None),
+          indices, settings)
     except VideoDecodeError:
       continue
-    frames = video_lib.resize_and_crop(frames, settings.image_size, None)
     for level, a in extractor(frames).items():
       samples[level].append(a)
     if len(samples[settings.levels[0]]) >= max_videos:
@@ -195,6 +220,26 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
     raise VideoDecodeError("none of the first videos could be decoded: nothing to "
                            "calibrate the feature scales on")
   return {level: features_lib.level_stats(np.concatenate(a)) for level, a in samples.items()}
+
+
+def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
+                  settings: Settings) -> Tuple[np.ndarray, np.ndarray]:
+  """What VGG-16 reads, with the source frame index of each: the frames (rgb), or
+  (flow) windows of flow_length stacked flows, the flow computed between
+  consecutive decoded frames here or imported as stored, a window starting at
+  every flow step --frame_stride selects (at most --max_frames of them)."""
+  if settings.modality != "flow":
+    if video.content != "rgb":
+      raise ConfigError(f"{video.video_id}: imported flow needs --modality=flow")
+    return frames, indices
+  if video.content == "rgb":
+    flows = flow_lib.quantize(flow_lib.video_flow(frames, settings.flow),
+                              settings.flow_bound)
+    indices = indices[:-1]          # flow t goes from frame t to frame t+1
+  else:
+    flows = frames
+  keep = _select_indices(len(flows), settings)
+  return flow_lib.stack_windows(flows, settings.flow_length)[keep], indices[keep]
 
 
 def _crop_for(video: Video, settings: Settings):
@@ -208,6 +253,9 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
             settings: Settings, *, source: str, dry_run: bool = False,
             progress: bool = True, out=sys.stdout) -> Summary:
   """Extracts `videos` into `out_dir`; resumable; returns what was done."""
+  if settings.modality == "flow" and settings.store_frames:
+    raise ConfigError("store_frames keeps RGB frames for frames mode; it does not "
+                      "apply to the flow modality")
   summary = Summary()
   summary.estimated_bytes = estimate_bytes(videos, settings)
   print_estimate(summary.estimated_bytes, len(videos), out)
@@ -252,7 +300,9 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               levels=shapes, stats=_calibrate(split_videos, extractor, settings),
               class_names=class_names,
               backbone={"name": "vgg16", "weights": settings.weights,
-                        "seed": settings.seed, "image_size": settings.image_size},
+                        "seed": settings.seed, "image_size": settings.image_size,
+                        **({"input": "flow", "channels": settings.input_channels}
+                           if settings.modality == "flow" else {})},
               extraction={**settings.record(), "source": source},
               int8_levels=settings.int8_levels,
               frames_shape=((settings.image_size,) * 2 + (3,)
@@ -268,6 +318,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               frames, indices = video.load()
               frames = video_lib.resize_and_crop(frames, settings.image_size,
                                                  _crop_for(video, settings))
+              frames, indices = network_input(video, frames, indices, settings)
             except VideoDecodeError as e:
               failed.append((video.video_id, str(e)))
               logging.warning("skipping undecodable video %s", e)
@@ -312,9 +363,40 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 def _file_videos(entries, settings: Settings) -> List[Video]:
   decode = dict(frame_stride=settings.frame_stride, fps=settings.fps,
                 max_frames=settings.max_frames)
+  estimate = decode
+  if settings.modality == "flow":
+    # Flow is between consecutive frames: decode them all (windows are selected
+    # from the flow), enough for max_frames windows that do not wrap.
+    decode = dict(frame_stride=1, fps=None, max_frames=settings.max_frames and (
+        settings.max_frames * (settings.frame_stride or 1) + settings.flow_length))
   return [Video(e.video_id, e.label, e.split,
                 load=lambda e=e: video_lib.decode(e.path, **decode),
-                estimate_frames=lambda e=e: video_lib.estimate_frames(e.path, **decode))
+                estimate_frames=lambda e=e: video_lib.estimate_frames(e.path, **estimate))
+          for e in entries]
+
+
+def flow_frames_videos(entries, settings: Settings) -> List[Video]:
+  """Videos whose flow was made elsewhere, in TSN's layout: a folder per video,
+  named as the video file without its extension (ROOT/v_X_g01_c01/ or
+  ROOT/Class/v_X_g01_c01/), holding flow_x_00001.jpg, flow_y_00001.jpg, ..."""
+  import os
+  def folder(e):
+    stem = os.path.splitext(e.path)[0]
+    flat = os.path.join(os.path.dirname(os.path.dirname(stem)), os.path.basename(stem))
+    return stem if os.path.isdir(stem) else flat
+
+  def load(e):
+    flows = flow_lib.read_flow_frames(folder(e))
+    return flows, np.arange(len(flows))
+
+  def estimate(e):
+    try:
+      count = sum(n.startswith("flow_x_") for n in os.listdir(folder(e)))
+    except OSError:
+      return 0
+    return len(_select_indices(count, settings))
+  return [Video(e.video_id, e.label, e.split, load=lambda e=e: load(e),
+                estimate_frames=lambda e=e: estimate(e), content="flow")
           for e in entries]
 
 
@@ -353,50 +435,64 @@ def _select_indices(num_frames: int, settings: Settings, rate: float = 25.0) -> 
 FLAGS = flags.FLAGS
 
 
-def define_flags():
+def define_flags(flag_values: flags.FlagValues = FLAGS):
   """Command-line flags (defined only when run as a program, so importing this
-  module next to other CLIs defines nothing)."""
-  flags.DEFINE_enum("source", "ucf101", SOURCES, "Where the videos come from.")
-  flags.DEFINE_string("videos", None, "Video root: UCF-101's ClassName/*.avi tree, or any "
-                      "class-per-folder tree (optionally with train/ and test/).")
-  flags.DEFINE_string("splits", None, "Directory with classInd.txt, trainlist0N.txt, "
+  module next to other CLIs defines nothing; tests define them in their own
+  FlagValues)."""
+  def define(kind, *args, **kwargs):
+    getattr(flags, f"DEFINE_{kind}")(*args, flag_values=flag_values, **kwargs)
+
+  define("enum", "source", "ucf101", SOURCES, "Where the videos come from.")
+  define("string", "videos", None, "Video root: UCF-101's ClassName/*.avi tree, any "
+                      "class-per-folder tree (optionally with train/ and test/), MSVD's "
+                      "clips, or (--source=flow_frames) a folder of per-video flow "
+                      "folders in TSN's layout.")
+  define("string", "splits", None, "Directory with classInd.txt, trainlist0N.txt, "
                       "testlist0N.txt (--source=ucf101).")
-  flags.DEFINE_integer("split", 1, "UCF-101 split: 1, 2 or 3.")
-  flags.DEFINE_string("captions", None, "MSVD's AllVideoDescriptions.txt: '<clip> "
+  define("integer", "split", 1, "UCF-101 split: 1, 2 or 3.")
+  define("string", "captions", None, "MSVD's AllVideoDescriptions.txt: '<clip> "
                       "<caption>' lines (--source=msvd).")
-  flags.DEFINE_string("mapping", None, "MSVD's youtube_mapping.txt: '<clip> vidN' "
+  define("string", "mapping", None, "MSVD's youtube_mapping.txt: '<clip> vidN' "
                       "lines, the order the split follows (--source=msvd).")
-  flags.DEFINE_list("msvd_split", [str(n) for n in msvd.SPLIT_SIZES],
+  define("list", "msvd_split", [str(n) for n in msvd.SPLIT_SIZES],
                     "train,val,test clip counts, in vidN order (--source=msvd).")
-  flags.DEFINE_integer("min_word_count", 1, "Words of the training references seen "
+  define("integer", "min_word_count", 1, "Words of the training references seen "
                        "fewer times are <unk> in the vocabulary (--source=msvd).")
-  flags.DEFINE_string("tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
-  flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
-  flags.DEFINE_string("out", None, "Output feature directory (local or gs://).")
-  flags.DEFINE_list("levels", ["pool2", "pool3", "pool4", "pool5"],
+  define("string", "tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
+  define("string", "tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
+  define("string", "out", None, "Output feature directory (local or gs://).")
+  define("list", "levels", ["pool2", "pool3", "pool4", "pool5"],
                     f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
-  flags.DEFINE_integer("image_size", 224, "Frame side fed to VGG-16.")
-  flags.DEFINE_integer("frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
-  flags.DEFINE_float("fps", None, "Keep frames at this rate instead of --frame_stride.")
-  flags.DEFINE_integer("max_frames", None, "At most this many frames per video.")
-  flags.DEFINE_string("weights", "random", "random (seeded, no network) | imagenet "
+  define("integer", "image_size", 224, "Frame side fed to VGG-16.")
+  define("integer", "frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
+  define("float", "fps", None, "Keep frames at this rate instead of --frame_stride.")
+  define("integer", "max_frames", None, "At most this many frames per video.")
+  define("string", "weights", "random", "random (seeded, no network) | imagenet "
                       "(Keras' standard file, downloaded once by Keras) | path to a Keras "
                       "VGG16 weights file | checkpoint:DIR[@STEP] (the VGG-16 of a "
                       "frames-mode run, e.g. configs/ucf101_vgg16_finetune.py; DIR its "
                       "workdir, newest step by default).")
-  flags.DEFINE_integer("seed", 0, "Seed of random weights and of training crops.")
-  flags.DEFINE_bool("augment", False, "The paper's multi-scale random crop (side 256, 224, "
+  define("integer", "seed", 0, "Seed of random weights and of training crops.")
+  define("bool", "augment", False, "The paper's multi-scale random crop (side 256, 224, "
                     "192 or 168 of 256, resized), one per train video.")
-  flags.DEFINE_integer("videos_per_shard", 64, "Videos per shard.")
-  flags.DEFINE_list("int8_levels", [], "Levels stored as int8 instead of float16 "
+  define("integer", "videos_per_shard", 64, "Videos per shard.")
+  define("list", "int8_levels", [], "Levels stored as int8 instead of float16 "
                     "(half the bytes; dequantised on the accelerator), e.g. pool2.")
-  flags.DEFINE_bool("store_frames", False, "Also store the resized frames (uint8), "
+  define("bool", "store_frames", False, "Also store the resized frames (uint8), "
                     "which frames mode (data.input=frames) trains on.")
-  flags.DEFINE_integer("frames_jpeg_quality", 0, "With --store_frames: store the "
+  define("integer", "frames_jpeg_quality", 0, "With --store_frames: store the "
                        "frames as JPEG of this quality, 1-100 (about 10x smaller at 90; "
                        "tf.data decodes them), instead of raw rows (0).")
-  flags.DEFINE_integer("batch_size", 64, "Frames per VGG-16 forward pass.")
-  flags.DEFINE_bool("dry_run", False, "Print the size estimate only.")
+  define("integer", "batch_size", 64, "Frames per VGG-16 forward pass.")
+  define("enum", "modality", "rgb", ("rgb", "flow"), "rgb frames, or optical flow "
+                    "(the second stream): VGG-16 on --flow_length stacked flows.")
+  define("enum", "flow", "dis", flow_lib.ALGORITHMS, "Flow algorithm (OpenCV): dis "
+                    "(fast), farneback, or tvl1 (opencv-contrib-python-headless).")
+  define("float", "flow_bound", flow_lib.DEFAULT_BOUND, "Flow is clipped to "
+                     "[-bound, bound] pixels and stored as 0..255.")
+  define("integer", "flow_length", flow_lib.DEFAULT_LENGTH, "Flows stacked per "
+                       "network input (2L channels: x1, y1, ..., xL, yL).")
+  define("bool", "dry_run", False, "Print the size estimate only.")
 
 
 def _pinned(weights: str) -> str:
@@ -408,82 +504,98 @@ def _pinned(weights: str) -> str:
   return vgg16.pin_weights(weights)
 
 
-def settings_from_flags() -> Settings:
+def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:
   """Settings from the flags; an unknown --levels name is a ConfigError."""
-  if FLAGS.frames_jpeg_quality and not FLAGS.store_frames:
+  if values.frames_jpeg_quality and not values.store_frames:
     raise ConfigError("--frames_jpeg_quality sets how --store_frames stores the "
                       "frames: give --store_frames too")
-  if not 0 <= FLAGS.frames_jpeg_quality <= 100:
-    raise ConfigError(f"--frames_jpeg_quality={FLAGS.frames_jpeg_quality}: give 1-100 "
+  if not 0 <= values.frames_jpeg_quality <= 100:
+    raise ConfigError(f"--frames_jpeg_quality={values.frames_jpeg_quality}: give 1-100 "
                       f"(0: raw frames)")
-  for level in FLAGS.levels:
+  for level in values.levels:
     if level not in levels_lib.LEVELS:
       raise ConfigError(f"--levels: unknown level {level!r}; valid: "
                         f"{', '.join(levels_lib.LEVELS)}")
-  for level in FLAGS.int8_levels:
-    if level not in FLAGS.levels:
+  for level in values.int8_levels:
+    if level not in values.levels:
       raise ConfigError(f"--int8_levels: {level!r} is not in --levels "
-                        f"({', '.join(FLAGS.levels)})")
-  return Settings(levels=tuple(FLAGS.levels), image_size=FLAGS.image_size,
-                  frame_stride=None if FLAGS.fps else FLAGS.frame_stride, fps=FLAGS.fps,
-                  max_frames=FLAGS.max_frames, weights=_pinned(FLAGS.weights),
-                  seed=FLAGS.seed,
-                  augment=FLAGS.augment, videos_per_shard=FLAGS.videos_per_shard,
-                  int8_levels=tuple(FLAGS.int8_levels), store_frames=FLAGS.store_frames,
-                  frames_jpeg_quality=FLAGS.frames_jpeg_quality,
-                  batch_size=FLAGS.batch_size)
+                        f"({', '.join(values.levels)})")
+  if values.source == "flow_frames" and values.modality != "flow":
+    raise ConfigError("--source=flow_frames imports flow: give --modality=flow")
+  if values.modality == "flow":
+    flow_lib.check(values.flow, values.flow_bound, values.flow_length)
+    if values.fps:
+      raise ConfigError("--fps with --modality=flow: flow windows are selected by "
+                        "--frame_stride over the flow steps")
+    if values.store_frames:
+      raise ConfigError("--store_frames stores RGB frames for frames mode; it does "
+                        "not apply to --modality=flow")
+    if values.source == "flow_frames" and values.augment:
+      raise ConfigError("--augment crops decoded frames; imported flow frames are "
+                        "used as they are")
+  return Settings(levels=tuple(values.levels), image_size=values.image_size,
+                  frame_stride=None if values.fps else values.frame_stride, fps=values.fps,
+                  max_frames=values.max_frames, weights=_pinned(values.weights),
+                  seed=values.seed,
+                  augment=values.augment, videos_per_shard=values.videos_per_shard,
+                  int8_levels=tuple(values.int8_levels), store_frames=values.store_frames,
+                  frames_jpeg_quality=values.frames_jpeg_quality,
+                  batch_size=values.batch_size, modality=values.modality,
+                  flow=values.flow, flow_bound=values.flow_bound,
+                  flow_length=values.flow_length)
 
 
-def _check_required_flags() -> None:
+def _check_required_flags(values: flags.FlagValues = FLAGS) -> None:
   # Which flags are required depends on --source, so absl's
   # mark_flag_as_required cannot say it; all three are usage errors alike.
-  if not FLAGS.out:
+  if not values.out:
     raise app.UsageError("--out is required")
-  if FLAGS.source != "tfds" and not FLAGS.videos:
-    raise app.UsageError(f"--videos is required with --source={FLAGS.source}")
-  if FLAGS.source == "ucf101" and not FLAGS.splits:
-    raise app.UsageError("--splits is required with --source=ucf101")
-  if FLAGS.source == "msvd" and not (FLAGS.captions and FLAGS.mapping):
+  if values.source != "tfds" and not values.videos:
+    raise app.UsageError(f"--videos is required with --source={values.source}")
+  if values.source in ("ucf101", "flow_frames") and not values.splits:
+    raise app.UsageError(f"--splits is required with --source={values.source}")
+  if values.source == "msvd" and not (values.captions and values.mapping):
     raise app.UsageError("--captions and --mapping are required with --source=msvd")
 
 
-def run() -> Summary:
+def run(values: flags.FlagValues = FLAGS) -> Summary:
   """The extraction the flags ask for; user errors raise grurcn_jax.errors.Error."""
-  settings = settings_from_flags()
+  settings = settings_from_flags(values)
   references = None
-  if FLAGS.source == "tfds":
-    class_names, videos = tfds_videos(FLAGS.tfds_name, FLAGS.tfds_data_dir, settings)
+  if values.source == "tfds":
+    class_names, videos = tfds_videos(values.tfds_name, values.tfds_data_dir, settings)
   else:
-    if FLAGS.source == "msvd":
+    if values.source == "msvd":
       class_names, (entries, references) = [], msvd.msvd_entries(
-          FLAGS.videos, FLAGS.captions, FLAGS.mapping, _split_sizes())
-    elif FLAGS.source == "ucf101":
-      class_names, entries = ucf101.ucf101_entries(FLAGS.videos, FLAGS.splits, FLAGS.split)
+          values.videos, values.captions, values.mapping, _split_sizes(values))
+    elif values.source in ("ucf101", "flow_frames"):
+      class_names, entries = ucf101.ucf101_entries(values.videos, values.splits, values.split)
     else:
-      class_names, entries = ucf101.folder_entries(FLAGS.videos)
-    videos = _file_videos(entries, settings)
-  summary = extract(videos, class_names, FLAGS.out, settings, source=FLAGS.source,
-                    dry_run=FLAGS.dry_run)
+      class_names, entries = ucf101.folder_entries(values.videos)
+    videos = (flow_frames_videos(entries, settings) if values.source == "flow_frames"
+              else _file_videos(entries, settings))
+  summary = extract(videos, class_names, values.out, settings, source=values.source,
+                    dry_run=values.dry_run)
   if summary.failed and not summary.written_videos and not summary.skipped_shards:
     raise VideoDecodeError("no video could be decoded")
-  if references is not None and not FLAGS.dry_run:
+  if references is not None and not values.dry_run:
     # After the features: its presence says the directory is complete.
     vocabulary = captions_lib.write_captions(
-        FLAGS.out, references, [v.video_id for v in videos if v.split == "train"],
-        FLAGS.min_word_count)
+        values.out, references, [v.video_id for v in videos if v.split == "train"],
+        values.min_word_count)
     print(f"Wrote the references of {len(references)} clips and a vocabulary of "
-          f"{vocabulary.size} words (min count {FLAGS.min_word_count}) to "
-          f"{features_lib.join(FLAGS.out, captions_lib.CAPTIONS_FILE)}")
+          f"{vocabulary.size} words (min count {values.min_word_count}) to "
+          f"{features_lib.join(values.out, captions_lib.CAPTIONS_FILE)}")
   return summary
 
 
-def _split_sizes() -> Tuple[int, ...]:
-  if FLAGS.min_word_count < 1:
-    raise ConfigError(f"--min_word_count={FLAGS.min_word_count}: give 1 or more")
-  if not all(n.strip().isdigit() for n in FLAGS.msvd_split):
-    raise ConfigError(f"--msvd_split={','.join(FLAGS.msvd_split)}: give three clip "
+def _split_sizes(values: flags.FlagValues) -> Tuple[int, ...]:
+  if values.min_word_count < 1:
+    raise ConfigError(f"--min_word_count={values.min_word_count}: give 1 or more")
+  if not all(n.strip().isdigit() for n in values.msvd_split):
+    raise ConfigError(f"--msvd_split={','.join(values.msvd_split)}: give three clip "
                       f"counts, train,val,test")
-  return tuple(int(n) for n in FLAGS.msvd_split)
+  return tuple(int(n) for n in values.msvd_split)
 
 
 def main(argv):

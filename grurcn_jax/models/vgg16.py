@@ -1,5 +1,7 @@
 """VGG-16 (configuration D) up to pool2..pool5 and fc7: the feature extractor, and
-the backbone of frames mode (`models.frames`).
+the backbone of frames mode (`models.frames`). The flow stream's network is the
+same module on 2L stacked flow channels (`preprocess_flow`), its first convolution
+initialised from the RGB one by `cross_modality`.
 
 Its layers come from `grurcn_jax.levels.BLOCKS`, the table the feature shapes are
 derived from too.
@@ -34,6 +36,16 @@ BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 def preprocess(frames_rgb_uint8: jax.Array) -> jax.Array:
   """[..., H, W, 3] RGB uint8 -> what the Keras VGG-16 weights expect."""
   return frames_rgb_uint8[..., ::-1].astype(jnp.float32) - BGR_MEAN
+
+
+# Stored flow (data/flow.py: 0..255, 127.5 = no motion) centred as the RGB input
+# is (mean subtracted, no scaling), so cross-modality weights see a like range.
+FLOW_CENTRE = 127.5
+
+
+def preprocess_flow(stacked_uint8: jax.Array) -> jax.Array:
+  """[..., H, W, 2L] stored flow windows -> the flow network's input."""
+  return stacked_uint8.astype(jnp.float32) - FLOW_CENTRE
 
 
 def _adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
@@ -87,6 +99,17 @@ def init_params(levels: Sequence[str], seed: int, image_size: int):
   model = VGG16(levels=tuple(levels))
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
   return model.init(jax.random.key(seed), x)["params"]
+
+
+def cross_modality(params: Mapping, channels: int) -> dict:
+  """The flow network's parameters from RGB VGG-16's (cross-modality
+  initialisation, as TSN does it): block1_conv1's kernel averaged over its 3 input
+  channels and copied to each of `channels` (2L stacked flow components); every
+  other layer unchanged."""
+  first = params["block1_conv1"]
+  kernel = jnp.mean(first["kernel"], axis=2, keepdims=True)          # [3, 3, 1, 64]
+  return {**params, "block1_conv1": {
+      **first, "kernel": jnp.repeat(kernel, channels, axis=2)}}
 
 
 # Keras' published VGG-16 weights, as `keras.applications.VGG16(weights="imagenet")`

@@ -58,3 +58,17 @@ def test_build_writes_the_feature_format(tmp_path):
   before = sorted(p.stat().st_mtime_ns for p in tmp_path.iterdir())
   demo.build(str(tmp_path), spec, progress=False)  # cached: nothing rewritten
   assert sorted(p.stat().st_mtime_ns for p in tmp_path.iterdir()) == before
+
+
+def test_the_flow_stream_is_flow_features_of_the_same_videos(tmp_path):
+  spec = demo.DemoSpec(train_per_class=1, test_per_class=1, num_frames=3, image_size=32,
+                       levels=("pool2",), videos_per_shard=4, store_frames=False,
+                       modality="flow", flow_length=2)
+  metadata = demo.build(str(tmp_path), spec, progress=False)
+  assert metadata["extraction"]["modality"] == "flow"
+  assert metadata["backbone"]["channels"] == 4
+  # 3 frames: 2 flows, a window (of 2 stacked flows) starting at each.
+  assert metadata["splits"]["test"]["num_frames"] == 8 * 2
+  rgb = {v.video_id for v in demo.demo_videos(0, 1, 1, 3, 32)[1]}
+  assert {v.video_id for s in ("train", "test")
+          for v in features.read_videos(str(tmp_path), s)} == rgb

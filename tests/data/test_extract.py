@@ -3,13 +3,15 @@
 import copy
 import io
 import os
+import re
 import subprocess
 import sys
 
+from absl import app, flags
 import numpy as np
 import pytest
 
-from grurcn_jax.data import demo, extract, features, ucf101
+from grurcn_jax.data import demo, extract, features, ucf101, video as video_lib
 from grurcn_jax.errors import ConfigError, VideoDecodeError
 from tests.data.fake import encode_video
 
@@ -107,9 +109,18 @@ def test_missing_split_file_is_a_clear_error(ucf_tree, tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def parsed(*args):
+  """The extraction command's flags, parsed in their own FlagValues."""
+  values = flags.FlagValues()
+  extract.define_flags(values)
+  values(["extract", *args])
+  return values
+
+
 def test_bad_flags_exit_1_with_one_line_and_no_traceback(ucf_tree, tmp_path):
   videos, splits = ucf_tree
   paths = [f"--videos={videos}", f"--splits={splits}", f"--out={tmp_path / 'x'}"]
+  # The command's two ways out, each once as a process: a user error, a usage error.
   unknown = run_extract(*COMMON, *paths, "--levels=pool2,pool9")
   assert unknown.returncode == 1
   assert unknown.stderr.startswith("error: --levels: unknown level 'pool9'; valid: pool2")
@@ -117,10 +128,17 @@ def test_bad_flags_exit_1_with_one_line_and_no_traceback(ucf_tree, tmp_path):
   missing = run_extract(*COMMON, *paths[:2])
   assert missing.returncode == 1
   assert "--out is required" in missing.stderr and "Traceback" not in missing.stderr
-  jpeg = run_extract(*COMMON, *paths, "--frames_jpeg_quality=90")
-  assert jpeg.returncode == 1 and "Traceback" not in jpeg.stderr
-  assert jpeg.stderr.startswith("error: --frames_jpeg_quality sets how --store_frames")
   assert not os.path.exists(tmp_path / "x")
+  # The other checks raise the same errors in-process.
+  for extra, message in (
+      (["--frames_jpeg_quality=90"], "--frames_jpeg_quality sets how --store_frames"),
+      (["--source=flow_frames"], "--source=flow_frames imports flow: give --modality=flow"),
+      (["--modality=flow", "--fps=5"], "--fps with --modality=flow"),
+      (["--modality=flow", "--flow_length=0"], "--flow_length=0: give 1 or more")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+      extract.settings_from_flags(parsed(*COMMON, *paths, *extra))
+  with pytest.raises(app.UsageError, match="--splits is required with --source=flow_frames"):
+    extract._check_required_flags(parsed("--source=flow_frames", *paths[::2]))
 
 
 SMALL = extract.Settings(levels=("pool2",), image_size=32, videos_per_shard=4, batch_size=8)
@@ -205,3 +223,78 @@ def test_folder_tree_source(ucf_tree):
   class_names, entries = ucf101.folder_entries(videos)
   assert class_names == CLASSES
   assert len(entries) == 7 and {e.split for e in entries} == {"train"}
+
+
+# -- the flow stream -------------------------------------------------------------
+
+FLOW = extract.Settings(levels=("pool2",), image_size=32, frame_stride=2,
+                        videos_per_shard=2, batch_size=8, modality="flow", flow="dis",
+                        flow_length=3)
+
+
+def test_flow_features_are_vgg16_on_stacked_flow_windows_and_resume(ucf_tree, tmp_path):
+  videos_dir, splits = ucf_tree
+  class_names, entries = ucf101.ucf101_entries(videos_dir, splits, 1)
+  videos = extract._file_videos(entries, FLOW)
+  out = str(tmp_path / "flow")
+  first = extract.extract(videos, class_names, out, FLOW, source="ucf101",
+                          progress=False, out=io.StringIO())
+  assert first.written_videos == 6 and [v for v, _ in first.failed] == [
+      "JumpRope/v_JumpRope_g09_c01.avi"]
+  metadata = features.read_metadata(out)
+  assert {k: metadata["extraction"][k] for k in
+          ("modality", "flow", "flow_bound", "flow_length")} == {
+      "modality": "flow", "flow": "dis", "flow_bound": 20.0, "flow_length": 3}
+  assert metadata["backbone"]["input"] == "flow" and metadata["backbone"]["channels"] == 6
+  stored = {v.video_id: v for s in ("train", "test") for v in features.read_videos(out, s)}
+  # Videos of 6, 7, 8 frames have 5, 6, 7 flows; stride 2 keeps windows 0, 2, 4, ...
+  assert {k: list(v.frame_indices) for k, v in stored.items()} == {
+      f"{c}/v_{c}_g{g:02d}_c01.avi": list(range(0, n, 2))
+      for c in CLASSES for g, n in ((1, 5), (2, 6), (3, 7))}
+
+  # One video by hand: decode, resize, flow, quantise, stack, select, VGG-16.
+  entry = next(e for e in entries if e.video_id == "Rowing/v_Rowing_g03_c01.avi")
+  frames, _ = video_lib.decode(entry.path)
+  frames = video_lib.resize_and_crop(frames, 32)
+  from grurcn_jax.data import flow as flow_lib
+  windows = flow_lib.stack_windows(
+      flow_lib.quantize(flow_lib.video_flow(frames, "dis")), 3)[::2]
+  assert windows.shape == (4, 32, 32, 6)
+  expected = features.normalize(extract.FeatureExtractor(FLOW)(windows)["pool2"],
+                                metadata["levels"]["pool2"])
+  np.testing.assert_array_equal(stored[entry.video_id].features["pool2"], expected)
+
+  again = extract.extract(videos, class_names, out, FLOW, source="ucf101",
+                          progress=False, out=io.StringIO())
+  assert (again.written_shards, again.skipped_shards) == (0, first.written_shards)
+  with pytest.raises(ConfigError, match="flow_length: 3 there, 2 now"):
+    extract.extract(videos, class_names, out, extract.Settings(
+        **{**vars(FLOW), "flow_length": 2}), source="ucf101", progress=False,
+        out=io.StringIO())
+
+
+def test_flow_frames_made_elsewhere_import_from_the_tsn_layout(ucf_tree, tmp_path):
+  from PIL import Image
+  videos_dir, splits = ucf_tree
+  class_names, entries = ucf101.ucf101_entries(videos_dir, splits, 1)
+  root = tmp_path / "tsn"
+  counts = {}
+  # TSN's flat layout: one folder per video, named by its stem; g01 and g03
+  # (train and test) of each class have one.
+  for e in [e for e in entries if "_g01_" in e.video_id or "_g03_" in e.video_id]:
+    folder = root / os.path.splitext(os.path.basename(e.video_id))[0]
+    folder.mkdir(parents=True)
+    counts[e.video_id] = 3 + len(counts)
+    for t in range(counts[e.video_id]):
+      for axis in "xy":
+        Image.fromarray(np.full((32, 32), 100 + 10 * t, np.uint8)).save(
+            folder / f"flow_{axis}_{t + 1:05d}.jpg")
+  imported = extract.flow_frames_videos(
+      ucf101.ucf101_entries(str(root), splits, 1)[1], FLOW)
+  out = str(tmp_path / "feats")
+  summary = extract.extract(imported, class_names, out, FLOW, source="flow_frames",
+                            progress=False, out=io.StringIO())
+  assert summary.written_videos == 4 and len(summary.failed) == 3  # no folder: named
+  stored = {v.video_id: v.num_frames for s in ("train", "test")
+            for v in features.read_videos(out, s)}
+  assert stored == {v: len(range(0, n, 2)) for v, n in counts.items()}

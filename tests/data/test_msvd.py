@@ -4,16 +4,15 @@ vocabulary."""
 
 import json
 import os
-import subprocess
-import sys
 
+from absl import app
 import numpy as np
 import pytest
 
-from grurcn_jax.data import captions, features, msvd, pipeline
+from grurcn_jax.data import captions, extract, features, msvd, pipeline
 from grurcn_jax.errors import SplitFileError
 from tests.data.fake import encode_video
-from tests.training_setup import REPO
+from tests.data.test_extract import parsed
 
 # Clip names as MSVD writes them (YouTube id, start and end second); the mapping's
 # order is not the alphabetical one, and a leading '-' is part of a name.
@@ -87,25 +86,21 @@ def test_corpus_problems_are_errors_that_name_the_file_and_the_clip(msvd_tree, t
     msvd.msvd_entries(videos, str(bad / "none.txt"), mapping, (2, 1, 2))
 
 
-def run_extract(*args):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "grurcn_jax.data.extract", *args],
-                        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
-
-
-def test_extraction_writes_features_references_split_and_vocabulary(msvd_tree, tmp_path):
+def test_extraction_writes_features_references_split_and_vocabulary(msvd_tree, tmp_path,
+                                                                   capsys):
   videos, descriptions, mapping = msvd_tree
   out = str(tmp_path / "feats")
-  usage = run_extract("--source=msvd", f"--videos={videos}", f"--out={out}")
-  assert usage.returncode == 1 and "Traceback" not in usage.stderr
-  assert "--captions and --mapping are required with --source=msvd" in usage.stderr
-
-  result = run_extract(
+  with pytest.raises(app.UsageError, match="--captions and --mapping are required with "
+                                           "--source=msvd"):
+    extract._check_required_flags(parsed("--source=msvd", f"--videos={videos}",
+                                         f"--out={out}"))
+  # The command's run, in-process (tests/data/test_extract.py runs the program).
+  extract.run(parsed(
       "--source=msvd", f"--videos={videos}", f"--captions={descriptions}",
       f"--mapping={mapping}", "--msvd_split=2,1,2", "--min_word_count=2",
       "--levels=pool2", "--image_size=32", "--videos_per_shard=2", "--batch_size=8",
-      f"--out={out}")
-  assert result.returncode == 0, result.stderr
+      f"--out={out}"))
+  stdout = capsys.readouterr().out
   metadata = features.read_metadata(out)
   assert metadata["extraction"]["source"] == "msvd" and metadata["class_names"] == []
   by_split = {split: sorted(v.video_id for v in features.read_videos(out, split))
@@ -123,7 +118,7 @@ def test_extraction_writes_features_references_split_and_vocabulary(msvd_tree, t
   assert vocabulary.words[len(captions.RESERVED):] == ("a", "bird", "in", "is",
                                                        "squirrel")
   assert json.load(open(os.path.join(out, "captions.json")))["min_count"] == 2
-  assert "a vocabulary of 9 words (min count 2)" in result.stdout
+  assert "a vocabulary of 9 words (min count 2)" in stdout
 
   # The captioning pipeline reads the test split with its references' words.
   data = {"dir": out, "eval_split": "test", "clip_length": 2, "frame_stride": 1,

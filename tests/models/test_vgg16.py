@@ -261,3 +261,27 @@ def test_imagenet_downloads_notop_file_without_fc7(files, monkeypatch):
                        "models", vgg16.KERAS_IMAGENET_WEIGHTS[False][2])
   params = vgg16.load_keras_weights("imagenet", ["pool2", "fc7"])
   assert asked[-1][0] == vgg16.FULL_WEIGHTS_FILE and "fc1" in params
+
+
+def test_flow_network_takes_stacked_flows_and_starts_from_rgb_by_channel_mean():
+  import jax
+  from grurcn_jax import levels as levels_lib
+  rgb = vgg16.param_shapes(("pool2", "pool5", "fc7"))
+  rgb = jax.tree.map(lambda s: np.random.default_rng(s.size % 97).normal(
+      size=s.shape).astype(np.float32), rgb)
+  flow = vgg16.cross_modality(rgb, 20)
+  kernel = np.asarray(flow["block1_conv1"]["kernel"])
+  assert kernel.shape == (3, 3, 20, 64)
+  mean = np.asarray(rgb["block1_conv1"]["kernel"], np.float64).mean(axis=2)
+  for channel in range(20):   # every input channel: the mean of the RGB filters
+    np.testing.assert_allclose(kernel[:, :, channel], mean, rtol=1e-6, atol=1e-7)
+  for name in rgb:            # the rest is the RGB network
+    for part in ("kernel", "bias"):
+      if (name, part) != ("block1_conv1", "kernel"):
+        np.testing.assert_array_equal(flow[name][part], rgb[name][part])
+  # 224 px windows of L=10 flows: the RGB network's level shapes.
+  model = vgg16.VGG16(levels=("pool2", "pool5", "fc7"))
+  out = jax.eval_shape(lambda p, x: model.apply({"params": p}, vgg16.preprocess_flow(x)),
+                       flow, jax.ShapeDtypeStruct((2, 224, 224, 20), np.uint8))
+  assert {l: out[l].shape[1:] for l in out} == {
+      l: levels_lib.feature_shape(l, 224) for l in ("pool2", "pool5", "fc7")}
