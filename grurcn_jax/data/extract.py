@@ -175,7 +175,8 @@ def _human(n: float) -> str:
   return f"{n:.1f} TB"
 
 
-def print_estimate(estimate: Dict[str, int], num_videos: int, out=sys.stdout) -> None:
+def print_estimate(estimate: Dict[str, int], num_videos: int, out=None) -> None:
+  out = out or sys.stdout   # looked up at the call: a redirected stdout is used
   print(f"Estimated output for {num_videos} videos, {estimate['frames']} frames:",
         file=out)
   for level, n in estimate.items():
@@ -251,8 +252,10 @@ def _crop_for(video: Video, settings: Settings):
 
 def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
             settings: Settings, *, source: str, dry_run: bool = False,
-            progress: bool = True, out=sys.stdout) -> Summary:
-  """Extracts `videos` into `out_dir`; resumable; returns what was done."""
+            progress: bool = True, out=None) -> Summary:
+  """Extracts `videos` into `out_dir`; resumable; returns what was done (printed
+  to `out`, default the current sys.stdout)."""
+  out = out or sys.stdout
   if settings.modality == "flow" and settings.store_frames:
     raise ConfigError("store_frames keeps RGB frames for frames mode; it does not "
                       "apply to the flow modality")

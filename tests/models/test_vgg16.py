@@ -285,3 +285,20 @@ def test_flow_network_takes_stacked_flows_and_starts_from_rgb_by_channel_mean():
                        flow, jax.ShapeDtypeStruct((2, 224, 224, 20), np.uint8))
   assert {l: out[l].shape[1:] for l in out} == {
       l: levels_lib.feature_shape(l, 224) for l in ("pool2", "pool5", "fc7")}
+
+
+def test_flow_extractor_starts_from_a_weights_file_by_cross_modality(keras_notop, files):
+  from grurcn_jax.data import extract
+  settings = extract.Settings(levels=("pool2",), image_size=SIZE, modality="flow",
+                              flow_length=10, weights=str(files["notop"]))
+  params = extract.FeatureExtractor(settings)._params
+  rgb_kernel, rgb_bias = keras_notop.get_layer("block1_conv1").get_weights()
+  kernel = np.asarray(params["block1_conv1"]["kernel"])
+  assert kernel.shape == (3, 3, 20, 64)
+  np.testing.assert_allclose(kernel, np.repeat(rgb_kernel.mean(axis=2, keepdims=True),
+                                               20, axis=2), rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(params["block1_conv1"]["bias"], rgb_bias)
+  for name in vgg16.CONV_LAYERS[1:4]:   # blocks 1 and 2: the file's, as for RGB
+    for got, want in zip((params[name]["kernel"], params[name]["bias"]),
+                         keras_notop.get_layer(name).get_weights()):
+      np.testing.assert_array_equal(got, want)
