@@ -550,7 +550,7 @@ def bench_end_to_end(config) -> dict:
 
   # The input alone first, on its own pipeline: nothing read ahead while a step ran.
   host = host_batches()
-  next(host)  # warm-up: threads, file handles
+  bytes_per_clip = _batch_bytes(next(host)) // host_batch   # also the warm-up
   start = time.perf_counter()
   for _ in range(count):
     next(host)
@@ -567,6 +567,7 @@ def bench_end_to_end(config) -> dict:
           "end_to_end_clips_per_s": FLAGS.batch / end_to_end_s,
           "step_clips_per_s": FLAGS.batch / step_s,
           "input_clips_per_s": FLAGS.batch / input_s,
+          "bytes_per_clip": bytes_per_clip,
           "bound_by": "input" if input_s > step_s else "step",
           "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
 
