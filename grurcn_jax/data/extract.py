@@ -20,6 +20,7 @@ one line, `error: ...`, and exit with status 1.
 """
 
 import dataclasses
+import os
 import sys
 import time
 import zlib
@@ -382,7 +383,6 @@ def flow_frames_videos(entries, settings: Settings) -> List[Video]:
   """Videos whose flow was made elsewhere, in TSN's layout: a folder per video,
   named as the video file without its extension (ROOT/v_X_g01_c01/ or
   ROOT/Class/v_X_g01_c01/), holding flow_x_00001.jpg, flow_y_00001.jpg, ..."""
-  import os
   def folder(e):
     stem = os.path.splitext(e.path)[0]
     flat = os.path.join(os.path.dirname(os.path.dirname(stem)), os.path.basename(stem))
@@ -447,54 +447,54 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
   define("enum", "source", "ucf101", SOURCES, "Where the videos come from.")
   define("string", "videos", None, "Video root: UCF-101's ClassName/*.avi tree, any "
-                      "class-per-folder tree (optionally with train/ and test/), MSVD's "
-                      "clips, or (--source=flow_frames) a folder of per-video flow "
-                      "folders in TSN's layout.")
+         "class-per-folder tree (optionally with train/ and test/), MSVD's "
+         "clips, or (--source=flow_frames) a folder of per-video flow "
+         "folders in TSN's layout.")
   define("string", "splits", None, "Directory with classInd.txt, trainlist0N.txt, "
-                      "testlist0N.txt (--source=ucf101).")
+         "testlist0N.txt (--source=ucf101).")
   define("integer", "split", 1, "UCF-101 split: 1, 2 or 3.")
   define("string", "captions", None, "MSVD's AllVideoDescriptions.txt: '<clip> "
-                      "<caption>' lines (--source=msvd).")
+         "<caption>' lines (--source=msvd).")
   define("string", "mapping", None, "MSVD's youtube_mapping.txt: '<clip> vidN' "
-                      "lines, the order the split follows (--source=msvd).")
+         "lines, the order the split follows (--source=msvd).")
   define("list", "msvd_split", [str(n) for n in msvd.SPLIT_SIZES],
-                    "train,val,test clip counts, in vidN order (--source=msvd).")
+         "train,val,test clip counts, in vidN order (--source=msvd).")
   define("integer", "min_word_count", 1, "Words of the training references seen "
-                       "fewer times are <unk> in the vocabulary (--source=msvd).")
+         "fewer times are <unk> in the vocabulary (--source=msvd).")
   define("string", "tfds_name", "ucf101", "TFDS dataset name (--source=tfds).")
   define("string", "tfds_data_dir", None, "TFDS data_dir (--source=tfds).")
   define("string", "out", None, "Output feature directory (local or gs://).")
   define("list", "levels", ["pool2", "pool3", "pool4", "pool5"],
-                    f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
+         f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
   define("integer", "image_size", 224, "Frame side fed to VGG-16.")
   define("integer", "frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
   define("float", "fps", None, "Keep frames at this rate instead of --frame_stride.")
   define("integer", "max_frames", None, "At most this many frames per video.")
   define("string", "weights", "random", "random (seeded, no network) | imagenet "
-                      "(Keras' standard file, downloaded once by Keras) | path to a Keras "
-                      "VGG16 weights file | checkpoint:DIR[@STEP] (the VGG-16 of a "
-                      "frames-mode run, e.g. configs/ucf101_vgg16_finetune.py; DIR its "
-                      "workdir, newest step by default).")
+         "(Keras' standard file, downloaded once by Keras) | path to a Keras "
+         "VGG16 weights file | checkpoint:DIR[@STEP] (the VGG-16 of a "
+         "frames-mode run, e.g. configs/ucf101_vgg16_finetune.py; DIR its "
+         "workdir, newest step by default).")
   define("integer", "seed", 0, "Seed of random weights and of training crops.")
   define("bool", "augment", False, "The paper's multi-scale random crop (side 256, 224, "
-                    "192 or 168 of 256, resized), one per train video.")
+         "192 or 168 of 256, resized), one per train video.")
   define("integer", "videos_per_shard", 64, "Videos per shard.")
   define("list", "int8_levels", [], "Levels stored as int8 instead of float16 "
-                    "(half the bytes; dequantised on the accelerator), e.g. pool2.")
+         "(half the bytes; dequantised on the accelerator), e.g. pool2.")
   define("bool", "store_frames", False, "Also store the resized frames (uint8), "
-                    "which frames mode (data.input=frames) trains on.")
+         "which frames mode (data.input=frames) trains on.")
   define("integer", "frames_jpeg_quality", 0, "With --store_frames: store the "
-                       "frames as JPEG of this quality, 1-100 (about 10x smaller at 90; "
-                       "tf.data decodes them), instead of raw rows (0).")
+         "frames as JPEG of this quality, 1-100 (about 10x smaller at 90; "
+         "tf.data decodes them), instead of raw rows (0).")
   define("integer", "batch_size", 64, "Frames per VGG-16 forward pass.")
   define("enum", "modality", "rgb", ("rgb", "flow"), "rgb frames, or optical flow "
-                    "(the second stream): VGG-16 on --flow_length stacked flows.")
+         "(the second stream): VGG-16 on --flow_length stacked flows.")
   define("enum", "flow", "dis", flow_lib.ALGORITHMS, "Flow algorithm (OpenCV): dis "
-                    "(fast), farneback, or tvl1 (opencv-contrib-python-headless).")
+         "(fast), farneback, or tvl1 (opencv-contrib-python-headless).")
   define("float", "flow_bound", flow_lib.DEFAULT_BOUND, "Flow is clipped to "
-                     "[-bound, bound] pixels and stored as 0..255.")
+         "[-bound, bound] pixels and stored as 0..255.")
   define("integer", "flow_length", flow_lib.DEFAULT_LENGTH, "Flows stacked per "
-                       "network input (2L channels: x1, y1, ..., xL, yL).")
+         "network input (2L channels: x1, y1, ..., xL, yL).")
   define("bool", "dry_run", False, "Print the size estimate only.")
 
 
@@ -530,9 +530,6 @@ def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:
     if values.fps:
       raise ConfigError("--fps with --modality=flow: flow windows are selected by "
                         "--frame_stride over the flow steps")
-    if values.store_frames:
-      raise ConfigError("--store_frames stores RGB frames for frames mode; it does "
-                        "not apply to --modality=flow")
     if values.source == "flow_frames" and values.augment:
       raise ConfigError("--augment crops decoded frames; imported flow frames are "
                         "used as they are")

@@ -17,8 +17,6 @@ two-stream literature stores it, stacked into the flow network's input.
 
 import os
 import re
-from typing import Tuple
-
 import numpy as np
 
 from grurcn_jax.errors import ConfigError, VideoDecodeError
@@ -140,12 +138,11 @@ def flow_settings_record(algorithm: str, bound: float, length: int) -> dict:
           "flow_length": int(length)}
 
 
-def check(algorithm: str, bound: float, length: int) -> Tuple[str, float, int]:
-  """The flow settings, checked (one clear error each)."""
+def check(algorithm: str, bound: float, length: int) -> None:
+  """Raises a ConfigError (one clear line) for a bad flow setting."""
   if algorithm not in ALGORITHMS:
     raise ConfigError(f"--flow={algorithm!r}: choose one of {', '.join(ALGORITHMS)}")
   if not bound > 0:
     raise ConfigError(f"--flow_bound={bound}: give a positive number of pixels")
   if length < 1:
     raise ConfigError(f"--flow_length={length}: give 1 or more flows per window")
-  return algorithm, float(bound), int(length)
