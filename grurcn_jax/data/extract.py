@@ -315,7 +315,33 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
         failed = []
 
         def shard_videos():
+          # Videos are loaded until their frames fill a batch, and go through the
+          # network together: short videos (the demos' 4 to 8 frames) would each
+          # be padded to a batch of their own.
           nonlocal frames_done
+          pending, pending_frames = [], 0
+
+          def run_pending():
+            nonlocal frames_done
+            activations = extractor(np.concatenate([p[2] for p in pending]))
+            start = 0
+            for video_index, video, frames, indices in pending:
+              stored = {level: features_lib.normalize(a[start:start + len(frames)],
+                                                      metadata["levels"][level])
+                        for level, a in activations.items()}
+              start += len(frames)
+              if settings.store_frames:
+                stored[features_lib.FRAMES] = frames
+              frames_done += len(frames)
+              bar.update(1)
+              elapsed = max(time.time() - started, 1e-9)
+              bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
+              yield features_lib.VideoFeatures(
+                  video_id=video.video_id,
+                  video_index=video_index,
+                  label=video.label, frame_indices=indices, features=stored)
+            pending.clear()
+
           for offset, video in enumerate(chunk):
             video_index = shard_index * settings.videos_per_shard + offset
             try:
@@ -328,19 +354,13 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               logging.warning("skipping undecodable video %s", e)
               bar.update(1)
               continue
-            activations = extractor(frames)
-            stored = {level: features_lib.normalize(a, metadata["levels"][level])
-                      for level, a in activations.items()}
-            if settings.store_frames:
-              stored[features_lib.FRAMES] = frames
-            frames_done += len(frames)
-            bar.update(1)
-            elapsed = max(time.time() - started, 1e-9)
-            bar.set_postfix(frames_per_s=f"{frames_done / elapsed:.1f}", refresh=False)
-            yield features_lib.VideoFeatures(
-                video_id=video.video_id,
-                video_index=video_index,
-                label=video.label, frame_indices=indices, features=stored)
+            pending.append((video_index, video, frames, indices))
+            pending_frames += len(frames)
+            if pending_frames >= settings.batch_size:
+              yield from run_pending()
+              pending_frames = 0
+          if pending:
+            yield from run_pending()
 
         entry = features_lib.write_shard(out_dir, name, shard_videos(), metadata)
         summary.written_shards += 1
