@@ -17,19 +17,29 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Checkpoints, metrics and eval results go here.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (and evaluate) or eval only.")
-flags.DEFINE_integer("eval_step", None, "--mode=eval: checkpoint step (default newest).")
-flags.DEFINE_bool("distributed", False,
-                  "Multi-host where JAX detects the cluster (Cloud TPU pod slices): "
-                  "call jax.distributed.initialize() before anything else.")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-host without auto-detection: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS, argv=None) -> None:
+  """The entry point's flags, defined into `flag_values` (a fresh FlagValues and
+  the `argv` it will parse run the command in-process, as the tests do: the
+  --config.FIELD overrides are found in argv when the flags are defined)."""
+  kw = dict(flag_values=flag_values)
+  config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                  lock_config=True, sys_argv=argv, **kw)
+  flags.DEFINE_string("workdir", None, "Checkpoints, metrics and eval results go here.",
+                      **kw)
+  flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                    "train (and evaluate) or eval only.", **kw)
+  flags.DEFINE_integer("eval_step", None,
+                       "--mode=eval: checkpoint step (default newest).", **kw)
+  flags.DEFINE_bool("distributed", False,
+                    "Multi-host where JAX detects the cluster (Cloud TPU pod slices): "
+                    "call jax.distributed.initialize() before anything else.", **kw)
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-host without auto-detection: host:port of process 0.", **kw)
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", **kw)
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.", **kw)
+  flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
 
 
 def _initialize_distributed():
@@ -66,22 +76,28 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   configure_logging()
   _initialize_distributed()
+  run(FLAGS)
 
+
+def run(values: flags.FlagValues) -> None:
+  """Trains or evaluates as the parsed `values` say; an error of the config, the
+  data or the run is one line on stderr and exit status 1."""
   from grurcn_jax import errors, train
   from grurcn_jax.data import prepare
+  config = values.config
   try:
-    prepare.ensure_demo(FLAGS.config.data, task=FLAGS.config.task)
-    if FLAGS.mode == "train":
-      metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    prepare.ensure_demo(config.data, task=config.task)
+    if values.mode == "train":
+      metrics = train.train_and_evaluate(config, values.workdir)
     else:
       from grurcn_jax import evaluate
-      metrics = evaluate.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.eval_step)
+      metrics = evaluate.evaluate_checkpoint(config, values.workdir, values.eval_step)
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   import jax
   if jax.process_index() == 0:
-    print(_final_report(metrics, FLAGS.workdir))
+    print(_final_report(metrics, values.workdir))
 
 
 def _final_report(metrics, workdir: str) -> str:
@@ -106,11 +122,11 @@ def _final_report(metrics, workdir: str) -> str:
           f"  tensorboard --logdir={workdir}")
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
   """absl's flag parsing, with config overrides that name no field (or give a value
   of the wrong type) reported as one line instead of a traceback."""
   try:
-    return FLAGS(argv)
+    return flag_values(argv)
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -121,4 +137,5 @@ def parse_flags(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=parse_flags)

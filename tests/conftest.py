@@ -42,7 +42,24 @@ def tiny_captions_dir(tmp_path_factory):
   return build_tiny_captions(tmp_path_factory.mktemp("tiny_captions"))
 
 
+@pytest.fixture(scope="session")
+def demo_bound_captions_dir(tmp_path_factory):
+  """tests.training_setup's demo-sized captioned set. Read it; never write into it."""
+  from tests.training_setup import build_demo_bound_captions
+  return build_demo_bound_captions(tmp_path_factory.mktemp("demo_bound_captions"))
+
+
+def pytest_addoption(parser):
+  parser.addoption("--demo-bound", action="store_true",
+                   help="also run the tests marked demo_bound: a demo trained past "
+                        "its stated bound (minutes each; .ci/run runs them after the "
+                        "suite)")
+
+
 def pytest_configure(config):
+  config.addinivalue_line(
+      "markers", "demo_bound: trains a demo past its stated bound (minutes); runs only "
+      "with --demo-bound")
   config.addinivalue_line(
       "markers", "optimized: compile with XLA's optimisation passes, as real runs do")
   config.addinivalue_line(
@@ -50,9 +67,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-  """Long tests first: with `-n 2`, one started last would keep a worker busy
-  for a minute after the other has finished."""
-  del config
+  """Tests marked demo_bound skip without --demo-bound. Long tests first: with
+  `-n 2`, one started last would keep a worker busy for a minute after the other
+  has finished."""
+  if not config.getoption("--demo-bound"):
+    skip = pytest.mark.skip(reason="a demo's bound (minutes): run with --demo-bound")
+    for item in items:
+      if item.get_closest_marker("demo_bound"):
+        item.add_marker(skip)
   items[:] = ([i for i in items if i.get_closest_marker("long")]
               + [i for i in items if not i.get_closest_marker("long")])
 
