@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Add a learned vector per segment index before the decoder, so the attention can
   # tell the segments' order (the paper's decoder has none).
   caption.segment_positions = False
+  # Attend over each segment's spatial positions too (each level average pooled to
+  # the coarsest level's grid: segments x h x w vectors), not over segments only
+  # as the paper does.
+  caption.spatial_attention = False
   caption.max_length = 30         # words per caption, <eos> included (the paper: 30)
   caption.embed_dim = 256
   caption.hidden = 512

@@ -123,7 +123,8 @@ class CaptioningExperiment(Experiment):
     caption = self.config.caption
     return dict(super()._contract(), caption={
         k: caption[k] for k in ("encoder", "segments", "segment_positions",
-                                "embed_dim", "hidden", "attention_dim")})
+                                "spatial_attention", "embed_dim", "hidden",
+                                "attention_dim")})
 
   def _example_inputs(self, batch: int = 1):
     caption = self.config.caption

@@ -110,10 +110,11 @@ def build_captioning_model(config: Mapping[str, Any], vocab_size: int) -> nn.Mod
         kernel_size=cfg["kernel_size"], bi_merge=cfg["bi_merge"],
         recurrence=cfg["recurrence"], remat=cfg["remat"],
         unroll=unroll_setting(cfg["unroll"]), kernel_gradient=cfg["kernel_gradient"],
-        dtype=dtype))
+        dtype=dtype), spatial=caption["spatial_attention"])
   else:
     encoder = captioning.FrameSegments(
-        levels, average_frames=caption["encoder"] == "frame_average")
+        levels, average_frames=caption["encoder"] == "frame_average",
+        spatial=caption["spatial_attention"])
   decoder = caption_decoder.AttentionLSTMDecoder(
       vocab_size, caption["embed_dim"], caption["hidden"], caption["attention_dim"],
       caption["dropout_rate"], dtype)

@@ -14,6 +14,11 @@ each (the paper: the first 10 frames of each segment).
   pooled over space, concatenated (the paper: VGG-16 fc7 of the first frame); with
   `average_frames`, the mean over each segment's frames instead: blind to their
   order by construction.
+
+With `spatial` (config `caption.spatial_attention`), either encoder keeps space:
+each level's maps are average pooled to the coarsest level's grid (h x w) instead
+of to 1x1, and the decoder attends over S*h*w vectors [B, S*h*w, D] (segment-major,
+then row-major positions) instead of S. The paper attends over time only.
 """
 
 from typing import Mapping, Sequence
@@ -34,42 +39,58 @@ def _fold(x: Array) -> Array:
   return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
+def attention_vectors(maps: Sequence[Array], batch: int, spatial: bool) -> Array:
+  """Per-level maps [B*S, H, W, C] of the segments (batch-major) -> the decoder's
+  vectors: [B, S, sum C], each map average pooled; or, `spatial`, [B, S*h*w, sum C],
+  each map average pooled to the coarsest grid (h, w) of them."""
+  if spatial:
+    height, width = min(m.shape[1] for m in maps), min(m.shape[2] for m in maps)
+    pooled = [heads.adaptive_average_pool(m, height, width) for m in maps]
+  else:
+    pooled = [heads.global_average_pool(m)[:, None, None] for m in maps]
+  vectors = jnp.concatenate([p.astype(jnp.float32) for p in pooled], axis=-1)
+  return vectors.reshape(batch, -1, vectors.shape[-1])
+
+
 class GRURCNSegments(nn.Module):
-  """[B, S, F, ...] per level -> [B, S, D] segment vectors, by `encoder` (its
-  parameters under `encoder`, as in the classifier)."""
+  """[B, S, F, ...] per level -> [B, S, D] segment vectors ([B, S*h*w, D] with
+  `spatial`), by `encoder` (its parameters under `encoder`, as in the classifier)."""
 
   encoder: GRURCNEncoder
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array]) -> Array:
     levels = tuple(self.encoder.levels)
-    batch, segments = features[levels[0]].shape[:2]
     states = self.encoder({l: _fold(features[l]) for l in levels})
-    vectors = [heads.global_average_pool(states[l]).astype(jnp.float32)
-               for l in levels]
-    return jnp.concatenate(vectors, axis=-1).reshape(batch, segments, -1)
+    return attention_vectors([states[l] for l in levels],
+                             features[levels[0]].shape[0], self.spatial)
 
 
 class FrameSegments(nn.Module):
   """Each segment's first frame (or, with `average_frames`, the mean of its
-  frames), levels average pooled: [B, S, D]."""
+  frames), levels average pooled: [B, S, D] ([B, S*h*w, D] with `spatial`)."""
 
   levels: Sequence[str]
   average_frames: bool = False
+  spatial: bool = False
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array]) -> Array:
-    def vector(x):   # [B, S, F, ...] -> [B, S, C]
+    def maps(x):   # [B, S, F, ...] -> [B*S, H, W, C]
       x = x.astype(jnp.float32)
       frames = jnp.mean(x, axis=2) if self.average_frames else x[:, :, 0]
-      return jnp.mean(as_maps(frames), axis=(2, 3))
-    return jnp.concatenate([vector(features[l]) for l in self.levels], axis=-1)
+      return _fold(as_maps(frames))
+    batch = features[self.levels[0]].shape[0]
+    return attention_vectors([maps(features[l]) for l in self.levels], batch,
+                             self.spatial)
 
 
 class SegmentPositions(nn.Module):
-  """Adds a learned vector per segment index to the segment vectors [B, S, D]:
-  the attention over segments is otherwise blind to their order (an option; the
-  paper's decoder has none)."""
+  """Adds a learned vector per segment index to the segment vectors [B, S, D]
+  (per segment and position with spatial attention, [B, S*h*w, D]): the
+  attention is otherwise blind to their order (an option; the paper's decoder has
+  none)."""
 
   @nn.compact
   def __call__(self, segments: Array) -> Array:

@@ -41,6 +41,23 @@ def global_average_pool(maps: Array) -> Array:
   return jnp.mean(maps, axis=(1, 2))
 
 
+def adaptive_average_pool(maps: Array, height: int, width: int) -> Array:
+  """[B, H, W, C] -> [B, height, width, C], windows as torch.nn.AdaptiveAvgPool2d
+  (equal, disjoint windows when H and W are multiples of height and width)."""
+  def pool_axis(x, axis, size):
+    n = x.shape[axis]
+    if n % size == 0:
+      return jnp.mean(x.reshape(x.shape[:axis] + (size, n // size) + x.shape[axis + 1:]),
+                      axis=axis + 1)
+    parts = []
+    for i in range(size):
+      start, end = (i * n) // size, -(-((i + 1) * n) // size)
+      parts.append(jnp.mean(jax.lax.slice_in_dim(x, start, end, axis=axis),
+                            axis=axis, keepdims=True))
+    return jnp.concatenate(parts, axis=axis)
+  return pool_axis(pool_axis(maps, 1, height), 2, width)
+
+
 def average_probabilities(level_log_probs: Mapping[str, Array]) -> Array:
   """log(mean over levels of p), computed stably from per-level log-probabilities."""
   stacked = jnp.stack([level_log_probs[k] for k in level_log_probs], axis=0)

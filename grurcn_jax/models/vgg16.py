@@ -28,6 +28,7 @@ import numpy as np
 
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
+from grurcn_jax.models import heads
 
 # Keras 'caffe' preprocessing: BGR order, ImageNet mean subtracted, no scaling.
 BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
@@ -46,19 +47,6 @@ FLOW_CENTRE = 127.5
 def preprocess_flow(stacked_uint8: jax.Array) -> jax.Array:
   """[..., H, W, 2L] stored flow windows -> the flow network's input."""
   return stacked_uint8.astype(jnp.float32) - FLOW_CENTRE
-
-
-def _adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
-  """[B, H, W, C] -> [B, size, size, C], windows as torch.nn.AdaptiveAvgPool2d."""
-  def pool_axis(x, axis):
-    n = x.shape[axis]
-    parts = []
-    for i in range(size):
-      start, end = (i * n) // size, -(-((i + 1) * n) // size)
-      parts.append(jnp.mean(jax.lax.slice_in_dim(x, start, end, axis=axis),
-                            axis=axis, keepdims=True))
-    return jnp.concatenate(parts, axis=axis)
-  return pool_axis(pool_axis(x, 1), 2)
 
 
 class VGG16(nn.Module):
@@ -85,7 +73,7 @@ class VGG16(nn.Module):
       outputs[f"pool{block}"] = x
     if "fc7" in self.levels:
       # Keras names VGG-16's fc6 and fc7 "fc1" and "fc2".
-      x = einops.rearrange(_adaptive_avg_pool(x, 7), "b h w c -> b (h w c)")
+      x = einops.rearrange(heads.adaptive_average_pool(x, 7, 7), "b h w c -> b (h w c)")
       drop = nn.Dropout(self.dropout_rate, deterministic=not train)
       x = drop(nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype, name="fc1")(x)))
       outputs["fc7"] = drop(nn.relu(nn.Dense(levels_lib.FC_UNITS, dtype=self.dtype,

@@ -110,3 +110,56 @@ def test_only_segment_positions_let_the_decoder_see_segment_order():
     (before, _), (after, _) = apply(params, features, words), apply(params, swapped, words)
     # Attention and the mean that starts the LSTM are sums over segments.
     assert np.allclose(before, after, rtol=0, atol=1e-5) != positions
+
+
+# -- spatial attention (caption.spatial_attention) ----------------------------------
+# pool3 is 4x4 and pool4 2x2 at 32 px: the grid is pool4's, pool3 pooled in 2x2 windows.
+GRID = 4   # positions per segment
+
+
+def test_spatial_vectors_are_each_level_pooled_to_the_coarsest_grid():
+  features = _features()
+  vectors = FrameSegments(LEVELS, spatial=True).apply({}, features)
+  first = {l: np.asarray(features[l][:, :, 0], np.float64) for l in LEVELS}
+  c3 = first["pool3"].shape[-1]
+  pool3 = first["pool3"].reshape(B, S, 2, 2, 2, 2, c3).mean(axis=(3, 5))
+  want = np.concatenate([pool3, first["pool4"]], axis=-1).reshape(B, S * GRID, -1)
+  assert vectors.shape == want.shape
+  # A float32 mean of 4 values is within 4 roundings of the largest.
+  bound = 4 * 2.0 ** -24 * max(np.abs(x).max() for x in first.values())
+  np.testing.assert_allclose(vectors, want, rtol=0, atol=bound)
+
+
+def test_spatial_grurcn_vectors_stay_in_their_segment_and_average_to_the_plain_ones():
+  features = _features()
+  plain = GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN))
+  spatial = GRURCNSegments(GRURCNEncoder(LEVELS, HIDDEN), spatial=True)
+  params = jax.jit(plain.init)(jax.random.key(1), features)   # the same parameters
+  apply = jax.jit(spatial.apply)
+  vectors = apply(params, features)
+  assert vectors.shape == (B, S * GRID, sum(HIDDEN))
+  # Equal windows: the mean of the positions is the plain global average. States
+  # are in (-1, 1); a float32 mean of 16 of them is within 16 roundings of 1.
+  np.testing.assert_allclose(np.asarray(vectors).reshape(B, S, GRID, -1).mean(axis=2),
+                             plain.apply(params, features), rtol=0, atol=16 * 2.0 ** -23)
+  changed = {l: x.at[1, 2].set(0.0) for l, x in features.items()}   # video 1, segment 2
+  moved = np.any(np.asarray(apply(params, changed) != vectors), axis=-1)
+  expected = np.zeros((B, S * GRID), bool)
+  expected[1, 2 * GRID:] = True
+  np.testing.assert_array_equal(moved, expected)
+
+
+def test_the_config_turns_on_attention_over_segments_and_positions():
+  from configs import demo_captioning
+  from grurcn_jax.models.build import build_captioning_model
+  config = demo_captioning.get_config()
+  config.model.levels, config.model.hidden = LEVELS, HIDDEN
+  config.caption.update(embed_dim=4, hidden=6, attention_dim=5, segments=S,
+                        spatial_attention=True, segment_positions=True)
+  model = build_captioning_model(config, V)
+  features, words = _features(), jnp.zeros((B, 7), jnp.int32)
+  params = jax.jit(model.init)(jax.random.key(0), features, words)
+  assert params["params"]["positions"]["embedding"].shape == (S * GRID, sum(HIDDEN))
+  log_probs, alphas = jax.jit(model.apply)(params, features, words)
+  assert log_probs.shape == (B, 7, V) and alphas.shape == (B, 7, S * GRID)
+  np.testing.assert_allclose(alphas.sum(-1), 1.0, rtol=1e-5)
