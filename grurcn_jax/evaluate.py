@@ -24,11 +24,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   the results into `workdir` and returns the metrics."""
   experiment = experiment_lib.assemble(config, splits=(config.data.eval_split,))
   checkpoints = experiment.checkpoints(workdir)
-  if checkpoints.latest_step() is None:
-    raise ConfigError(f"no checkpoint in {workdir}/{experiment_lib.CHECKPOINT_SUBDIR} "
-                      f"to evaluate")
-  state = experiment.restore(checkpoints, step)
-  checkpoints.close()
+  try:   # closed on a mismatch too: an in-process caller goes on
+    if checkpoints.latest_step() is None:
+      raise ConfigError(f"no checkpoint in {workdir}/{experiment_lib.CHECKPOINT_SUBDIR} "
+                        f"to evaluate")
+    state = experiment.restore(checkpoints, step)
+  finally:
+    checkpoints.close()
   result = evaluators.for_experiment(experiment).evaluate(state.params,
                                                           int(state.step))
   writer = metric_writers.create_default_writer(

@@ -102,7 +102,8 @@ def make_caption_train_step(model, config, mesh, state_sharding,
       log_probs, alphas = model.apply(
           {"params": params}, prepare_features(batch["features"]), batch["words"],
           train=True, rngs={"dropout": rng})
-      loss = caption_loss(log_probs, targets, mask, alphas, attention_weight)
+      loss = caption_loss(log_probs, targets, mask, alphas, attention_weight,
+                          segments=config.caption.segments)
       right = (jnp.argmax(log_probs, -1) == targets).astype(jnp.float32)
       return loss, jnp.sum(right * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 

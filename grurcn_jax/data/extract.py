@@ -315,15 +315,15 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
         failed = []
 
         def shard_videos():
-          # Videos are loaded until their frames fill a batch, and go through the
-          # network together: short videos (the demos' 4 to 8 frames) would each
-          # be padded to a batch of their own.
-          nonlocal frames_done
+          # Videos are loaded until their frames fill a batch and go through the
+          # network together: alone, short videos (the demos' 4 to 8 frames) were
+          # each a forward pass padded to at least 8 frames.
           pending, pending_frames = [], 0
 
           def run_pending():
             nonlocal frames_done
-            activations = extractor(np.concatenate([p[2] for p in pending]))
+            activations = extractor(pending[0][2] if len(pending) == 1 else
+                                    np.concatenate([p[2] for p in pending]))
             start = 0
             for video_index, video, frames, indices in pending:
               stored = {level: features_lib.normalize(a[start:start + len(frames)],
@@ -349,6 +349,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
               frames = video_lib.resize_and_crop(frames, settings.image_size,
                                                  _crop_for(video, settings))
               frames, indices = network_input(video, frames, indices, settings)
+              if not len(frames):
+                raise VideoDecodeError(f"{video.video_id}: no frames to extract")
             except VideoDecodeError as e:
               failed.append((video.video_id, str(e)))
               logging.warning("skipping undecodable video %s", e)

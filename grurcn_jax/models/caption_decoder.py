@@ -99,12 +99,19 @@ class AttentionLSTMDecoder(nn.Module):
 
 
 def caption_loss(log_probs: Array, targets: Array, mask: Array, alphas: Array,
-                 attention_weight: float) -> Array:
+                 attention_weight: float, segments: Optional[int] = None) -> Array:
   """Mean negative log-likelihood per caption word (mask 0: padding) plus
   attention_weight * sum_i (1 - sum_t alpha_ti)^2, which pushes every segment to
-  be attended to about once over the caption (Yao et al.), averaged over videos."""
+  be attended to about once over the caption (Yao et al.), averaged over videos.
+
+  With spatial attention the K weights are `segments` groups of positions, and a
+  segment's weight is its positions' sum: the regulariser asks each segment to be
+  attended to once, as without it; per position it would ask a caption of a few
+  words to cover K >> words positions, and reward spreading every word evenly."""
   nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
   words = jnp.maximum(jnp.sum(mask), 1.0)
+  if segments is not None:
+    alphas = jnp.sum(alphas.reshape(alphas.shape[:2] + (segments, -1)), axis=-1)
   coverage = jnp.sum(alphas * mask[..., None], axis=1)          # [B, K]
   regulariser = jnp.mean(jnp.sum(jnp.square(1.0 - coverage), axis=-1))
   return jnp.sum(nll * mask) / words + attention_weight * regulariser

@@ -27,6 +27,7 @@ from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from grurcn_jax.errors import ConfigError
 from grurcn_jax.models import heads
 from grurcn_jax.models.caption_decoder import AttentionLSTMDecoder
 from grurcn_jax.models.grurcn import GRURCNEncoder, as_maps
@@ -45,6 +46,11 @@ def attention_vectors(maps: Sequence[Array], batch: int, spatial: bool) -> Array
   each map average pooled to the coarsest grid (h, w) of them."""
   if spatial:
     height, width = min(m.shape[1] for m in maps), min(m.shape[2] for m in maps)
+    if height * width == 1:
+      raise ConfigError("caption.spatial_attention needs maps of more than one "
+                        "position, and the coarsest level here is 1x1 (fc7, or a "
+                        "level smaller than its stride at this image size): leave "
+                        "the 1x1 level out or set spatial_attention=False")
     pooled = [heads.adaptive_average_pool(m, height, width) for m in maps]
   else:
     pooled = [heads.global_average_pool(m)[:, None, None] for m in maps]

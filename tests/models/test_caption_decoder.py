@@ -84,3 +84,9 @@ def test_teacher_forcing_is_the_steps_and_the_loss_counts_words():
           + 0.3 * np.mean(np.sum((1 - coverage) ** 2, -1)))
   np.testing.assert_allclose(caption_loss(log_probs, targets, mask, alphas, 0.3),
                              want, rtol=1e-6)
+  # Spatial attention: K weights in segment groups; the regulariser is on each
+  # segment's summed weight. Weights spread over K = 2 segments x 2 positions.
+  spread = jnp.repeat(alphas, 2, axis=-1) / 2
+  np.testing.assert_allclose(
+      caption_loss(log_probs, targets, mask, spread, 0.3, segments=alphas.shape[-1]),
+      want, rtol=1e-6)

@@ -4,8 +4,10 @@ frames only; the GRU-RCN segment encoder named as the classifier's encoder."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from grurcn_jax import levels as levels_lib
+from grurcn_jax.errors import ConfigError
 from grurcn_jax.models import GRURCN, GRURCNEncoder
 from grurcn_jax.models.caption_decoder import AttentionLSTMDecoder
 from grurcn_jax.models.captioning import CaptioningModel, FrameSegments, GRURCNSegments
@@ -163,3 +165,10 @@ def test_the_config_turns_on_attention_over_segments_and_positions():
   log_probs, alphas = jax.jit(model.apply)(params, features, words)
   assert log_probs.shape == (B, 7, V) and alphas.shape == (B, 7, S * GRID)
   np.testing.assert_allclose(alphas.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_spatial_attention_over_a_1x1_level_is_a_clear_error():
+  features = {l: jnp.zeros((B, S, F, *levels_lib.feature_shape(l, 32)))
+              for l in ("pool3", "pool5")}      # pool5 is 1x1 at 32 px
+  with pytest.raises(ConfigError, match="spatial_attention needs maps of more than one"):
+    FrameSegments(("pool3", "pool5"), spatial=True).apply({}, features)
