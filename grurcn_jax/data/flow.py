@@ -17,6 +17,7 @@ two-stream literature stores it, stacked into the flow network's input.
 
 import os
 import re
+
 import numpy as np
 
 from grurcn_jax.errors import ConfigError, VideoDecodeError
