@@ -7,12 +7,17 @@
 # to logs there.
 #
 #   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [profile]
-#                                  [unroll] [all]
+#                                  [unroll] [remat] [variants] [all]
 #
 # profile: where the step's device time goes, per kernel and per HLO op (the
 # traces and compiled programs land in $out as NAME.trace.json.gz, NAME.hlo.txt.gz).
 # unroll: the recurrences in a time loop (--config.model.unroll=1), against the
 # default (no loop on GPU for clips of up to 16 frames).
+# remat: the bfloat16 step without remat, with it, and with it on the fine levels
+# only (pool2, pool3); then XLA's buffers of the same three at T=64 (batch
+# ${LONG_BATCH:-16}, compiled side by side, no steps run).
+# variants: bidirectional and stacked at the defaults.
+# TORCH_ARGS: the torch section's flags (default: eager and compile, both dtypes).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
 set -uo pipefail
@@ -49,8 +54,26 @@ if want jax; then
   run bf16_remat "${bench[@]}" --dtype=bfloat16 --remat
   run f32_remat "${bench[@]}" --dtype=float32 --remat
 fi
+if want remat; then
+  fine=(--remat "--config.model.remat_levels=('pool2','pool3')")
+  run bf16 "${bench[@]}" --dtype=bfloat16
+  run bf16_remat "${bench[@]}" --dtype=bfloat16 --remat
+  run bf16_remat_fine "${bench[@]}" --dtype=bfloat16 "${fine[@]}"
+  # Compile-only runs share the GPU: no preallocation, no steps.
+  long=(env XLA_PYTHON_CLIENT_PREALLOCATE=false "${bench[@]}" --dtype=bfloat16
+        --clip_length=64 --steps=0 --batch="${LONG_BATCH:-16}")
+  run bf16_t64 "${long[@]}" &
+  run bf16_t64_remat "${long[@]}" --remat &
+  run bf16_t64_remat_fine "${long[@]}" "${fine[@]}" &
+  wait
+fi
+if want variants; then
+  run bf16_bi "${bench[@]}" --dtype=bfloat16 --config.model.variant=bi
+  run bf16_stacked "${bench[@]}" --dtype=bfloat16 --config.model.variant=stacked
+fi
 if want torch; then
-  run torch python3 benchmarks/torch_peer.py --mode eager,compile --dtype float32,bfloat16
+  # shellcheck disable=SC2086
+  run torch python3 benchmarks/torch_peer.py ${TORCH_ARGS:---mode eager,compile --dtype float32,bfloat16}
 fi
 if want memory; then
   cache="$out/compilation_cache"

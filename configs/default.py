@@ -81,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
   model.recurrence = "fused"
   # Long clips: keep only input frames and states, recompute the rest backwards.
   model.remat = False
+  # With remat: the levels that recompute; () = all of them. Fine levels hold most
+  # of the memory for their FLOPs (pool2 keeps 4x pool4's states for the same
+  # convolution FLOPs), so ("pool2", "pool3") keeps most of the saving at a lower cost.
+  model.remat_levels = ()
   # The time loop: 0 = the backend's choice (no loop on GPU for clips of up to 16
   # frames without remat, a loop elsewhere) | an unroll factor (1: a loop).
   model.unroll = 0

@@ -15,8 +15,9 @@ r"""Throughput benchmark: prints one JSON line.
   # Frames mode (VGG-16 in the step, random weights, frozen unless
   # --config.model.backbone_trainable):
   ... --config.data.input=frames
-  # Long clips, with and without remat (--steps=0: compile and memory only):
-  ... --clip_length=64 [--remat]
+  # Long clips, with and without remat (--steps=0: compile and memory only), or
+  # remat of the fine levels only (most of the memory, half the recomputation):
+  ... --clip_length=64 [--remat [--config.model.remat_levels="('pool2','pool3')"]]
   # Batches fed from host memory, with and without device prefetch:
   ... --host_feed
   # Where the device's time goes (per kernel / HLO op), from a profiler trace:
@@ -281,7 +282,7 @@ def bench_train_step(config) -> dict:
   result = {
       "what": "train_step", "model": model_cfg.name, "variant": model_cfg.variant,
       "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else model_cfg.recurrence,
-      "remat": model_cfg.remat,
+      "remat": model_cfg.remat, "remat_levels": list(model_cfg.remat_levels),
       "kernel_gradient": model_cfg.kernel_gradient,
       "levels": list(model_cfg.levels), "dtype": model_cfg.dtype, "batch": FLAGS.batch,
       "clip_length": FLAGS.clip_length, "params": params,
@@ -419,7 +420,8 @@ def bench_scaling(config) -> dict:
   return {"what": "scaling", "num_devices": devices, "batch": FLAGS.batch,
           "clip_length": FLAGS.clip_length, "variant": config.model.variant,
           "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else config.model.recurrence,
-          "remat": config.model.remat, "levels": list(config.model.levels),
+          "remat": config.model.remat, "remat_levels": list(config.model.remat_levels),
+          "levels": list(config.model.levels),
           "xla_flops_per_device": per_device, "xla_flops_one_device": one_device,
           "flops_ratio": per_device / one_device, "collective_bytes": collectives,
           "all_gather_bytes": collectives["all-gather"], "compile_s": compile_s,

@@ -55,7 +55,8 @@ def expected_params(levels, hidden, channels, num_classes, kernel=3):
 
 
 # Two runs cover the options (each run is a process start and a compilation).
-@pytest.mark.parametrize("extra", [["--host_feed", "--remat", "--kernel_gradient=taps"],
+@pytest.mark.parametrize("extra", [["--host_feed", "--remat", "--kernel_gradient=taps",
+                                    "--config.model.remat_levels=('pool3',)"],
                                    ["--flax_rnn_cell", "--profile_dir"]])
 def test_train_step_report(extra, tmp_path):
   extra = [f"--profile_dir={tmp_path}" if e == "--profile_dir" else e for e in extra]
@@ -85,6 +86,7 @@ def test_train_step_report(extra, tmp_path):
   np.testing.assert_allclose(report["utilisation"], report["achieved_flops_per_s"]
                              / report["reference_flops_per_s"])
   assert report["remat"] == ("--remat" in extra)
+  assert report["remat_levels"] == (["pool3"] if "--remat" in extra else [])
   assert report["kernel_gradient"] == ("taps" if "--remat" in extra else "auto")
   if "--host_feed" in extra:
     assert report["host_fed_step_ms"] > 0 and report["host_fed_unprefetched_step_ms"] > 0

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from grurcn_jax.models import heads
-from grurcn_jax.models.convgru import ConvGRU
+from grurcn_jax.models.convgru import ConvGRU, level_remat
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ class VGGRNN(nn.Module):
   hidden: Sequence[int] = (512,)
   dropout_rate: float = 0.0
   recurrence: str = "fused"
-  remat: bool = False
+  remat: Union[bool, Sequence[str]] = False
   unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
@@ -71,7 +71,7 @@ class VGGRNN(nn.Module):
     for level, hidden in zip(self.levels, self.hidden):
       x = frame_vectors(features[level])[:, :, None, None, :]
       state = ConvGRU(hidden, (1, 1), recurrence=self.recurrence,
-                      remat=self.remat, unroll=self.unroll,
+                      remat=level_remat(self.remat, level), unroll=self.unroll,
                       kernel_gradient=self.kernel_gradient, dtype=self.dtype,
                       param_dtype=self.param_dtype, name=f"{level}_gru")(x)
       level_logits[level] = heads.ClassifierHead(

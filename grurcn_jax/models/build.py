@@ -67,7 +67,27 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   if not 0.0 <= cfg["backbone_dropout"] < 1.0:
     raise ConfigError(f"model.backbone_dropout={cfg['backbone_dropout']} must be in "
                       f"[0, 1)")
+  remat_setting(cfg)
   unroll_setting(cfg["unroll"])
+
+
+def remat_setting(cfg: Mapping[str, Any]):
+  """model.remat and model.remat_levels as the encoder takes them: a bool (every
+  level or none), or the tuple of levels that recompute."""
+  remat, chosen = cfg["remat"], tuple(cfg["remat_levels"])
+  if not isinstance(remat, bool):
+    raise ConfigError(f"model.remat={remat!r} must be True or False")
+  if not chosen:
+    return remat
+  if not remat:
+    raise ConfigError(f"model.remat_levels={chosen} chooses the levels that "
+                      f"recompute; it needs model.remat=True")
+  levels = tuple(cfg["levels"])
+  for level in chosen:
+    if level not in levels:
+      raise ConfigError(f"model.remat_levels names {level!r}, which is not in "
+                        f"model.levels={levels}")
+  return chosen
 
 
 def unroll_setting(value):
@@ -86,7 +106,7 @@ def build_model(cfg: Mapping[str, Any]) -> nn.Module:
   common = dict(num_classes=cfg["num_classes"], levels=tuple(cfg["levels"]),
                 dropout_rate=cfg["dropout_rate"], dtype=dtype)
   recurrent = dict(hidden=tuple(cfg["hidden"]), recurrence=cfg["recurrence"],
-                   remat=cfg["remat"], unroll=unroll_setting(cfg["unroll"]),
+                   remat=remat_setting(cfg), unroll=unroll_setting(cfg["unroll"]),
                    kernel_gradient=cfg["kernel_gradient"])
   if cfg["name"] == "vgg_frames":
     return baselines.VGGFrames(**common)
@@ -108,7 +128,7 @@ def build_captioning_model(config: Mapping[str, Any], vocab_size: int) -> nn.Mod
     encoder = captioning.GRURCNSegments(grurcn.GRURCNEncoder(
         levels, tuple(cfg["hidden"]), variant=cfg["variant"],
         kernel_size=cfg["kernel_size"], bi_merge=cfg["bi_merge"],
-        recurrence=cfg["recurrence"], remat=cfg["remat"],
+        recurrence=cfg["recurrence"], remat=remat_setting(cfg),
         unroll=unroll_setting(cfg["unroll"]), kernel_gradient=cfg["kernel_gradient"],
         dtype=dtype), spatial=caption["spatial_attention"])
   else:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.models import heads
-from grurcn_jax.models.convgru import ConvGRU
+from grurcn_jax.models.convgru import ConvGRU, level_remat
 
 Array = jax.Array
 
@@ -63,7 +63,8 @@ class GRURCNEncoder(nn.Module):
       gates also see level l-1's state at the same step, max-pooled to level l's
       size).
     kernel_size: side of every convolution kernel on map levels (fc7 uses 1x1).
-    recurrence, remat, unroll, kernel_gradient: see `ConvGRU`.
+    remat: see `ConvGRU`; or the tuple of levels that recompute (`level_remat`).
+    recurrence, unroll, kernel_gradient: see `ConvGRU`.
   """
 
   levels: Sequence[str]
@@ -72,7 +73,7 @@ class GRURCNEncoder(nn.Module):
   kernel_size: int = 3
   bi_merge: str = "concat"
   recurrence: str = "fused"
-  remat: bool = False
+  remat: Union[bool, Sequence[str]] = False
   unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None
@@ -95,7 +96,8 @@ class GRURCNEncoder(nn.Module):
       size = 1 if levels_lib.is_vector_level(level) else self.kernel_size
       layer = functools.partial(
           ConvGRU, hidden, (size, size), recurrence=self.recurrence,
-          remat=self.remat, unroll=self.unroll, kernel_gradient=self.kernel_gradient,
+          remat=level_remat(self.remat, level), unroll=self.unroll,
+          kernel_gradient=self.kernel_gradient,
           dtype=self.dtype, param_dtype=self.param_dtype)
       if self.variant == "uni":
         outputs[level] = layer(return_sequences=return_sequences, name=level)(x)
@@ -135,7 +137,7 @@ class GRURCN(nn.Module):
   bi_merge: str = "concat"
   dropout_rate: float = 0.0
   recurrence: str = "fused"
-  remat: bool = False
+  remat: Union[bool, Sequence[str]] = False
   unroll: Union[int, str] = "auto"
   kernel_gradient: str = "auto"
   dtype: Optional[Any] = None

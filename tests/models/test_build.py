@@ -37,6 +37,10 @@ def model_config(**overrides):
     (dict(kernel_size=0), "positive integer"),
     (dict(num_classes=1), "must be an integer > 1"),
     (dict(variant="stacked", levels=("pool5", "pool4"), hidden=(8, 8)), "fine to coarse"),
+    (dict(remat_levels=("pool2",)), "model.remat_levels=('pool2',) chooses the levels "
+                                    "that recompute; it needs model.remat=True"),
+    (dict(remat=True, remat_levels=("pool2", "fc7")),
+     "model.remat_levels names 'fc7', which is not in model.levels"),
 ])
 def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
   with pytest.raises(ConfigError) as error:
@@ -47,6 +51,12 @@ def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
 @pytest.mark.parametrize("value,unroll", [(0, "auto"), (10, 10)])
 def test_unroll_zero_is_the_backends_choice(value, unroll):
   assert build_model(model_config(unroll=value)).unroll == unroll
+
+
+@pytest.mark.parametrize("remat,levels,expected", [
+    (False, (), False), (True, (), True), (True, ("pool2", "pool3"), ("pool2", "pool3"))])
+def test_remat_levels_choose_the_levels_that_recompute(remat, levels, expected):
+  assert build_model(model_config(remat=remat, remat_levels=levels)).remat == expected
 
 
 def test_unknown_field_is_named():

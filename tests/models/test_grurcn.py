@@ -232,3 +232,31 @@ def test_bfloat16_model_keeps_float32_params_and_outputs():
     reference = jax.jit(tiny_model(variant).apply)(variables, feats)
     assert out["logits"].dtype == jnp.float32
     np.testing.assert_allclose(out["logits"], reference["logits"], atol=0.1)
+
+
+def test_remat_levels_recompute_only_those_levels(monkeypatch):
+  """remat=('pool3',): pool3's layer recomputes and pool4's keeps its gates, and
+  the gradients equal those without remat (the same sums in another order)."""
+  from grurcn_jax.models import recurrence
+  from tests.models.test_convgru import assert_float32_close, float64_run
+  calls = []
+  sequence = recurrence.convgru_sequence
+
+  def spy(inputs, *args, remat=False, **kwargs):
+    calls.append((inputs.shape[2], remat))   # the level's map side, and remat
+    return sequence(inputs, *args, remat=remat, **kwargs)
+
+  monkeypatch.setattr(recurrence, "convgru_sequence", spy)
+  levels = ("pool3", "pool4")
+  feats = tiny_features(jax.random.key(0), levels=levels)
+  labels = jnp.array([1, 3])
+  loss = lambda model: lambda v, feats: classification_loss(
+      model.apply(v, feats), labels, "level_mean").mean()
+  plain = tiny_model("uni", levels=levels)
+  variables = plain.init(jax.random.key(1), feats)
+  expected = jax.grad(loss(plain))(variables, feats)
+  expected64 = float64_run(jax.grad(loss(plain)), variables, feats)
+  calls.clear()
+  got = jax.grad(loss(tiny_model("uni", levels=levels, remat=("pool3",))))(variables, feats)
+  assert sorted(set(calls)) == [(2, False), (4, True)]   # pool4 is 2x2, pool3 4x4
+  assert_float32_close(got, expected, expected64)
