@@ -74,9 +74,13 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
 def remat_setting(cfg: Mapping[str, Any]):
   """model.remat and model.remat_levels as the encoder takes them: a bool (every
   level or none), or the tuple of levels that recompute."""
-  remat, chosen = cfg["remat"], tuple(cfg["remat_levels"])
+  remat, chosen = cfg["remat"], cfg["remat_levels"]
   if not isinstance(remat, bool):
     raise ConfigError(f"model.remat={remat!r} must be True or False")
+  if isinstance(chosen, str):
+    raise ConfigError(f"model.remat_levels={chosen!r} must be a tuple of level "
+                      f"names, e.g. ('pool2', 'pool3')")
+  chosen = tuple(chosen)
   if not chosen:
     return remat
   if not remat:

@@ -53,6 +53,13 @@ def test_unroll_zero_is_the_backends_choice(value, unroll):
   assert build_model(model_config(unroll=value)).unroll == unroll
 
 
+def test_remat_levels_must_be_a_tuple_of_names():
+  cfg = dict(model_config(remat=True))   # a plain dict: ConfigDict refuses the type
+  cfg["remat_levels"] = "pool2"
+  with pytest.raises(ConfigError, match=r"remat_levels='pool2' must be a tuple of level names"):
+    build_model(cfg)
+
+
 @pytest.mark.parametrize("remat,levels,expected", [
     (False, (), False), (True, (), True), (True, ("pool2", "pool3"), ("pool2", "pool3"))])
 def test_remat_levels_choose_the_levels_that_recompute(remat, levels, expected):
