@@ -20,10 +20,16 @@
 # TORCH_ARGS: the torch section's flags (default: eager and compile, both dtypes).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
+# LOGS_DIR: where each run's stdout and stderr go (default: $out). Set elsewhere,
+# they are also packed into $out/logs.tar.gz after every run, so $out holds two
+# files (a lent machine that returns only a few files still returns both).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 out="${OUT:-/tmp/grurcn_bench}"
-mkdir -p "$out"
+logs="${LOGS_DIR:-$out}"
+mkdir -p "$out" "$logs"
+scratch=$(mktemp -d)   # compilation caches and raw profiles: not results
+trap 'rm -rf "$scratch"' EXIT
 sections=" ${*:-all} "
 want() { [[ "$sections" == *" $1 "* || "$sections" == *" all "* ]]; }
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
@@ -33,11 +39,14 @@ run() {  # run NAME COMMAND...: append the command's last line (its JSON) to res
   echo "== $name: $*" >&2
   local start=$SECONDS
   # RUN_TIMEOUT: seconds each measurement may take (0, the default: no limit).
-  if timeout "${RUN_TIMEOUT:-0}" "$@" >"$out/$name.out" 2>"$out/$name.err"; then
-    grep '^{' "$out/$name.out" >>"$out/results.jsonl"
-    tail -n 1 "$out/$name.out" | cut -c1-400 >&2
+  if timeout "${RUN_TIMEOUT:-0}" "$@" >"$logs/$name.out" 2>"$logs/$name.err"; then
+    grep '^{' "$logs/$name.out" >>"$out/results.jsonl"
+    tail -n 1 "$logs/$name.out" | cut -c1-400 >&2
   else
-    echo "FAILED ($name)" >&2; tail -n 20 "$out/$name.err" >&2
+    echo "FAILED ($name)" >&2; tail -n 20 "$logs/$name.err" >&2
+  fi
+  if [ "$logs" != "$out" ]; then
+    tar czf "$out/logs.tar.gz" -C "$logs" .
   fi
   echo "   ($((SECONDS - start)) s)" >&2
 }
@@ -76,7 +85,7 @@ if want torch; then
   run torch python3 benchmarks/torch_peer.py ${TORCH_ARGS:---mode eager,compile --dtype float32,bfloat16}
 fi
 if want memory; then
-  cache="$out/compilation_cache"
+  cache="$scratch/compilation_cache"
   for variant in bf16 bf16_remat; do
     flags=(--dtype=bfloat16); [ "$variant" = bf16_remat ] && flags+=(--remat)
     run "memory_${variant}_compile" env JAX_COMPILATION_CACHE_DIR="$cache" \
@@ -99,11 +108,11 @@ fi
 if want profile; then
   for dtype in bfloat16 float32; do
     name="profile_$dtype"
-    run "$name" "${bench[@]}" --dtype=$dtype --profile_dir="$out/$name" --profile_steps=2
+    run "$name" "${bench[@]}" --dtype=$dtype --profile_dir="$scratch/$name" --profile_steps=2
     # The profiler's folders are timestamps: the last in order is this run's.
-    traces=("$out/$name"/plugins/profile/*/*.trace.json.gz)
+    traces=("$scratch/$name"/plugins/profile/*/*.trace.json.gz)
     cp "${traces[-1]}" "$out/$name.trace.json.gz" 2>/dev/null
-    gzip -c "$out/$name/train_step.hlo.txt" >"$out/$name.hlo.txt.gz" 2>/dev/null
+    gzip -c "$scratch/$name/train_step.hlo.txt" >"$out/$name.hlo.txt.gz" 2>/dev/null
   done
 fi
 if want unroll; then
