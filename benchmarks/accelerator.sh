@@ -3,11 +3,12 @@
 # reference on the device, then the paper model's train step (batch 64, T=10) in
 # float32 and bfloat16, uni/bi/stacked, remat, T=64 memory, host-fed steps, frames
 # mode, and the plain-PyTorch peer on the same device. One JSON line per
-# measurement goes to ${OUT:-/tmp/grurcn_bench}/results.jsonl; stderr of each run
-# to logs there.
+# measurement goes to ${OUT:-/tmp/grurcn_bench}/results.jsonl, its "run" field
+# the run's name; stdout and stderr of each run to logs there (or LOGS_DIR).
 #
 #   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [profile]
 #                                  [unroll] [remat] [variants] [all]
+# (all: every section but remat and variants, which repeat some of jax's runs)
 #
 # profile: where the step's device time goes, per kernel and per HLO op (the
 # traces and compiled programs land in $out as NAME.trace.json.gz, NAME.hlo.txt.gz).
@@ -16,7 +17,7 @@
 # remat: the bfloat16 step without remat, with it, and with it on the fine levels
 # only (pool2, pool3); then XLA's buffers of the same three at T=64 (batch
 # ${LONG_BATCH:-16}, compiled side by side, no steps run).
-# variants: bidirectional and stacked at the defaults.
+# variants: uni, bidirectional and stacked at the defaults, in one session.
 # TORCH_ARGS: the torch section's flags (default: eager and compile, both dtypes).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
@@ -31,22 +32,30 @@ mkdir -p "$out" "$logs"
 scratch=$(mktemp -d)   # compilation caches and raw profiles: not results
 trap 'rm -rf "$scratch"' EXIT
 sections=" ${*:-all} "
-want() { [[ "$sections" == *" $1 "* || "$sections" == *" all "* ]]; }
+named() { [[ "$sections" == *" $1 "* ]]; }
+want() { named "$1" || named all; }
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 
-run() {  # run NAME COMMAND...: append the command's last line (its JSON) to results
+pack_logs() {  # with LOGS_DIR elsewhere: the logs so far, as one file in $out
+  if [ "$logs" != "$out" ]; then
+    tar czf "$out/logs.tar.gz" -C "$logs" .
+  fi
+}
+
+run() {  # run NAME COMMAND...: append the command's JSON lines, named, to results
   local name="$1"; shift
   echo "== $name: $*" >&2
   local start=$SECONDS
   # RUN_TIMEOUT: seconds each measurement may take (0, the default: no limit).
   if timeout "${RUN_TIMEOUT:-0}" "$@" >"$logs/$name.out" 2>"$logs/$name.err"; then
-    grep '^{' "$logs/$name.out" >>"$out/results.jsonl"
+    grep '^{' "$logs/$name.out" | sed "s/^{/{\"run\": \"$name\", /" >>"$out/results.jsonl"
     tail -n 1 "$logs/$name.out" | cut -c1-400 >&2
   else
     echo "FAILED ($name)" >&2; tail -n 20 "$logs/$name.err" >&2
   fi
-  if [ "$logs" != "$out" ]; then
-    tar czf "$out/logs.tar.gz" -C "$logs" .
+  # Runs started with & pack after their `wait` (one writer at a time).
+  if [ "$BASHPID" = "$$" ]; then
+    pack_logs
   fi
   echo "   ($((SECONDS - start)) s)" >&2
 }
@@ -63,22 +72,24 @@ if want jax; then
   run bf16_remat "${bench[@]}" --dtype=bfloat16 --remat
   run f32_remat "${bench[@]}" --dtype=float32 --remat
 fi
-if want remat; then
+if named remat; then  # not in all: its runs repeat jax's
   fine=(--remat "--config.model.remat_levels=('pool2','pool3')")
-  run bf16 "${bench[@]}" --dtype=bfloat16
-  run bf16_remat "${bench[@]}" --dtype=bfloat16 --remat
-  run bf16_remat_fine "${bench[@]}" --dtype=bfloat16 "${fine[@]}"
+  run remat_none "${bench[@]}" --dtype=bfloat16
+  run remat_all "${bench[@]}" --dtype=bfloat16 --remat
+  run remat_fine "${bench[@]}" --dtype=bfloat16 "${fine[@]}"
   # Compile-only runs share the GPU: no preallocation, no steps.
   long=(env XLA_PYTHON_CLIENT_PREALLOCATE=false "${bench[@]}" --dtype=bfloat16
         --clip_length=64 --steps=0 --batch="${LONG_BATCH:-16}")
-  run bf16_t64 "${long[@]}" &
-  run bf16_t64_remat "${long[@]}" --remat &
-  run bf16_t64_remat_fine "${long[@]}" "${fine[@]}" &
+  run remat_t64_none "${long[@]}" &
+  run remat_t64_all "${long[@]}" --remat &
+  run remat_t64_fine "${long[@]}" "${fine[@]}" &
   wait
+  pack_logs
 fi
-if want variants; then
-  run bf16_bi "${bench[@]}" --dtype=bfloat16 --config.model.variant=bi
-  run bf16_stacked "${bench[@]}" --dtype=bfloat16 --config.model.variant=stacked
+if named variants; then
+  run variants_uni "${bench[@]}" --dtype=bfloat16
+  run variants_bi "${bench[@]}" --dtype=bfloat16 --config.model.variant=bi
+  run variants_stacked "${bench[@]}" --dtype=bfloat16 --config.model.variant=stacked
 fi
 if want torch; then
   # shellcheck disable=SC2086

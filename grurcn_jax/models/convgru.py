@@ -28,7 +28,8 @@ RECURRENCES = ("fused", "scan")
 
 def level_remat(remat: Union[bool, Sequence[str]], level: str) -> bool:
   """Whether `level` recomputes: `remat` is a bool for every level, or the tuple of
-  levels that do (`build.remat_setting`)."""
+  levels that do (an empty tuple: none; `build.remat_setting` turns the config's
+  `remat_levels=()` into True)."""
   return remat if isinstance(remat, bool) else level in remat
 
 class ConvGRUCell(nn.RNNCellBase):
@@ -190,6 +191,9 @@ class ConvGRU(nn.Module):
     """
     if inputs.ndim != 5:
       raise ValueError(f"ConvGRU expects [batch, time, H, W, C], got {inputs.shape}")
+    if not isinstance(self.remat, bool):   # a level tuple is the encoder's to resolve
+      raise TypeError(f"ConvGRU.remat must be True or False, got {self.remat!r} "
+                      f"(see level_remat)")
     # The compute dtype; the carry is kept in it (never upcast by a float32 h0).
     dtype = self.dtype or jnp.promote_types(inputs.dtype, self.param_dtype)
     if initial_carry is None:

@@ -274,3 +274,11 @@ def test_bfloat16_recurrence_keeps_bfloat16_carry(recurrence, remat):
 def test_bad_input_rank_is_a_clear_error():
   with pytest.raises(ValueError, match=r"\[batch, time, H, W, C\]"):
     ConvGRU(2).init(jax.random.key(0), jnp.zeros((2, 3, 4)))
+
+
+def test_a_level_tuple_as_remat_is_refused():
+  """Only the encoder resolves a level tuple; a layer given one would otherwise
+  recompute whatever the tuple's truth says."""
+  x = jnp.zeros((1, 2, 4, 4, 3))
+  with pytest.raises(TypeError, match="ConvGRU.remat must be True or False"):
+    ConvGRU(4, remat=("pool2",)).init(jax.random.key(0), x)
