@@ -328,7 +328,8 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
                 metadata: Mapping) -> dict:
   """Writes shard `name` of `videos` (each level in the dtype `metadata` gives it)
   and returns its table entry, for `record_shard`. Streams: each video is written as
-  it comes (extraction holds about a batch of frames' videos at a time). The table is renamed into place last."""
+  it comes (extraction holds about a batch of frames' videos at a time). The table
+  is renamed into place last."""
   tf.io.gfile.makedirs(directory)
   levels = metadata["levels"]
   pid = os.getpid()

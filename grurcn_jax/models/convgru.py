@@ -25,12 +25,12 @@ Dtype = Any
 RECURRENCES = ("fused", "scan")
 
 
-
 def level_remat(remat: Union[bool, Sequence[str]], level: str) -> bool:
   """Whether `level` recomputes: `remat` is a bool for every level, or the tuple of
   levels that do (an empty tuple: none; `build.remat_setting` turns the config's
   `remat_levels=()` into True)."""
   return remat if isinstance(remat, bool) else level in remat
+
 
 class ConvGRUCell(nn.RNNCellBase):
   """A GRU-RCN cell, a drop-in for `flax.linen.RNN` like `nn.ConvLSTMCell`.
