@@ -1,6 +1,7 @@
 """The on-disk feature format: the only module that knows it.
 
-A feature directory (local or gs://, everything through tf.io.gfile) holds
+A feature directory (local, read with the standard library, or gs:// and other
+remote file systems, through tf.io.gfile) holds
 
     metadata.json                 levels (shape, dtype, normalisation, int8 step),
                                   class names, splits with their shards and video
@@ -46,6 +47,8 @@ Format 1 directories (one TFRecord per video) are read only to convert them:
 `python -m grurcn_jax.data.convert --src=OLD --dst=NEW`.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import os
@@ -55,7 +58,19 @@ import numpy as np
 
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import FeatureFormatError
-from grurcn_jax.host_tf import tf
+
+
+class _TensorFlowOnUse:
+  """TensorFlow (set up by `host_tf`), imported at its first use: reading a local
+  directory with numpy (`ClipReader.read_numpy`, the threaded loader) needs none,
+  so a machine without TensorFlow can train from one."""
+
+  def __getattr__(self, name):
+    from grurcn_jax.host_tf import tf as module
+    return getattr(module, name)
+
+
+tf = _TensorFlowOnUse()
 
 FORMAT_VERSION = 2
 METADATA_FILE = "metadata.json"
@@ -90,9 +105,53 @@ def join(directory: str, name: str) -> str:
   return os.path.join(directory, name)
 
 
+def is_local(path: str) -> bool:
+  """Local paths are read with the standard library, others through tf.io.gfile."""
+  return "://" not in path
+
+
 def exists(path: str) -> bool:
   """Whether a file (local or gs://) is there."""
-  return tf.io.gfile.exists(path)
+  return os.path.exists(path) if is_local(path) else tf.io.gfile.exists(path)
+
+
+def _open(path: str, mode: str = "r"):
+  return open(path, mode) if is_local(path) else tf.io.gfile.GFile(path, mode)
+
+
+def _makedirs(path: str) -> None:
+  if is_local(path):
+    if path:
+      os.makedirs(path, exist_ok=True)
+  else:
+    tf.io.gfile.makedirs(path)
+
+
+def _rename(src: str, dst: str) -> None:
+  if is_local(src):
+    os.replace(src, dst)
+  else:
+    tf.io.gfile.rename(src, dst, overwrite=True)
+
+
+def _remove(path: str) -> None:
+  if is_local(path):
+    os.remove(path)
+  else:
+    tf.io.gfile.remove(path)
+
+
+def file_size(path: str) -> Optional[int]:
+  """A file's size in bytes; None when it is not there."""
+  if is_local(path):
+    try:
+      return os.stat(path).st_size
+    except FileNotFoundError:
+      return None
+  try:
+    return tf.io.gfile.stat(path).length
+  except tf.errors.NotFoundError:
+    return None
 
 
 def level_file(name: str, level: str) -> str:
@@ -133,7 +192,7 @@ def write_metadata(directory: str, metadata: Mapping) -> None:
 
 def write_json(path: str, document: Mapping) -> None:
   """Atomically (temp file + rename) writes a JSON file of the directory."""
-  tf.io.gfile.makedirs(os.path.dirname(path))
+  _makedirs(os.path.dirname(path))
   _atomic_write(path, lambda tmp: _write_bytes(tmp, json.dumps(document,
                                                                 indent=1).encode()))
 
@@ -142,7 +201,7 @@ def read_json(path: str, missing: str) -> dict:
   """A JSON file of the directory; FeatureFormatError(`missing`) when absent."""
   if not exists(path):
     raise FeatureFormatError(missing)
-  with tf.io.gfile.GFile(path, "r") as f:
+  with _open(path) as f:
     try:
       return json.load(f)
     except json.JSONDecodeError as e:
@@ -302,7 +361,7 @@ def decode_jpeg(encoded: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
 # Writing
 
 def _write_bytes(path: str, data: bytes) -> None:
-  with tf.io.gfile.GFile(path, "wb") as f:
+  with _open(path, "wb") as f:
     f.write(data)
 
 
@@ -310,10 +369,10 @@ def _atomic_write(path: str, write) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     write(tmp)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    _rename(tmp, path)
   finally:
-    if tf.io.gfile.exists(tmp):
-      tf.io.gfile.remove(tmp)
+    if exists(tmp):
+      _remove(tmp)
 
 
 def _stored(level: str, array: np.ndarray, info: Mapping) -> bytes:
@@ -330,11 +389,11 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
   and returns its table entry, for `record_shard`. Streams: each video is written as
   it comes (extraction holds about a batch of frames' videos at a time). The table
   is renamed into place last."""
-  tf.io.gfile.makedirs(directory)
+  _makedirs(directory)
   levels = metadata["levels"]
   pid = os.getpid()
   tmp = {level: join(directory, f"{level_file(name, level)}.tmp-{pid}") for level in levels}
-  files = {level: tf.io.gfile.GFile(path, "wb") for level, path in tmp.items()}
+  files = {level: _open(path, "wb") for level, path in tmp.items()}
   for f in files.values():
     f.write(b"")  # a GFile creates its file at the first write: shards may be empty
   # Encoded levels: each frame's byte offset in its file, and the end.
@@ -369,15 +428,15 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
     for f in files.values():
       f.close()
     for level, path in tmp.items():
-      tf.io.gfile.rename(path, join(directory, level_file(name, level)), overwrite=True)
+      _rename(path, join(directory, level_file(name, level)))
     for level, ends in offsets.items():
       _atomic_write(join(directory, index_file(name, level)), lambda path, ends=ends:
                     _write_bytes(path, np.asarray(ends, "<i8").tobytes()))
   finally:
     for level, path in tmp.items():
       files[level].close()
-      if tf.io.gfile.exists(path):
-        tf.io.gfile.remove(path)
+      if exists(path):
+        _remove(path)
   entry = {"name": name, "num_videos": len(table), "num_frames": rows, "videos": table}
   _atomic_write(join(directory, table_file(name)), lambda path: _write_bytes(
       path, json.dumps(dict(entry, frame_indices=frame_indices)).encode()))
@@ -390,10 +449,13 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
 def read_shard_table(directory: str, name: str) -> dict:
   """A written shard's table entry (with the videos' source frame indices)."""
   path = join(directory, table_file(name))
+  if not exists(path):
+    raise FeatureFormatError(f"feature shard table {path} cannot be read: it does "
+                             f"not exist")
   try:
-    with tf.io.gfile.GFile(path, "r") as f:
+    with _open(path) as f:
       return json.load(f)
-  except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+  except json.JSONDecodeError as e:
     raise FeatureFormatError(f"feature shard table {path} cannot be read: {e}") from None
 
 
@@ -412,7 +474,7 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
     path = join(directory, level_file(entry["name"], level))
     if is_encoded(info):
       ends = _read_index(directory, entry["name"], level, entry["num_frames"])
-      raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else b""
+      raw = _read_bytes(path) if exists(path) else b""
       if len(raw) != ends[-1]:
         raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
                                                int(ends[-1])))
@@ -424,7 +486,7 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
         data[level] = decode_jpeg(frames, info["shape"])
       continue
     expected = entry["num_frames"] * _row_bytes(info)
-    raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else b""
+    raw = _read_bytes(path) if exists(path) else b""
     if len(raw) != expected:
       raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
                                              expected))
@@ -456,7 +518,7 @@ def _read_index(directory: str, name: str, level: str, num_frames: int) -> np.nd
   """An encoded level's frame offsets in shard `name` ([num_frames + 1] int64),
   checked."""
   path = join(directory, index_file(name, level))
-  raw = tf.io.gfile.GFile(path, "rb").read() if exists(path) else None
+  raw = _read_bytes(path) if exists(path) else None
   expected = (num_frames + 1) * 8
   if raw is None or len(raw) != expected:
     raise FeatureFormatError(_size_problem(path, None if raw is None else len(raw),
@@ -466,6 +528,11 @@ def _read_index(directory: str, name: str, level: str, num_frames: int) -> np.nd
     raise FeatureFormatError(f"feature index {path} is corrupt: its offsets do not "
                              f"increase from 0")
   return ends
+
+
+def _read_bytes(path: str) -> bytes:
+  with _open(path, "rb") as f:
+    return f.read()
 
 
 def _size_problem(path: str, size: Optional[int], expected: int) -> str:
@@ -510,7 +577,7 @@ class ClipReader:
     # Encoded levels: each shard's frame offsets, read by `check`.
     self.offsets: Dict[str, Dict[int, np.ndarray]] = {
         level: {} for level, info in self.infos.items() if is_encoded(info)}
-    self._local = "://" not in directory
+    self._local = is_local(directory)
     rows = [(v[0], v[2], shard, v[3], v[4]) for shard, s in enumerate(self.shards)
             for v in s["videos"]]
     columns = list(zip(*rows)) if rows else [()] * 5
@@ -535,10 +602,7 @@ class ClipReader:
           expected = int(ends[-1])
         else:
           expected = entry["num_frames"] * self.row_bytes[level]
-        try:
-          size = tf.io.gfile.stat(path).length
-        except tf.errors.NotFoundError:
-          size = None
+        size = file_size(path)
         if size != expected:
           problems.append((shard, path, _size_problem(path, size, expected)))
     return problems
@@ -578,27 +642,37 @@ class ClipReader:
 
   def read_numpy(self, shard, first_frame, rows) -> List[np.ndarray]:
     """The same read in numpy: one array per level."""
-    rows = np.asarray(rows, np.int64)
-    # Runs of consecutive rows: (position in the clip, first row, count).
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    runs = [(int(k[0]), int(rows[k[0]]), len(k))
-            for k in np.split(np.arange(len(rows)), breaks) if len(k)]
-    out = []
+    out = [None if level in self.offsets else
+           np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
+           for level in self.levels]
+    runs = _runs(rows)
+    for i, level in enumerate(self.levels):
+      if level in self.offsets:
+        out[i] = self._read_encoded(level, int(shard), int(first_frame), runs)
+      else:
+        self._read_rows(level, int(shard), int(first_frame), runs, out[i])
+    return out
+
+  def read_into(self, clip: Mapping[str, np.ndarray], shard: int, first_frame: int,
+                rows) -> None:
+    """Reads a video's `rows` of every level into `clip[level]` ([len(rows),
+    *shape] arrays of the stored dtype, e.g. a batch's slot): no copy after the
+    read. Raw rows only (JPEG frames are decoded by tf.data)."""
+    runs = _runs(rows)
     for level in self.levels:
       if level in self.offsets:
-        out.append(self._read_encoded(level, int(shard), int(first_frame), runs))
-        continue
-      clip = np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
-      path, row_bytes = self.paths[level][int(shard)], self.row_bytes[level]
-      reads = [((int(first_frame) + row) * row_bytes,
-                memoryview(clip[position:position + count]).cast("B"))
-               for position, row, count in runs]
-      if self._local:
-        _read_local(path, reads)
-      else:
-        _read_remote(path, reads)
-      out.append(clip)
-    return out
+        raise FeatureFormatError(f"{level} is stored as JPEG: read_into reads raw rows")
+      self._read_rows(level, int(shard), int(first_frame), runs, clip[level])
+
+  def _read_rows(self, level, shard, first_frame, runs, clip) -> None:
+    path, row_bytes = self.paths[level][shard], self.row_bytes[level]
+    reads = [((first_frame + row) * row_bytes,
+              memoryview(clip[position:position + count]).cast("B"))
+             for position, row, count in runs]
+    if self._local:
+      _read_local(path, reads)
+    else:
+      _read_remote(path, reads)
 
   def _read_encoded(self, level, shard, first_frame, runs) -> np.ndarray:
     """[len(rows)] bytes: each row's JPEG, one ranged read per run of rows."""
@@ -620,6 +694,14 @@ class ClipReader:
       for i in range(len(bounds) - 1):
         out[position + i] = bytes(buffer[bounds[i]:bounds[i + 1]])
     return out
+
+
+def _runs(rows) -> List[Tuple[int, int, int]]:
+  """Runs of consecutive rows: (position in the clip, first row, count)."""
+  rows = np.asarray(rows, np.int64)
+  breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+  return [(int(k[0]), int(rows[k[0]]), len(k))
+          for k in np.split(np.arange(len(rows)), breaks) if len(k)]
 
 
 def _read_local(path: str, reads) -> None:
