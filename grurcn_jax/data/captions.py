@@ -10,7 +10,6 @@ scored.
 
 import collections
 import dataclasses
-import json
 from typing import Dict, Iterable, List, Mapping, Sequence
 
 import numpy as np
@@ -111,3 +110,43 @@ def references_by_id(references: Mapping[str, List[str]],
       raise FeatureFormatError(f"video {v!r} has no reference captions")
     out[v] = references[v]
   return out
+
+
+# -- the references of a split, aligned with its videos --------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CaptionTable:
+  """A split's captions as word ids, aligned with a reader's videos: video row v
+  has the captions tokens[first[v] : first[v] + count[v]] ([N, max_length] int32:
+  words, <eos>, then <pad> 0)."""
+  tokens: np.ndarray
+  first: np.ndarray
+  count: np.ndarray
+
+
+def caption_table(video_indices: Sequence[int], video_ids: Mapping[int, str],
+                  references: Mapping[str, Sequence[str]], vocabulary,
+                  max_length: int) -> CaptionTable:
+  """The CaptionTable of the videos `video_indices` (a reader's order); a video
+  without references is a FeatureFormatError."""
+  tokens, first, count = [], [], []
+  for index in video_indices:
+    video_id = video_ids.get(int(index), str(index))
+    captions = references.get(video_id)
+    if not captions:
+      raise FeatureFormatError(f"video {video_id!r} has no reference captions")
+    first.append(len(tokens))
+    count.append(len(captions))
+    tokens.extend(vocabulary.encode(c, max_length) for c in captions)
+  return CaptionTable(np.stack(tokens).astype(np.int32), np.array(first, np.int64),
+                      np.array(count, np.int64))
+
+
+def split_caption_table(reader, directory: str, split: str,
+                        references: Mapping[str, Sequence[str]], vocabulary: Vocabulary,
+                        max_length: int) -> CaptionTable:
+  """The CaptionTable of a ClipReader's videos of `split`."""
+  metadata = features_lib.read_metadata(directory)
+  return caption_table(reader.videos["video_index"],
+                       features_lib.video_ids(metadata, split), references,
+                       vocabulary, max_length)

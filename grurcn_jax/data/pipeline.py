@@ -3,7 +3,8 @@
 A clip reads only its own frames (`features.ClipReader`): the cost of a clip does
 not grow with the length of its video.
 
-Train order is a pure function of (seed, epoch, stream): the data is read as
+Train order is a pure function of (seed, epoch, stream) (`sampling`, which the
+threaded loader shares: both give the same batches): the data is read as
 `num_streams` independent streams (default: one per host). Each epoch every video
 of the split is permuted by (seed, epoch) and stream s of S takes positions s, s+S,
 ...; so every video is seen once per epoch, in an order that mixes all shards (no
@@ -14,11 +15,11 @@ streams stay in the same epoch instead of the shorter ones drifting ahead. Host
 p of P owns the streams [p*S/P, (p+1)*S/P) and its part of every global batch is
 its streams' equal shares, in stream order: with a fixed `num_streams`, the global
 batches are the same for any number of hosts that divides it. Each clip's start
-frame is drawn from (seed, epoch, stream, position). All of it runs inside tf.data
-(stateless Philox permutations and draws); only a clip's positioned reads run in
-numpy (`features.ClipReader`), in parallel. A run that resumes at step s starts every stream at its element s * share,
-skipping whole epochs and positions without reading them, and sees exactly the
-batches an uninterrupted run would.
+frame is drawn from (seed, epoch, stream, position). An epoch's plan is one numpy
+call per stream; a clip's positioned reads run in numpy (`features.ClipReader`), in
+parallel map calls. A run that resumes at step s starts every stream at its element
+s * share, skipping whole epochs and positions without reading them, and sees
+exactly the batches an uninterrupted run would.
 
 Clips are `clip_length` frames `frame_stride` apart. A video shorter than that span
 loops (frame indices wrap around), so every video gives a clip of the full length.
@@ -33,32 +34,24 @@ or truncated file is a FeatureFormatError naming it, or, with
 `data.skip_bad_records`, its shard's videos are left out and counted.
 """
 
-import dataclasses
-import math
 import re
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
-from absl import logging
 import numpy as np
 
+from grurcn_jax.data import captions as captions_lib
 from grurcn_jax.data import features as features_lib
+from grurcn_jax.data import sampling
+from grurcn_jax.data.sampling import InputStats, check_split  # noqa: F401 (the API)
 from grurcn_jax.errors import FeatureFormatError
 from grurcn_jax.host_tf import tf
-
-
-
-@dataclasses.dataclass
-class PipelineStats:
-  """What the pipeline left out (only with skip_bad_records=True)."""
-  skipped_records: int = 0          # videos left out
-  bad_files: List[str] = dataclasses.field(default_factory=list)
 
 
 class Batches:
   """An iterator of numpy batches (one pass: iter() continues where it is); a
   read that fails raises a FeatureFormatError, not tf.data's error."""
 
-  def __init__(self, dataset: tf.data.Dataset, stats: PipelineStats,
+  def __init__(self, dataset: tf.data.Dataset, stats: InputStats,
                num_batches: Optional[int] = None):
     self.dataset = dataset
     self.stats = stats
@@ -81,58 +74,11 @@ class Batches:
       raise FeatureFormatError(f"reading features failed: {message}") from None
 
 
-def check_split(data: Mapping, split: str, levels=None) -> PipelineStats:
-  """Opens `split` as the pipeline would and checks its files (before a long run
-  reaches its first evaluation); returns what skip_bad_records would leave out."""
-  return _open(data, split, levels)[1]
-
-
-def _open(data: Mapping, split: str, levels) -> tuple:
-  """The split's ClipReader, its files checked; bad shards raise or are left out."""
-  directory = data["dir"]
-  metadata = features_lib.read_metadata(directory)
-  reader = features_lib.ClipReader(directory, metadata, split, levels)
-  stats = PipelineStats()
-  problems = reader.check()
-  if problems:
-    if not data["skip_bad_records"]:
-      raise FeatureFormatError(problems[0][2] + (
-          f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
-          + "; set data.skip_bad_records=True to leave such shards out")
-    stats.skipped_records = reader.drop_shards({shard for shard, _, _ in problems})
-    stats.bad_files = sorted({path for _, path, _ in problems})
-    for _, _, problem in problems:
-      logging.warning("%s; its shard's videos are left out", problem)
-  if not len(reader.videos["video_index"]):
-    raise FeatureFormatError(f"split {split!r} of {directory} has no readable videos")
-  return reader, stats
-
-
 def _clip_rows(num_frames: tf.Tensor, start: tf.Tensor, clip_length: int,
                frame_stride: int) -> tf.Tensor:
-  # Short videos loop: indices wrap around the video.
+  # sampling.clip_rows in-graph: short videos loop.
   return tf.math.floormod(start + tf.range(clip_length, dtype=tf.int64) * frame_stride,
                           num_frames)
-
-
-def _stream_plan(num_videos: int, seed: int, stream: int, num_streams: int):
-  """epoch -> the video positions stream `stream` of `num_streams` reads in it:
-  positions s, s+S, ... (ceil(N/S) of them, wrapping past the end) of a
-  permutation of all N videos seeded by (seed, epoch)."""
-  positions = np.arange(stream, _epoch_size(num_videos, num_streams) * num_streams,
-                        num_streams) % num_videos
-  def plan(epoch):
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(num_videos, dtype=tf.int64),
-        seed=tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)]),
-        alg="philox")
-    return tf.gather(order, positions)
-  return plan
-
-
-def _epoch_size(num_videos: int, num_streams: int) -> int:
-  """Videos per stream and epoch: the same for every stream."""
-  return -(-num_videos // num_streams)
 
 
 def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
@@ -146,48 +92,37 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
   clip_length, frame_stride, num_streams, skip_bad_records. `levels` (default: all
   in the directory) are the levels read.
   """
-  reader, stats = _open(data, data["train_split"], levels)
+  reader, stats = sampling.open_split(data, data["train_split"], levels)
   table = reader.table()
+  num_frames = reader.videos["num_frames"]
   clip_length, frame_stride = data["clip_length"], data["frame_stride"]
-  span = (clip_length - 1) * frame_stride + 1
+  span = sampling.clip_span(clip_length, frame_stride)
 
-  def clip(video, draw_seed):
-    num_frames = tf.gather(table["num_frames"], video)
-    max_start = tf.maximum(num_frames - span, 0)
-    start_frame = tf.random.stateless_uniform([], draw_seed, 0, max_start + 1, tf.int64)
-    return _clip(reader, table, video,
-                 _clip_rows(num_frames, start_frame, clip_length, frame_stride))
+  def starts(videos, uniforms):
+    return sampling.train_starts(uniforms[:, 0], num_frames[videos], span)
 
-  return _train_streams(reader, stats, data, clip, batch_size=batch_size, seed=seed,
-                        start_step=start_step, process_index=process_index,
+  def clip(video, start):
+    return _clip(reader, table, video, _clip_rows(tf.gather(table["num_frames"], video),
+                                                  start, clip_length, frame_stride))
+
+  return _train_streams(reader, stats, data, starts, clip, batch_size=batch_size,
+                        seed=seed, start_step=start_step, process_index=process_index,
                         process_count=process_count)
 
 
-def _train_streams(reader, stats, data, element, *, batch_size, seed, start_step,
+def _train_streams(reader, stats, data, draws, element, *, batch_size, seed, start_step,
                    process_index, process_count) -> Batches:
-  """This host's batches of the streams' elements; `element(video, draw_seed)`
-  makes one from a video's row in the reader's table and a seed for its draws."""
-  num_videos = len(reader.videos["video_index"])
-  num_streams = data["num_streams"] or process_count
-  if num_streams % process_count:
-    raise FeatureFormatError(
-        f"{num_streams} data streams cannot be shared by {process_count} hosts: "
-        f"num_streams must be a multiple of the host count")
-  streams_per_host = num_streams // process_count
-  if batch_size % streams_per_host:
-    raise FeatureFormatError(
-        f"the host batch of {batch_size} does not split over this host's "
-        f"{streams_per_host} data streams")
-  if num_videos < num_streams:
-    raise FeatureFormatError(
-        f"split {data['train_split']!r} has {num_videos} video(s) for {num_streams} "
-        f"data streams: every stream needs at least one")
-  share = batch_size // streams_per_host
-  datasets = [
-      _stream_dataset(num_videos, stream, num_streams, seed, start_step * share, element)
-      .batch(share, drop_remainder=True)
-      for stream in range(process_index * streams_per_host,
-                          (process_index + 1) * streams_per_host)]
+  """This host's batches of the streams' elements. `draws(videos, uniforms)` turns
+  an epoch's plan (`sampling.stream_epoch`) into one int64 per element (numpy);
+  `element(video, draw)` makes the element from a video's row in the reader's
+  table and its draw (in-graph)."""
+  layout = sampling.stream_layout(
+      len(reader.videos["video_index"]), data["train_split"],
+      num_streams=data["num_streams"], batch_size=batch_size,
+      process_index=process_index, process_count=process_count)
+  first_epoch, skip = sampling.resume_point(start_step, layout)
+  datasets = [_stream_dataset(layout, stream, seed, first_epoch, skip, draws, element)
+              .batch(layout.share, drop_remainder=True) for stream in layout.streams]
   if len(datasets) == 1:
     dataset = datasets[0]
   else:  # this host's part of the global batch: its streams' shares, in order
@@ -196,24 +131,23 @@ def _train_streams(reader, stats, data, element, *, batch_size, seed, start_step
   return Batches(dataset.prefetch(tf.data.AUTOTUNE), stats)
 
 
-def _stream_dataset(num_videos, stream, num_streams, seed, start, element):
-  plan = _stream_plan(num_videos, seed, stream, num_streams)
-  epoch_size = _epoch_size(num_videos, num_streams)
-  first_epoch, skip = divmod(start, epoch_size)   # skipped without reading
+def _stream_dataset(layout, stream, seed, first_epoch, skip, draws, element):
+  def plan(epoch):
+    videos, uniforms = sampling.stream_epoch(layout.num_videos, seed, int(epoch),
+                                             stream, layout.num_streams)
+    return videos, np.asarray(draws(videos, uniforms), np.int64)
 
-  def epoch_positions(epoch):
+  def epoch_elements(epoch):
+    videos, values = tf.numpy_function(plan, [epoch], [tf.int64, tf.int64],
+                                       stateful=False)
+    videos = tf.ensure_shape(videos, [layout.epoch_size])
+    values = tf.ensure_shape(values, [layout.epoch_size])
     skipped = tf.where(epoch == first_epoch, tf.constant(skip, tf.int64), 0)
-    return (tf.data.Dataset.from_tensor_slices(plan(epoch)).enumerate()
-            .skip(skipped).map(lambda position, video: (epoch, position, video)))
-
-  def read(epoch, position, video):
-    draw_seed = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + epoch,
-                          tf.cast(stream, tf.int64) * 1_000_003 + position])
-    return element(video, draw_seed)
+    return tf.data.Dataset.from_tensor_slices((videos, values)).skip(skipped)
 
   return (tf.data.Dataset.counter(first_epoch, dtype=tf.int64)
-          .flat_map(epoch_positions)
-          .map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+          .flat_map(epoch_elements)
+          .map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
 
 
 def _clip(reader, table, video, rows) -> Dict:
@@ -222,10 +156,6 @@ def _clip(reader, table, video, rows) -> Dict:
           "label": tf.cast(tf.gather(table["label"], video), tf.int32),
           "video_index": tf.cast(tf.gather(table["video_index"], video), tf.int32),
           "mask": tf.constant(1.0, tf.float32)}
-
-
-def eval_host_videos(num_videos: int, process_index: int, process_count: int) -> List[int]:
-  return list(range(process_index, num_videos, process_count))
 
 
 def eval_batches(data: Mapping, *, batch_size: int,
@@ -237,32 +167,14 @@ def eval_batches(data: Mapping, *, batch_size: int,
   `data` is the config's data subtree: dir, eval_split, clip_length, frame_stride,
   eval_clips, skip_bad_records.
   """
-  reader, stats = _open(data, data["eval_split"], levels)
-  clip_length, frame_stride, eval_clips = (data["clip_length"], data["frame_stride"],
-                                           data["eval_clips"])
-  num_videos = len(reader.videos["video_index"])
-  num_batches = max(math.ceil(eval_clips * len(eval_host_videos(num_videos, p,
-                                                                 process_count))
-                              / batch_size) for p in range(process_count))
+  reader, stats = sampling.open_split(data, data["eval_split"], levels)
+  videos, rows, num_batches = sampling.eval_plan(
+      reader, data, batch_size=batch_size, process_index=process_index,
+      process_count=process_count)
   table = reader.table()
-  span = (clip_length - 1) * frame_stride + 1
-
-  def clip_plans(video):
-    num_frames = tf.gather(table["num_frames"], video)
-    max_start = tf.cast(tf.maximum(num_frames - span, 0), tf.float64)
-    if eval_clips == 1:   # the middle of the video, not its first frames
-      starts = tf.reshape(tf.cast(tf.round(max_start / 2), tf.int64), [1])
-    else:
-      starts = tf.cast(tf.round(tf.linspace(tf.constant(0, tf.float64), max_start,
-                                            eval_clips)), tf.int64)
-    return tf.data.Dataset.from_tensor_slices(starts).map(
-        lambda start: (video, _clip_rows(num_frames, start, clip_length, frame_stride)))
-
-  mine = tf.constant(eval_host_videos(num_videos, process_index, process_count),
-                     tf.int64)
-  padding = tf.data.Dataset.from_tensors(_padding_element(reader, clip_length)).repeat()
-  dataset = (tf.data.Dataset.from_tensor_slices(mine)
-             .flat_map(clip_plans)
+  padding = tf.data.Dataset.from_tensors(
+      _padding_element(reader, data["clip_length"])).repeat()
+  dataset = (tf.data.Dataset.from_tensor_slices((videos, rows))
              .map(lambda video, rows: _clip(reader, table, video, rows),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
              .concatenate(padding)
@@ -285,61 +197,16 @@ def _padding_element(reader, clip_length):
 
 # -- captioning: a video's segments and one of its captions --------------------
 
-@dataclasses.dataclass(frozen=True)
-class CaptionTable:
-  """A split's captions as word ids, aligned with a reader's videos: video row v
-  has the captions tokens[first[v] : first[v] + count[v]] ([N, max_length] int32:
-  words, <eos>, then <pad> 0)."""
-  tokens: np.ndarray
-  first: np.ndarray
-  count: np.ndarray
-
-
-def caption_table(video_indices: Sequence[int], video_ids: Mapping[int, str],
-                  references: Mapping[str, Sequence[str]], vocabulary,
-                  max_length: int) -> CaptionTable:
-  """The CaptionTable of the videos `video_indices` (a reader's order); a video
-  without references is a FeatureFormatError."""
-  tokens, first, count = [], [], []
-  for index in video_indices:
-    video_id = video_ids.get(int(index), str(index))
-    captions = references.get(video_id)
-    if not captions:
-      raise FeatureFormatError(f"video {video_id!r} has no reference captions")
-    first.append(len(tokens))
-    count.append(len(captions))
-    tokens.extend(vocabulary.encode(c, max_length) for c in captions)
-  return CaptionTable(np.stack(tokens).astype(np.int32), np.array(first, np.int64),
-                      np.array(count, np.int64))
-
-
-def segment_rows(num_frames: tf.Tensor, segments: int, frames: int,
-                 frame_stride: int) -> tf.Tensor:
-  """[segments * frames] frame indices: segment k starts at frame floor(k * n /
-  segments) of the video's n and takes `frames` frames `frame_stride` apart
-  (wrapping around a short video)."""
-  starts = (tf.range(segments, dtype=tf.int64) * num_frames) // segments
-  offsets = tf.range(frames, dtype=tf.int64) * frame_stride
-  return tf.reshape(tf.math.floormod(starts[:, None] + offsets[None], num_frames), [-1])
-
-
-def _segments_element(reader, table, video, data, segments):
+def _segments_element(reader, table, segment_rows, video, data, segments):
+  """A video's `segments` segments (their frame rows: `segment_rows`, the split's
+  `sampling.split_segment_rows`)."""
   frames = data["clip_length"]
-  rows = segment_rows(tf.gather(table["num_frames"], video), segments, frames,
-                      data["frame_stride"])
-  element = _clip(reader, table, video, rows)
+  element = _clip(reader, table, video, tf.gather(segment_rows, video))
   element["features"] = {
       level: tf.reshape(x, [segments, frames, *reader.infos[level]["shape"]])
       for level, x in element["features"].items()}
   del element["label"]
   return element
-
-
-def _split_captions(reader, data, split, references, vocabulary, max_length):
-  metadata = features_lib.read_metadata(data["dir"])
-  return caption_table(reader.videos["video_index"],
-                       features_lib.video_ids(metadata, split), references,
-                       vocabulary, max_length)
 
 
 def caption_train_batches(data: Mapping, *, segments: int, references, vocabulary,
@@ -352,24 +219,26 @@ def caption_train_batches(data: Mapping, *, segments: int, references, vocabular
   ids, <eos>, <pad> 0), 'video_index', 'mask'}. Each element is one video of the
   stream (order, streams and resume as `train_batches`) with one of its references
   drawn from (seed, epoch, stream, position)."""
-  reader, stats = _open(data, data["train_split"], levels)
+  reader, stats = sampling.open_split(data, data["train_split"], levels)
   table = reader.table()
-  captions = _split_captions(reader, data, data["train_split"], references,
-                             vocabulary, max_length)
-  tokens, first, count = (tf.constant(captions.tokens), tf.constant(captions.first),
-                          tf.constant(captions.count))
+  rows = tf.constant(sampling.split_segment_rows(reader.videos["num_frames"], data,
+                                                 segments))
+  captions = captions_lib.split_caption_table(reader, data["dir"], data["train_split"],
+                                              references, vocabulary, max_length)
+  tokens, first = tf.constant(captions.tokens), tf.constant(captions.first)
   bos = tf.constant([vocabulary.bos], tf.int32)
 
-  def element(video, draw_seed):
-    out = _segments_element(reader, table, video, data, segments)
-    pick = tf.random.stateless_uniform([], draw_seed, 0, tf.gather(count, video),
-                                       tf.int64)
+  def picks(videos, uniforms):
+    return sampling.uniform_index(uniforms[:, 1], captions.count[videos])
+
+  def element(video, pick):
+    out = _segments_element(reader, table, rows, video, data, segments)
     targets = tf.gather(tokens, tf.gather(first, video) + pick)
     out.update(targets=targets, words=tf.concat([bos, targets[:-1]], 0))
     return out
 
-  return _train_streams(reader, stats, data, element, batch_size=batch_size, seed=seed,
-                        start_step=start_step, process_index=process_index,
+  return _train_streams(reader, stats, data, picks, element, batch_size=batch_size,
+                        seed=seed, start_step=start_step, process_index=process_index,
                         process_count=process_count)
 
 
@@ -379,21 +248,23 @@ def caption_eval_batches(data: Mapping, *, segments: int, batch_size: int,
   """Finite per-host eval batches, one element per video of data.eval_split:
   {'features': {level: [b, S, F, ...]}, 'video_index', 'mask'}; hosts take videos
   as `eval_batches` does, and all yield `num_batches` batches (padding: mask 0)."""
-  reader, stats = _open(data, data["eval_split"], levels)
+  reader, stats = sampling.open_split(data, data["eval_split"], levels)
   table = reader.table()
+  rows = tf.constant(sampling.split_segment_rows(reader.videos["num_frames"], data,
+                                                 segments))
   num_videos = len(reader.videos["video_index"])
-  num_batches = max(math.ceil(len(eval_host_videos(num_videos, p, process_count))
-                              / batch_size) for p in range(process_count))
+  num_batches = sampling.eval_num_batches(num_videos, 1, batch_size, process_count)
   frames = data["clip_length"]
   padding = {
       "features": {level: tf.zeros([segments, frames, *info["shape"]],
                                    tf.as_dtype(features_lib.storage_dtype(info)))
                    for level, info in reader.infos.items()},
       "video_index": tf.constant(-1, tf.int32), "mask": tf.constant(0.0, tf.float32)}
-  mine = tf.constant(eval_host_videos(num_videos, process_index, process_count),
-                     tf.int64)
+  mine = tf.constant(sampling.eval_host_videos(num_videos, process_index,
+                                               process_count), tf.int64)
   dataset = (tf.data.Dataset.from_tensor_slices(mine)
-             .map(lambda video: _segments_element(reader, table, video, data, segments),
+             .map(lambda video: _segments_element(reader, table, rows, video, data,
+                                                  segments),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
              .concatenate(tf.data.Dataset.from_tensors(padding).repeat())
              .take(num_batches * batch_size)

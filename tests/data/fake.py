@@ -5,8 +5,17 @@ import av
 import numpy as np
 
 from grurcn_jax.data import features
+from configs import default
 
 LEVEL_SHAPES = {"pool4": (2, 2, 3), "fc7": (5,)}
+
+
+def data_config(directory, **fields):
+  """The default config's data subtree, reading `directory`."""
+  data = default.get_config().data
+  data.dir = str(directory)
+  data.update(fields)
+  return data
 
 
 FRAME_SHAPE = (32, 32, 3)
