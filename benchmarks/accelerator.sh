@@ -7,8 +7,9 @@
 # the run's name; stdout and stderr of each run to logs there (or LOGS_DIR).
 #
 #   bash benchmarks/accelerator.sh [jax] [torch] [long] [memory] [frames] [profile]
-#                                  [unroll] [remat] [variants] [all]
-# (all: every section but remat and variants, which repeat some of jax's runs)
+#                                  [unroll] [remat] [variants] [input] [all]
+# (all: every section but remat, variants and input: remat and variants repeat
+# some of jax's runs, input writes gigabytes first)
 #
 # profile: where the step's device time goes, per kernel and per HLO op (the
 # traces and compiled programs land in $out as NAME.trace.json.gz, NAME.hlo.txt.gz).
@@ -18,6 +19,9 @@
 # only (pool2, pool3); then XLA's buffers of the same three at T=64 (batch
 # ${LONG_BATCH:-16}, compiled side by side, no steps run).
 # variants: uni, bidirectional and stacked at the defaults, in one session.
+# input: training steps fed by the input loader (no TensorFlow needed: the
+# threaded loader), frames mode against features, on ${INPUT_VIDEOS:-64} synthetic
+# videos of 30 frames at 224 px written to local disk first (about 3 GB).
 # TORCH_ARGS: the torch section's flags (default: eager and compile, both dtypes).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
@@ -111,6 +115,16 @@ if want frames; then
   run frames_bf16 "${bench[@]}" --dtype=bfloat16 --config.data.input=frames --host_feed
   run frames_bf16_trained "${bench[@]}" --dtype=bfloat16 --config.data.input=frames \
       --config.model.backbone_trainable=True
+fi
+if named input; then  # not in all: it writes its data first
+  data="$scratch/input"
+  fed=("${bench[@]}" --dtype=bfloat16 --what=end_to_end --steps="${INPUT_STEPS:-20}"
+       --config.data.dir="$data")
+  # The first run writes the videos (levels and frames), the second reads them.
+  run input_frames "${fed[@]}" --config.data.input=frames \
+      --synthetic_videos="${INPUT_VIDEOS:-64}" --synthetic_frames=30 \
+      --image_size="${INPUT_IMAGE_SIZE:-224}"
+  run input_features "${fed[@]}" --config.data.input=features
 fi
 if want long; then
   run bf16_t64 "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3

@@ -51,6 +51,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (0: one per host). Fix it (e.g. 8) and runs on any host count dividing it see
   # the same batches.
   data.num_streams = 0
+  # auto: threads where it can, else tf | threads: Python threads, no TensorFlow
+  # needed (local directories, raw rows) | tf: tf.data (also gs:// and JPEG
+  # frames). All give the same batches (grurcn_jax/data/loaders.py).
+  data.loader = "auto"
   # Global batches copied to the devices ahead of the running step (0: none).
   data.device_prefetch = 2
   # A ConfigDict of grurcn_jax.data.demo.DemoSpec fields builds the synthetic demo

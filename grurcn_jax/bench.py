@@ -59,12 +59,13 @@ xla_flops_one_device (XLA's count for the step on all devices and on one device
 with the same clips per device: equal when every device does only its share; loop
 bodies count once), flops_ratio, collective_bytes (per kind, per device, each
 instruction once), all_gather_bytes. pipeline fields: clips_per_s, gb_per_s (feature bytes delivered),
-bytes_per_clip, batches, batch. end_to_end fields: end_to_end_clips_per_s (steps fed
-by the pipeline through the device prefetcher), step_clips_per_s (the step on a
-batch already on the devices), input_clips_per_s (the pipeline alone), bound_by.
+bytes_per_clip, batches, batch, loader (the one `data.loader` resolved to). end_to_end
+fields: end_to_end_clips_per_s (steps fed by the input loader through the device
+prefetcher), step_clips_per_s (the step on a batch already on the devices),
+input_clips_per_s (the loader alone), bound_by, loader, input (features or frames).
 
-Needs only jax, flax, optax and ml-collections for train_step and scaling
-(TensorFlow is imported for the pipeline alone).
+Needs only jax, flax, optax and ml-collections; TensorFlow only where the input is
+read by tf.data (data.loader=tf, JPEG frames, remote paths).
 """
 
 import dataclasses
@@ -503,12 +504,12 @@ def _read(config):
 
 
 def bench_pipeline(config) -> dict:
-  from grurcn_jax.data import pipeline, prepare
+  from grurcn_jax.data import loaders, prepare
   if FLAGS.synthetic_videos:
     write_synthetic_features(config)
   prepare.ensure_demo(config.data)
-  batches = pipeline.train_batches(config.data, batch_size=FLAGS.batch,
-                                   seed=config.seed, levels=_read(config))
+  batches = loaders.for_config(config.data, _read(config)).train_batches(
+      config.data, batch_size=FLAGS.batch, seed=config.seed, levels=_read(config))
   for _ in range(3):  # warm-up: tf.data threads and file handles
     next(batches)
   count = max(FLAGS.steps, 20)
@@ -519,7 +520,8 @@ def bench_pipeline(config) -> dict:
           "clip_length": config.data.clip_length, "levels": list(_read(config)),
           "clips_per_s": count * FLAGS.batch / seconds,
           "gb_per_s": delivered / seconds / 1e9,
-          "bytes_per_clip": delivered // (count * FLAGS.batch), "device": "host"}
+          "bytes_per_clip": delivered // (count * FLAGS.batch), "device": "host",
+          "loader": loaders.resolve(config.data, _read(config))}
 
 
 def bench_end_to_end(config) -> dict:
@@ -527,12 +529,13 @@ def bench_end_to_end(config) -> dict:
   training runs them), beside the step alone and the input alone: whichever is
   slower bounds training."""
   from grurcn_jax import experiment as experiment_lib, sharding
-  from grurcn_jax.data import pipeline, prepare
+  from grurcn_jax.data import loaders, prepare
   if FLAGS.synthetic_videos:
     write_synthetic_features(config)
   prepare.ensure_demo(config.data)
   experiment = experiment_lib.assemble(config)
   host_batch = sharding.host_batch_size(FLAGS.batch)
+  inputs = tuple(experiment.spec.input_shapes)
   state = experiment.init_state()
   step = experiment.train_step()
   count = max(FLAGS.steps, 5)
@@ -546,9 +549,8 @@ def bench_end_to_end(config) -> dict:
     return (time.perf_counter() - start) / steps
 
   def host_batches():
-    return pipeline.train_batches(config.data, batch_size=host_batch,
-                                  seed=config.seed,
-                                  levels=tuple(experiment.spec.input_shapes))
+    return loaders.for_config(config.data, inputs).train_batches(
+        config.data, batch_size=host_batch, seed=config.seed, levels=inputs)
 
   # The input alone first, on its own pipeline: nothing read ahead while a step ran.
   host = host_batches()
@@ -571,6 +573,7 @@ def bench_end_to_end(config) -> dict:
           "input_clips_per_s": FLAGS.batch / input_s,
           "bytes_per_clip": bytes_per_clip,
           "bound_by": "input" if input_s > step_s else "step",
+          "loader": loaders.resolve(config.data, inputs), "input": config.data.input,
           "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
 
 

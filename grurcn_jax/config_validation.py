@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping
 
 import ml_collections
 
+from grurcn_jax.data.loaders import LOADERS
 from grurcn_jax.errors import ConfigError
 
 OPTIMIZERS = ("adam", "sgd")
@@ -88,6 +89,9 @@ def validate_config(config: Mapping) -> None:
   if data["input"] not in INPUTS:
     raise ConfigError(f"data.input={data['input']!r} is not valid; choose one of: "
                       f"{', '.join(INPUTS)}")
+  if data["loader"] not in LOADERS:
+    raise ConfigError(f"data.loader={data['loader']!r} is not valid; choose one of: "
+                      f"{', '.join(LOADERS)}")
   prefetch = data["device_prefetch"]
   if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
     raise ConfigError(f"data.device_prefetch={prefetch!r} must be an integer >= 0")

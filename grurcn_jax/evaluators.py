@@ -33,7 +33,7 @@ import numpy as np
 
 from grurcn_jax import sharding
 from grurcn_jax.data import features as features_lib
-from grurcn_jax.data import pipeline
+from grurcn_jax.data import loaders
 from grurcn_jax.experiment import Experiment
 from grurcn_jax.models import classification_loss
 
@@ -70,15 +70,16 @@ class ClassificationEvaluator:
     self._video_ids = features_lib.video_ids(
         features_lib.read_metadata(config.data.dir), config.data.eval_split)
     # A missing or truncated eval file is found now, not at the first evaluation.
-    pipeline.check_split(config.data, config.data.eval_split, self._inputs)
+    self._loader = loaders.for_config(config.data, self._inputs)
+    self._loader.check_split(config.data, config.data.eval_split, self._inputs)
     self._step = _make_eval_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:
     config = self.experiment.config
-    batches = pipeline.eval_batches(config.data, batch_size=self._host_batch,
-                                    levels=self._inputs,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count())
+    batches = self._loader.eval_batches(config.data, batch_size=self._host_batch,
+                                        levels=self._inputs,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count())
     mesh = self.experiment.mesh
     chunks = [jax.device_get(self._step(params, sharding.global_batch(mesh, batch)))
               for batch in batches]
@@ -208,12 +209,13 @@ class CaptioningEvaluator:
     self._references = captions.references_by_id(experiment.references,
                                                  self._video_ids.values())
     self._is_demo = metadata.get("extraction", {}).get("source") == "demo_captions"
-    pipeline.check_split(config.data, config.data.eval_split, self._inputs)
+    self._loader = loaders.for_config(config.data, self._inputs)
+    self._loader.check_split(config.data, config.data.eval_split, self._inputs)
     self._decode = _make_decode_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:
     config = self.experiment.config
-    batches = pipeline.caption_eval_batches(
+    batches = self._loader.caption_eval_batches(
         config.data, segments=config.caption.segments, batch_size=self._host_batch,
         levels=self._inputs, process_index=jax.process_index(),
         process_count=jax.process_count())

@@ -103,11 +103,12 @@ class Experiment:
                                  prepare_features=self.spec.dequantize)
 
   def train_batches(self, host_batch: int, start_step: int):
-    """This host's endless train batches (`data.pipeline`), from `start_step` on."""
-    from grurcn_jax.data import pipeline
-    return pipeline.train_batches(
+    """This host's endless train batches (`data.loaders`), from `start_step` on."""
+    from grurcn_jax.data import loaders
+    inputs = tuple(self.spec.input_shapes)
+    return loaders.for_config(self.config.data, inputs).train_batches(
         self.config.data, batch_size=host_batch, seed=self.config.seed,
-        levels=tuple(self.spec.input_shapes), start_step=start_step,
+        levels=inputs, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
 
 
@@ -185,13 +186,14 @@ class CaptioningExperiment(Experiment):
                                          prepare_features=self.spec.dequantize)
 
   def train_batches(self, host_batch: int, start_step: int):
-    from grurcn_jax.data import pipeline
+    from grurcn_jax.data import loaders
     caption = self.config.caption
-    return pipeline.caption_train_batches(
+    inputs = tuple(self.spec.input_shapes)
+    return loaders.for_config(self.config.data, inputs).caption_train_batches(
         self.config.data, segments=caption.segments, references=self.references,
         vocabulary=self.vocabulary, max_length=caption.max_length,
         batch_size=host_batch, seed=self.config.seed,
-        levels=tuple(self.spec.input_shapes), start_step=start_step,
+        levels=inputs, start_step=start_step,
         process_index=jax.process_index(), process_count=jax.process_count())
 
 

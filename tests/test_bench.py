@@ -10,33 +10,16 @@ import numpy as np
 import pytest
 
 from grurcn_jax import flops, levels as levels_lib
-from tests.training_setup import REPO
+from tests.training_setup import REPO, python_without
 
 TINY_MODEL = ["--config.model.levels=('pool2','pool3')", "--config.model.hidden=(4,4)"]
 
 
-# Runs the bench as `python -m grurcn_jax.bench`, optionally with modules made
-# unimportable (as on accelerator images without TensorFlow or clu).
-_LAUNCH = """
-import importlib.abc, runpy, sys
-blocked = [name for name in sys.argv[1].split(",") if name]
-
-class Missing(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in blocked:
-      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-    return None
-
-sys.meta_path.insert(0, Missing())
-sys.argv = ["grurcn_jax.bench"] + sys.argv[2:]
-runpy.run_module("grurcn_jax.bench", run_name="__main__", alter_sys=True)
-"""
-
-
 def run_bench(*args, without=()):
+  """`python -m grurcn_jax.bench --config=configs/demo.py ARGS`, optionally with
+  modules made unimportable (as on accelerator images without TensorFlow or clu)."""
   result = subprocess.run(
-      [sys.executable, "-c", _LAUNCH, ",".join(without), "--config=configs/demo.py",
-       *args],
+      python_without(without, "grurcn_jax.bench", "--config=configs/demo.py", *args),
       capture_output=True, text=True, cwd=REPO, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 0, result.stderr[-3000:]
@@ -197,9 +180,12 @@ def test_synthetic_videos_feed_end_to_end_and_the_pipeline(tmp_path):
   common = [*TINY_MODEL, f"--config.data.dir={data_dir}", "--config.data.clip_length=3",
             "--image_size=32", "--batch=8", "--steps=2"]
   # end_to_end writes the synthetic set itself (one program start fewer); its
-  # steps run on int8 pool2, delivered as bytes.
+  # steps run on int8 pool2, delivered as bytes. It runs as on a GPU image without
+  # TensorFlow or clu: the threaded loader.
   report = run_bench(*common, "--what=end_to_end", "--synthetic_videos=16",
-                     "--synthetic_frames=5", "--int8_levels=pool2")
+                     "--synthetic_frames=5", "--int8_levels=pool2",
+                     "--config.data.loader=threads", without=("tensorflow", "clu"))
+  assert report["loader"] == "threads" and report["input"] == "features"
   assert report["bytes_per_clip"] == 3 * (8 * 8 * 128 * 1 + 4 * 4 * 256 * 2)
   assert report["what"] == "end_to_end" and report["num_devices"] == 8
   for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s"):
@@ -214,7 +200,7 @@ def test_synthetic_videos_feed_end_to_end_and_the_pipeline(tmp_path):
                      "--synthetic_frames=5", "--config.data.input=frames",
                      "--frames_jpeg_quality=90", f"--config.data.dir={tmp_path / 'frames'}")
   # JPEG frames on disk, delivered decoded.
-  assert frames["levels"] == ["frames"] and frames["bytes_per_clip"] == 3 * 32 * 32 * 3
+  assert frames["loader"] == "tf" and frames["levels"] == ["frames"] and frames["bytes_per_clip"] == 3 * 32 * 32 * 3
   info = features.read_metadata(str(tmp_path / "frames"))["levels"]["frames"]
   assert (info["encoding"], info["quality"]) == ("jpeg", 90)
 

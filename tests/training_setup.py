@@ -130,6 +130,35 @@ def overrides_as_flags(data_dir, hidden="(4,4)", levels="('pool2','pool3')",
   return [f"--config.{k}={v}" for k, v in flat.items()]
 
 
+# `python -m MODULE ARGS` with top-level packages made unimportable, as on an
+# accelerator image without TensorFlow or clu: argv[1] names them (commas),
+# argv[2] is the module.
+_LAUNCH_WITHOUT = """
+import importlib.abc, importlib.util, runpy, sys
+blocked = [name for name in sys.argv[1].split(",") if name]
+
+class Missing(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in blocked:
+      raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+    return None
+
+sys.meta_path.insert(0, Missing())
+# What `importlib.util.find_spec` answers for a package that is not installed.
+_find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, package=None: (
+    None if name.split(".")[0] in blocked else _find_spec(name, package))
+module = sys.argv[2]
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def python_without(blocked, module, *args):
+  """The command line that runs `python -m module args` without `blocked`."""
+  return [sys.executable, "-c", _LAUNCH_WITHOUT, ",".join(blocked), module, *args]
+
+
 def run_main(*args, env=None):
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
   return subprocess.run([sys.executable, "-m", "grurcn_jax.main",
