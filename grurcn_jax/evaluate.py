@@ -10,7 +10,6 @@ eval_captions.json and caption_metrics.json; TensorBoard eval/ scalars).
 
 from typing import Dict, Optional
 
-from clu import metric_writers
 import jax
 import ml_collections
 
@@ -33,8 +32,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     checkpoints.close()
   result = evaluators.for_experiment(experiment).evaluate(state.params,
                                                           int(state.step))
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() != 0)
-  with metric_writers.ensure_flushes(writer):
+  writer = writers.metric_writer(workdir, just_logging=jax.process_index() != 0)
+  with writers.flushing(writer):
     writers.write_eval(workdir, result, writer)
   return result.metrics

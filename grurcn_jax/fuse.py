@@ -16,16 +16,17 @@ from typing import Dict, Sequence
 from absl import app, flags
 import numpy as np
 
+from grurcn_jax import files
 from grurcn_jax.errors import FusionError
-from grurcn_jax.host_tf import tf
 
 
 def load_scores(path: str) -> Dict[str, np.ndarray]:
+  if not files.exists(path):
+    raise FusionError(f"cannot read scores from {path}: there is no such file")
   try:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      data = np.load(io.BytesIO(f.read()))
-      return {k: data[k] for k in ("video_id", "label", "probs", "class_names")}
-  except (tf.errors.NotFoundError, OSError, KeyError, ValueError) as e:
+    data = np.load(io.BytesIO(files.read_bytes(path)))
+    return {k: data[k] for k in ("video_id", "label", "probs", "class_names")}
+  except (OSError, KeyError, ValueError) as e:
     raise FusionError(f"cannot read scores from {path}: {e}") from None
 
 
@@ -85,7 +86,7 @@ def main(argv):
   print(f"fused (weights {result['weights']}): video accuracy "
         f"{result['fused_video_accuracy']:.4f} on {result['num_videos']} videos")
   if FLAGS.out:
-    with tf.io.gfile.GFile(FLAGS.out, "w") as f:
+    with files.open_file(FLAGS.out, "w") as f:
       json.dump(result, f, indent=1)
 
 

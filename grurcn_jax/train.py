@@ -13,7 +13,6 @@ import time
 from typing import Any, Dict, Optional
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 import jax
 import ml_collections
 import numpy as np
@@ -42,7 +41,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state = experiment.init_state()
   start_step = int(state.step)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+  writer = writers.metric_writer(workdir, just_logging=not is_chief)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_validation.flatten(config).items()})
   step_flops = experiment.train_step_flops(config.batch_size)
@@ -51,8 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   # The next batches travel to the devices while a step runs.
   batches = sharding.prefetch_to_device(host_batches, experiment.mesh,
                                         config.data.device_prefetch)
-  report_progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer)
+  report_progress = writers.report_progress(config.num_train_steps, writer)
 
   eval_metrics: Optional[Dict] = None
   window, window_start = [], time.time()
@@ -62,7 +60,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                config.model.name, config.model.variant, start_step,
                config.num_train_steps, jax.device_count(), workdir)
   with checkpoints_lib.Preemption() as preemption, \
-      metric_writers.ensure_flushes(writer):
+      writers.flushing(writer):
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
       step += 1
@@ -114,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         eval_metrics = _evaluate(evaluator, state, workdir, writer)
       window_start = time.time()  # steps/s counts training, not saving or evaluating
   if eval_metrics is None:  # resumed at the end: evaluate what is there
-    with metric_writers.ensure_flushes(writer):
+    with writers.flushing(writer):
       eval_metrics = _evaluate(evaluator, state, workdir, writer)
   checkpoints.close()
   return eval_metrics

@@ -1,4 +1,4 @@
-"""Evaluation results -> files in the workdir and TensorBoard scalars.
+"""Evaluation results -> files in the workdir; the run's scalar writer.
 
 For an `evaluators.EvalResult`, process 0 writes
 
@@ -7,27 +7,101 @@ For an `evaluators.EvalResult`, process 0 writes
     {figure}.png        each figure, e.g. confusion_matrix.png
     {document}          each JSON document, e.g. eval_captions.json
 
-and every float metric goes to TensorBoard as eval/{name}, each text as itself. Files go through
-tf.io.gfile (local or gs://); the JSON is replaced atomically, so a reader never
-sees half of it.
+and every float metric goes to the scalar writer as eval/{name}, each text as
+itself. Files go through `files` (local, or gs:// through tf.io.gfile); the JSON is
+replaced atomically, so a reader never sees half of it.
+
+The scalar writer (`metric_writer`) is clu's: TensorBoard event files and the log.
+clu needs TensorFlow; where either is missing (a GPU image with JAX alone), the
+scalars go to the log and, one JSON object a line, to `scalars.jsonl`.
 """
 
+import contextlib
 import io
 import json
 import os
 
+from absl import logging
 import jax
 
+from grurcn_jax import files
 from grurcn_jax.evaluators import EvalResult
-from grurcn_jax.host_tf import tf
 
 METRICS_FILE = "eval_metrics.json"
 SCORES_FILE = "eval_scores.npz"
+SCALARS_FILE = "scalars.jsonl"
+
+
+def metric_writer(workdir: str, *, just_logging: bool):
+  """clu's default writer, or `ScalarLog` where clu or TensorFlow is missing."""
+  try:
+    from grurcn_jax import host_tf  # noqa: F401  (TensorFlow set up before clu starts it)
+    from clu import metric_writers
+  except ImportError as e:
+    if not just_logging:
+      logging.warning("No TensorBoard files (clu needs TensorFlow: %s); scalars go to "
+                      "the log and %s", e, os.path.join(workdir, SCALARS_FILE))
+    return ScalarLog(workdir, just_logging=just_logging)
+  return metric_writers.create_default_writer(workdir, just_logging=just_logging)
+
+
+class ScalarLog:
+  """The writer without clu: scalars and texts to the log (INFO) and, unless
+  `just_logging`, scalars appended to workdir/scalars.jsonl as {"step": s, name:
+  value, ...} (hyperparameters as {"hparams": {...}})."""
+
+  def __init__(self, workdir: str, *, just_logging: bool):
+    self._path = None if just_logging else os.path.join(workdir, SCALARS_FILE)
+
+  def _append(self, record) -> None:
+    if self._path is None:
+      return
+    files.makedirs(os.path.dirname(self._path))
+    with files.open_file(self._path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+
+  def write_scalars(self, step: int, scalars) -> None:
+    scalars = {k: float(v) for k, v in scalars.items()}
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in scalars.items()))
+    self._append(dict(step=int(step), **scalars))
+
+  def write_texts(self, step: int, texts) -> None:
+    for name, text in texts.items():
+      logging.info("[%d] %s: %s", step, name, text)
+
+  def write_hparams(self, hparams) -> None:
+    self._append({"hparams": dict(hparams)})
+
+  def flush(self) -> None:
+    pass   # every record is written when it comes
+
+  def close(self) -> None:
+    pass
+
+
+@contextlib.contextmanager
+def flushing(writer):
+  """Flushes `writer` on leaving, also on an error."""
+  try:
+    yield writer
+  finally:
+    writer.flush()
+
+
+def report_progress(num_train_steps: int, writer):
+  """clu's ReportProgress (steps/s to the writer, now and then), or nothing without
+  clu: the training loop logs its progress itself."""
+  try:
+    from grurcn_jax import host_tf  # noqa: F401  (as in metric_writer)
+    from clu import periodic_actions
+  except ImportError:
+    return lambda step: None
+  return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
 
 
 def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
-  """Writes `result`'s files (process 0) and scalars (`scalar_writer`, a clu
-  metric writer, when given; it decides itself which host writes)."""
+  """Writes `result`'s files (process 0) and scalars (`scalar_writer`, from
+  `metric_writer`, when given; it decides itself which host writes)."""
   if scalar_writer is not None:
     scalar_writer.write_scalars(result.step, {
         f"eval/{k}": v for k, v in result.metrics.items() if isinstance(v, float)})
@@ -36,31 +110,26 @@ def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   if jax.process_index() != 0:
     return
   import numpy as np
-  tf.io.gfile.makedirs(workdir)
-  files = {}
+  files.makedirs(workdir)
+  written = {}
   if result.scores:
     buffer = io.BytesIO()  # savez seeks, which GFile (gs://) cannot
     np.savez(buffer, **result.scores)
-    _write_bytes(os.path.join(workdir, SCORES_FILE), buffer.getvalue())
-    files["scores_file"] = SCORES_FILE
+    files.write_bytes(os.path.join(workdir, SCORES_FILE), buffer.getvalue())
+    written["scores_file"] = SCORES_FILE
   for name, render in result.figures.items():
-    _write_bytes(os.path.join(workdir, f"{name}.png"), render())
-    files[f"{name}_file"] = f"{name}.png"
+    files.write_bytes(os.path.join(workdir, f"{name}.png"), render())
+    written[f"{name}_file"] = f"{name}.png"
   for name, document in result.documents.items():
     _write_json(os.path.join(workdir, name), document)
-    files[f"{name.rsplit('.', 1)[0]}_file"] = name
-  _write_json(os.path.join(workdir, METRICS_FILE), dict(result.metrics, **files))
+    written[f"{name.rsplit('.', 1)[0]}_file"] = name
+  _write_json(os.path.join(workdir, METRICS_FILE), dict(result.metrics, **written))
 
 
 def _write_json(path: str, document) -> None:
   """Replaced atomically: a reader never sees half of it."""
   tmp = path + ".tmp"
-  with tf.io.gfile.GFile(tmp, "w") as f:
+  with files.open_file(tmp, "w") as f:
     json.dump(document, f, indent=1)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  with tf.io.gfile.GFile(path, "wb") as f:
-    f.write(data)
+  files.rename(tmp, path)
 

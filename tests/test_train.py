@@ -15,7 +15,7 @@ import tensorflow as tf
 from grurcn_jax import evaluate, train
 from grurcn_jax.errors import TrainingError
 from tests.training_setup import (REPO, main_in_process, overrides_as_flags,
-                                  restore_params, run_main, tiny_config)
+                                  python_without, restore_params, run_main, tiny_config)
 
 CONTRACT_KEYS = {"step", "loss", "video_accuracy", "clip_accuracy", "num_videos",
                  "per_level_video_accuracy"}
@@ -157,14 +157,18 @@ def test_unknown_config_field_is_rejected(data_dir, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
+  """Also trains where TensorFlow and clu are not installed (a GPU image with JAX
+  alone): the threaded loader reads, scalars go to the log and scalars.jsonl."""
   flags = overrides_as_flags(data_dir, num_train_steps=100_000,
                              checkpoint_every_steps=100_000, eval_every_steps=100_000)
   workdir = tmp_path / "preempted"
   process = subprocess.Popen(
-      [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
-       f"--workdir={workdir}", *flags], cwd=REPO, stdout=subprocess.PIPE,
+      python_without(("tensorflow", "clu"), "grurcn_jax.main", "--config=configs/demo.py",
+                     f"--workdir={workdir}", *flags), cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  logged = []
   for line in process.stderr:  # progress is logged (absl, INFO, stderr)
+    logged.append(line)
     if "] step 2/" in line:
       break
   process.send_signal(signal.SIGTERM)
@@ -173,6 +177,13 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
   assert "stopped by SIGTERM at step" in err and "Traceback" not in err
   step = err.split("stopped by SIGTERM at step ")[1].split(";")[0]
   assert os.listdir(workdir / "checkpoints") == [step]
+  assert "No TensorBoard files" in "".join(logged)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "scalars.jsonl"]
+  with open(workdir / "scalars.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert records[0]["hparams"]["data.loader"] == "auto"
+  assert [r["step"] for r in records[1:]] == list(range(1, int(step) + 1))
+  assert all(np.isfinite(r["train/loss"]) for r in records[1:])
 
 
 # -- captioning: the same loop, the task's model, batches and evaluator ----------

@@ -43,3 +43,19 @@ def test_write_eval_writes_every_part_of_a_result(tmp_path):
   assert scalars.calls == [(7, {"eval/loss": 0.25, "eval/video_accuracy": 0.5})]
   assert sorted(os.listdir(tmp_path)) == ["attention.png", "confusion_matrix.png",
                                           "eval_metrics.json", "eval_scores.npz"]
+
+
+def test_scalar_log_is_the_writer_without_clu(tmp_path):
+  log = writers.ScalarLog(str(tmp_path / "run"), just_logging=False)
+  log.write_hparams({"batch_size": "8"})
+  log.write_scalars(1, {"train/loss": np.float32(2.5)})
+  log.write_texts(1, {"caption": "a disc moves"})
+  with writers.flushing(log):
+    log.write_scalars(2, {"train/loss": 1.25, "eval/accuracy": 0.5})
+  with open(tmp_path / "run" / writers.SCALARS_FILE) as f:
+    assert [json.loads(line) for line in f] == [
+        {"hparams": {"batch_size": "8"}}, {"step": 1, "train/loss": 2.5},
+        {"step": 2, "train/loss": 1.25, "eval/accuracy": 0.5}]
+  # Other hosts only log.
+  writers.ScalarLog(str(tmp_path / "other"), just_logging=True).write_scalars(1, {"x": 1.0})
+  assert not (tmp_path / "other").exists()

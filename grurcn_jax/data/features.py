@@ -56,7 +56,7 @@ from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, 
 
 import numpy as np
 
-from grurcn_jax import levels as levels_lib
+from grurcn_jax import files, levels as levels_lib
 from grurcn_jax.errors import FeatureFormatError
 
 
@@ -105,53 +105,12 @@ def join(directory: str, name: str) -> str:
   return os.path.join(directory, name)
 
 
-def is_local(path: str) -> bool:
-  """Local paths are read with the standard library, others through tf.io.gfile."""
-  return "://" not in path
-
-
 def exists(path: str) -> bool:
   """Whether a file (local or gs://) is there."""
-  return os.path.exists(path) if is_local(path) else tf.io.gfile.exists(path)
+  return files.exists(path)
 
 
-def _open(path: str, mode: str = "r"):
-  return open(path, mode) if is_local(path) else tf.io.gfile.GFile(path, mode)
-
-
-def _makedirs(path: str) -> None:
-  if is_local(path):
-    if path:
-      os.makedirs(path, exist_ok=True)
-  else:
-    tf.io.gfile.makedirs(path)
-
-
-def _rename(src: str, dst: str) -> None:
-  if is_local(src):
-    os.replace(src, dst)
-  else:
-    tf.io.gfile.rename(src, dst, overwrite=True)
-
-
-def _remove(path: str) -> None:
-  if is_local(path):
-    os.remove(path)
-  else:
-    tf.io.gfile.remove(path)
-
-
-def file_size(path: str) -> Optional[int]:
-  """A file's size in bytes; None when it is not there."""
-  if is_local(path):
-    try:
-      return os.stat(path).st_size
-    except FileNotFoundError:
-      return None
-  try:
-    return tf.io.gfile.stat(path).length
-  except tf.errors.NotFoundError:
-    return None
+is_local = files.is_local
 
 
 def level_file(name: str, level: str) -> str:
@@ -192,8 +151,8 @@ def write_metadata(directory: str, metadata: Mapping) -> None:
 
 def write_json(path: str, document: Mapping) -> None:
   """Atomically (temp file + rename) writes a JSON file of the directory."""
-  _makedirs(os.path.dirname(path))
-  _atomic_write(path, lambda tmp: _write_bytes(tmp, json.dumps(document,
+  files.makedirs(os.path.dirname(path))
+  _atomic_write(path, lambda tmp: files.write_bytes(tmp, json.dumps(document,
                                                                 indent=1).encode()))
 
 
@@ -201,7 +160,7 @@ def read_json(path: str, missing: str) -> dict:
   """A JSON file of the directory; FeatureFormatError(`missing`) when absent."""
   if not exists(path):
     raise FeatureFormatError(missing)
-  with _open(path) as f:
+  with files.open_file(path) as f:
     try:
       return json.load(f)
     except json.JSONDecodeError as e:
@@ -360,19 +319,14 @@ def decode_jpeg(encoded: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Writing
 
-def _write_bytes(path: str, data: bytes) -> None:
-  with _open(path, "wb") as f:
-    f.write(data)
-
-
 def _atomic_write(path: str, write) -> None:
   tmp = f"{path}.tmp-{os.getpid()}"
   try:
     write(tmp)
-    _rename(tmp, path)
+    files.rename(tmp, path)
   finally:
     if exists(tmp):
-      _remove(tmp)
+      files.remove(tmp)
 
 
 def _stored(level: str, array: np.ndarray, info: Mapping) -> bytes:
@@ -389,12 +343,12 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
   and returns its table entry, for `record_shard`. Streams: each video is written as
   it comes (extraction holds about a batch of frames' videos at a time). The table
   is renamed into place last."""
-  _makedirs(directory)
+  files.makedirs(directory)
   levels = metadata["levels"]
   pid = os.getpid()
   tmp = {level: join(directory, f"{level_file(name, level)}.tmp-{pid}") for level in levels}
-  files = {level: _open(path, "wb") for level, path in tmp.items()}
-  for f in files.values():
+  outputs = {level: files.open_file(path, "wb") for level, path in tmp.items()}
+  for f in outputs.values():
     f.write(b"")  # a GFile creates its file at the first write: shards may be empty
   # Encoded levels: each frame's byte offset in its file, and the end.
   offsets = {level: [0] for level, info in levels.items() if is_encoded(info)}
@@ -417,28 +371,28 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
           encoded = (list(array) if array.dtype == object
                      else encode_jpeg(array, info["quality"]))
           for data in encoded:
-            files[level].write(data)
+            outputs[level].write(data)
             offsets[level].append(offsets[level][-1] + len(data))
         else:
-          files[level].write(_stored(level, array, info))
+          outputs[level].write(_stored(level, array, info))
       table.append([int(video.video_index), video.video_id, int(video.label), rows,
                     video.num_frames])
       frame_indices[str(video.video_index)] = [int(i) for i in video.frame_indices]
       rows += video.num_frames
-    for f in files.values():
+    for f in outputs.values():
       f.close()
     for level, path in tmp.items():
-      _rename(path, join(directory, level_file(name, level)))
+      files.rename(path, join(directory, level_file(name, level)))
     for level, ends in offsets.items():
       _atomic_write(join(directory, index_file(name, level)), lambda path, ends=ends:
-                    _write_bytes(path, np.asarray(ends, "<i8").tobytes()))
+                    files.write_bytes(path, np.asarray(ends, "<i8").tobytes()))
   finally:
     for level, path in tmp.items():
-      files[level].close()
+      outputs[level].close()
       if exists(path):
-        _remove(path)
+        files.remove(path)
   entry = {"name": name, "num_videos": len(table), "num_frames": rows, "videos": table}
-  _atomic_write(join(directory, table_file(name)), lambda path: _write_bytes(
+  _atomic_write(join(directory, table_file(name)), lambda path: files.write_bytes(
       path, json.dumps(dict(entry, frame_indices=frame_indices)).encode()))
   return entry
 
@@ -453,7 +407,7 @@ def read_shard_table(directory: str, name: str) -> dict:
     raise FeatureFormatError(f"feature shard table {path} cannot be read: it does "
                              f"not exist")
   try:
-    with _open(path) as f:
+    with files.open_file(path) as f:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise FeatureFormatError(f"feature shard table {path} cannot be read: {e}") from None
@@ -474,7 +428,7 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
     path = join(directory, level_file(entry["name"], level))
     if is_encoded(info):
       ends = _read_index(directory, entry["name"], level, entry["num_frames"])
-      raw = _read_bytes(path) if exists(path) else b""
+      raw = files.read_bytes(path) if exists(path) else b""
       if len(raw) != ends[-1]:
         raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
                                                int(ends[-1])))
@@ -486,7 +440,7 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
         data[level] = decode_jpeg(frames, info["shape"])
       continue
     expected = entry["num_frames"] * _row_bytes(info)
-    raw = _read_bytes(path) if exists(path) else b""
+    raw = files.read_bytes(path) if exists(path) else b""
     if len(raw) != expected:
       raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
                                              expected))
@@ -518,7 +472,7 @@ def _read_index(directory: str, name: str, level: str, num_frames: int) -> np.nd
   """An encoded level's frame offsets in shard `name` ([num_frames + 1] int64),
   checked."""
   path = join(directory, index_file(name, level))
-  raw = _read_bytes(path) if exists(path) else None
+  raw = files.read_bytes(path) if exists(path) else None
   expected = (num_frames + 1) * 8
   if raw is None or len(raw) != expected:
     raise FeatureFormatError(_size_problem(path, None if raw is None else len(raw),
@@ -528,11 +482,6 @@ def _read_index(directory: str, name: str, level: str, num_frames: int) -> np.nd
     raise FeatureFormatError(f"feature index {path} is corrupt: its offsets do not "
                              f"increase from 0")
   return ends
-
-
-def _read_bytes(path: str) -> bytes:
-  with _open(path, "rb") as f:
-    return f.read()
 
 
 def _size_problem(path: str, size: Optional[int], expected: int) -> str:
@@ -602,7 +551,7 @@ class ClipReader:
           expected = int(ends[-1])
         else:
           expected = entry["num_frames"] * self.row_bytes[level]
-        size = file_size(path)
+        size = files.size(path)
         if size != expected:
           problems.append((shard, path, _size_problem(path, size, expected)))
     return problems
