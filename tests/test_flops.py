@@ -15,7 +15,6 @@ import jax
 from jax import lax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
