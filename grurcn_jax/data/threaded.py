@@ -46,8 +46,9 @@ class _Buffers:
                keep: int):
     self._shapes = dict(shapes)
     self._keep = keep
-    self._sets: List[Dict[str, np.ndarray]] = []
-    self._free_count = self._count(self._new())
+    first = self._new()
+    self._free_count = self._count(first)   # nothing else holds it yet
+    self._sets: List[Dict[str, np.ndarray]] = [first]
 
   def _new(self) -> Dict[str, np.ndarray]:
     return {name: np.empty(shape, dtype) for name, (shape, dtype) in self._shapes.items()}
