@@ -34,7 +34,7 @@ if [[ -n "$gpus" ]]; then
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction"
 export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
-# tf.data runs on the CPU; the package also hides the GPUs from TensorFlow.
+# The input runs on the CPU; where TensorFlow is used, the package hides the GPUs from it.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 command_line=(python -m grurcn_jax.main "${args[@]}")
