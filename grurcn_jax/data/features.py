@@ -110,9 +110,6 @@ def exists(path: str) -> bool:
   return files.exists(path)
 
 
-is_local = files.is_local
-
-
 def level_file(name: str, level: str) -> str:
   return f"{name}.{level}"
 
@@ -526,7 +523,7 @@ class ClipReader:
     # Encoded levels: each shard's frame offsets, read by `check`.
     self.offsets: Dict[str, Dict[int, np.ndarray]] = {
         level: {} for level, info in self.infos.items() if is_encoded(info)}
-    self._local = is_local(directory)
+    self._local = files.is_local(directory)
     rows = [(v[0], v[2], shard, v[3], v[4]) for shard, s in enumerate(self.shards)
             for v in s["videos"]]
     columns = list(zip(*rows)) if rows else [()] * 5
@@ -591,15 +588,15 @@ class ClipReader:
 
   def read_numpy(self, shard, first_frame, rows) -> List[np.ndarray]:
     """The same read in numpy: one array per level."""
-    out = [None if level in self.offsets else
-           np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
-           for level in self.levels]
     runs = _runs(rows)
-    for i, level in enumerate(self.levels):
+    out = []
+    for level in self.levels:
       if level in self.offsets:
-        out[i] = self._read_encoded(level, int(shard), int(first_frame), runs)
-      else:
-        self._read_rows(level, int(shard), int(first_frame), runs, out[i])
+        out.append(self._read_encoded(level, int(shard), int(first_frame), runs))
+        continue
+      clip = np.empty((len(rows), *self.infos[level]["shape"]), self.dtype(level))
+      self._read_rows(level, int(shard), int(first_frame), runs, clip)
+      out.append(clip)
     return out
 
   def read_into(self, clip: Mapping[str, np.ndarray], shard: int, first_frame: int,

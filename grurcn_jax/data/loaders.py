@@ -1,8 +1,8 @@
 """The input loader a config names (`data.loader`); all give the same batches.
 
 - `threads`: Python threads (`threaded`), no TensorFlow needed: local directories
-  of raw rows (float16 or int8 levels, uint8 frames). 1.5-2x tf.data's clips/s on
-  a 2-core AMD EPYC (README, "Features").
+  of raw rows (float16 or int8 levels, uint8 frames). 1.4-1.7x tf.data's clips/s
+  on a 2-core AMD EPYC, 2-3x for int8 levels (README, "Features").
 - `tf`: the tf.data pipeline (`pipeline`): also reads gs:// and other remote file
   systems, and JPEG frames.
 - `auto` (the default): `threads` where it can read the directory, else `tf`.
@@ -19,8 +19,9 @@ def resolve(data: Mapping, levels: Optional[Sequence[str]] = None) -> str:
   loader = data.get("loader", "auto")
   if loader != "auto":
     return loader
+  from grurcn_jax import files
   from grurcn_jax.data import features
-  if not features.is_local(data["dir"]):
+  if not files.is_local(data["dir"]):
     return "tf"
   infos = features.read_metadata(data["dir"])["levels"]
   read = levels or list(infos)

@@ -74,13 +74,6 @@ class Batches:
       raise FeatureFormatError(f"reading features failed: {message}") from None
 
 
-def _clip_rows(num_frames: tf.Tensor, start: tf.Tensor, clip_length: int,
-               frame_stride: int) -> tf.Tensor:
-  # sampling.clip_rows in-graph: short videos loop.
-  return tf.math.floormod(start + tf.range(clip_length, dtype=tf.int64) * frame_stride,
-                          num_frames)
-
-
 def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
                   levels: Optional[Sequence[str]] = None, start_step: int = 0,
                   process_index: int = 0, process_count: int = 1) -> Batches:
@@ -94,34 +87,32 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
   """
   reader, stats = sampling.open_split(data, data["train_split"], levels)
   table = reader.table()
-  num_frames = reader.videos["num_frames"]
   clip_length, frame_stride = data["clip_length"], data["frame_stride"]
-  span = sampling.clip_span(clip_length, frame_stride)
 
-  def starts(videos, uniforms):
-    return sampling.train_starts(uniforms[:, 0], num_frames[videos], span)
+  def rows(videos, uniforms):
+    return sampling.train_clip_rows(videos, uniforms, reader.videos["num_frames"],
+                                    clip_length, frame_stride)
 
-  def clip(video, start):
-    return _clip(reader, table, video, _clip_rows(tf.gather(table["num_frames"], video),
-                                                  start, clip_length, frame_stride))
-
-  return _train_streams(reader, stats, data, starts, clip, batch_size=batch_size,
-                        seed=seed, start_step=start_step, process_index=process_index,
-                        process_count=process_count)
+  return _train_streams(reader, stats, data, rows, (clip_length,),
+                        lambda video, rows: _clip(reader, table, video, rows),
+                        batch_size=batch_size, seed=seed, start_step=start_step,
+                        process_index=process_index, process_count=process_count)
 
 
-def _train_streams(reader, stats, data, draws, element, *, batch_size, seed, start_step,
-                   process_index, process_count) -> Batches:
+def _train_streams(reader, stats, data, draws, draw_shape, element, *, batch_size,
+                   seed, start_step, process_index, process_count) -> Batches:
   """This host's batches of the streams' elements. `draws(videos, uniforms)` turns
-  an epoch's plan (`sampling.stream_epoch`) into one int64 per element (numpy);
-  `element(video, draw)` makes the element from a video's row in the reader's
-  table and its draw (in-graph)."""
+  an epoch's plan (`sampling.stream_epoch`) into int64 values of `draw_shape` per
+  element (numpy: a clip's frame rows, a caption's pick); `element(video, draw)`
+  makes the element from a video's row in the reader's table and its draw
+  (in-graph: the reads)."""
   layout = sampling.stream_layout(
       len(reader.videos["video_index"]), data["train_split"],
       num_streams=data["num_streams"], batch_size=batch_size,
       process_index=process_index, process_count=process_count)
   first_epoch, skip = sampling.resume_point(start_step, layout)
-  datasets = [_stream_dataset(layout, stream, seed, first_epoch, skip, draws, element)
+  datasets = [_stream_dataset(layout, stream, seed, first_epoch, skip, draws,
+                              draw_shape, element)
               .batch(layout.share, drop_remainder=True) for stream in layout.streams]
   if len(datasets) == 1:
     dataset = datasets[0]
@@ -131,7 +122,8 @@ def _train_streams(reader, stats, data, draws, element, *, batch_size, seed, sta
   return Batches(dataset.prefetch(tf.data.AUTOTUNE), stats)
 
 
-def _stream_dataset(layout, stream, seed, first_epoch, skip, draws, element):
+def _stream_dataset(layout, stream, seed, first_epoch, skip, draws, draw_shape,
+                    element):
   def plan(epoch):
     videos, uniforms = sampling.stream_epoch(layout.num_videos, seed, int(epoch),
                                              stream, layout.num_streams)
@@ -141,7 +133,7 @@ def _stream_dataset(layout, stream, seed, first_epoch, skip, draws, element):
     videos, values = tf.numpy_function(plan, [epoch], [tf.int64, tf.int64],
                                        stateful=False)
     videos = tf.ensure_shape(videos, [layout.epoch_size])
-    values = tf.ensure_shape(values, [layout.epoch_size])
+    values = tf.ensure_shape(values, [layout.epoch_size, *draw_shape])
     skipped = tf.where(epoch == first_epoch, tf.constant(skip, tf.int64), 0)
     return tf.data.Dataset.from_tensor_slices((videos, values)).skip(skipped)
 
@@ -237,7 +229,7 @@ def caption_train_batches(data: Mapping, *, segments: int, references, vocabular
     out.update(targets=targets, words=tf.concat([bos, targets[:-1]], 0))
     return out
 
-  return _train_streams(reader, stats, data, picks, element, batch_size=batch_size,
+  return _train_streams(reader, stats, data, picks, (), element, batch_size=batch_size,
                         seed=seed, start_step=start_step, process_index=process_index,
                         process_count=process_count)
 

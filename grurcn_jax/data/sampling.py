@@ -139,6 +139,16 @@ def train_starts(uniform, num_frames, span: int) -> np.ndarray:
   return uniform_index(uniform, np.maximum(np.asarray(num_frames) - span, 0) + 1)
 
 
+def train_clip_rows(videos, uniforms, num_frames, clip_length: int,
+                    frame_stride: int) -> np.ndarray:
+  """[E, clip_length] frame rows of an epoch's clips (`stream_epoch`'s videos and
+  uniforms; `num_frames` of every video of the split)."""
+  num_frames = np.asarray(num_frames)[videos]
+  starts = train_starts(uniforms[:, 0], num_frames,
+                        clip_span(clip_length, frame_stride))
+  return clip_rows(num_frames, starts, clip_length, frame_stride)
+
+
 def clip_span(clip_length: int, frame_stride: int) -> int:
   return (clip_length - 1) * frame_stride + 1
 

@@ -21,7 +21,8 @@ import concurrent.futures
 import itertools
 import os
 import sys
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
@@ -32,8 +33,8 @@ from grurcn_jax.data.sampling import InputStats, check_split  # noqa: F401 (the 
 from grurcn_jax.errors import FeatureFormatError
 
 # An element of a batch: (video row in the reader's table, or -1 for padding; its
-# frame rows; the element's draw: a caption's reference, or 0).
-Element = Tuple[int, np.ndarray, int]
+# frame rows; the element's draw: a caption's reference, or unused).
+Element = Tuple[int, np.ndarray, Any]
 
 
 class _Buffers:
@@ -164,15 +165,14 @@ def _classification_extras(reader) -> Callable[[List[Element]], Dict[str, np.nda
 
 
 def _stream_elements(layout: sampling.StreamLayout, stream: int, seed: int,
-                     first_epoch: int, skip: int,
-                     draws) -> Iterator[Tuple[int, int]]:
+                     first_epoch: int, skip: int, draws) -> Iterator[Tuple[int, Any]]:
   """(video row, draw) of one stream from (first_epoch, skip) on: `sampling`'s plan."""
   for epoch in itertools.count(first_epoch):
     videos, uniforms = sampling.stream_epoch(layout.num_videos, seed, epoch, stream,
                                              layout.num_streams)
     values = np.asarray(draws(videos, uniforms), np.int64)
     for position in range(skip if epoch == first_epoch else 0, layout.epoch_size):
-      yield int(videos[position]), int(values[position])
+      yield int(videos[position]), values[position]
 
 
 def _train_plan(reader, data, *, batch_size, seed, start_step, process_index,
@@ -195,15 +195,13 @@ def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,
                   process_index: int = 0, process_count: int = 1) -> ThreadedBatches:
   """`pipeline.train_batches`' batches, without TensorFlow."""
   reader, stats = _open(data, data["train_split"], levels)
-  num_frames = reader.videos["num_frames"]
   clip_length, frame_stride = data["clip_length"], data["frame_stride"]
-  span = sampling.clip_span(clip_length, frame_stride)
   plan = _train_plan(
       reader, data, batch_size=batch_size, seed=seed, start_step=start_step,
       process_index=process_index, process_count=process_count,
-      draws=lambda videos, u: sampling.train_starts(u[:, 0], num_frames[videos], span),
-      rows_of=lambda video, start: sampling.clip_rows(num_frames[video], start,
-                                                      clip_length, frame_stride))
+      draws=lambda videos, u: sampling.train_clip_rows(
+          videos, u, reader.videos["num_frames"], clip_length, frame_stride),
+      rows_of=lambda video, rows: rows)
   return ThreadedBatches(reader, stats, plan, batch_size=batch_size,
                          element_shape=(clip_length,),
                          extras=_classification_extras(reader))
