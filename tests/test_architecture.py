@@ -129,6 +129,19 @@ def test_evaluation_does_not_import_training():
   assert "grurcn_jax.evaluate" in loaded and "grurcn_jax.train" not in loaded
 
 
+def test_entry_points_import_tensorflow_only_when_they_use_it():
+  # TensorFlow takes seconds to import: a flag error, or training on an image
+  # without it, must not wait for it (or need it).
+  code = ("import sys, grurcn_jax.main, grurcn_jax.bench, grurcn_jax.data.extract, "
+          "grurcn_jax.data.video, grurcn_jax.data.features, grurcn_jax.train; "
+          "print('tensorflow' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stdout.strip().splitlines()[-1] == "False"
+
+
 def _relative(module: str) -> str:
   return module.replace("grurcn_jax.", "").replace(".", "/") + ".py"
 

@@ -7,7 +7,6 @@ import av
 import numpy as np
 
 from grurcn_jax.errors import VideoDecodeError
-from grurcn_jax.host_tf import tf
 
 # The paper (Ballas et al., ICLR 2016) trains on random crops of side 256, 224, 192
 # or 168 of a 256 frame, resized to 224; as fractions of the resized frame here so
@@ -70,6 +69,9 @@ def resize_and_crop(frames: np.ndarray, image_size: int,
   """VGG-style frames: shorter side resized to image_size * 256/224, then a square
   crop resized to image_size. `crop` = (fraction of the short side, y, x in [0, 1])
   for training-time crops; None is the centre crop of side image_size."""
+  # TensorFlow (seconds to import) only once frames are resized: the extraction
+  # program checks its flags and the videos before that.
+  from grurcn_jax.host_tf import tf
   h, w = frames.shape[1:3]
   short = round(image_size * 256 / 224)
   new_h, new_w = (short, max(short, round(w * short / h))) if h <= w else (
