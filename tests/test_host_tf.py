@@ -1,26 +1,40 @@
 """TensorFlow's host set-up: its caching allocator is on unless the user says
-otherwise (it doubles the input pipeline here, README "Features")."""
+otherwise (it doubles the input pipeline here, README "Features"), and it sees no
+GPU."""
 
+import ast
+import importlib
+import inspect
 import os
-import subprocess
-import sys
 
-from tests.training_setup import REPO
+import pytest
 
-_PRINT = ("import os, grurcn_jax.host_tf as h; "
-          "print(os.environ['TF_CPU_ALLOCATOR_USE_BFC'], h.tf.config.get_visible_devices('GPU'))")
+from grurcn_jax import host_tf
 
 
-def _setting(**env):
-  base = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
-  result = subprocess.run([sys.executable, "-c", _PRINT], capture_output=True,
-                          text=True, cwd=REPO, timeout=300,
-                          env=dict(base, TF_CPP_MIN_LOG_LEVEL="3", **env))
-  assert result.returncode == 0, result.stderr[-2000:]
-  return result.stdout.split()
+@pytest.mark.parametrize("setting,expected", [(None, "true"), ("false", "false")])
+def test_the_caching_allocator_is_on_by_default_and_can_be_turned_off(
+    monkeypatch, setting, expected):
+  # The module's set-up runs again here: what matters is the value it leaves for
+  # TensorFlow, which reads it once, when it starts (in-process: no second import
+  # of TensorFlow, which takes seconds).
+  if setting is None:
+    monkeypatch.delenv("TF_CPU_ALLOCATOR_USE_BFC", raising=False)
+  else:
+    monkeypatch.setenv("TF_CPU_ALLOCATOR_USE_BFC", setting)
+  importlib.reload(host_tf)
+  assert os.environ["TF_CPU_ALLOCATOR_USE_BFC"] == expected
+  assert host_tf.tf.config.get_visible_devices("GPU") == []
 
 
-def test_the_caching_allocator_is_on_by_default_and_can_be_turned_off():
-  # Fresh processes: TensorFlow reads the setting when it starts.
-  assert _setting() == ["true", "[]"]
-  assert _setting(TF_CPU_ALLOCATOR_USE_BFC="false") == ["false", "[]"]
+def test_the_setting_comes_before_tensorflow_starts():
+  """Set after `import tensorflow`, the variable would be read too late."""
+  tree = ast.parse(inspect.getsource(host_tf))
+  setting = next(node.lineno for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and "TF_CPU_ALLOCATOR_USE_BFC" in
+                 [getattr(a, "value", None) for a in node.args])
+  importing = min(node.lineno for node in ast.walk(tree)
+                  if isinstance(node, (ast.Import, ast.ImportFrom))
+                  and "tensorflow" in [a.name for a in getattr(node, "names", [])]
+                  + [getattr(node, "module", None)])
+  assert setting < importing

@@ -1,4 +1,5 @@
-"""Two processes on one machine (4 CPU devices each, gloo collectives) train the
+"""Two processes on one machine (4 CPU devices each, gloo collectives; without
+TensorFlow or clu, as on accelerator images that lack them) train the
 demo config to the same parameters and eval loss as one process with 8 devices
 and the same global batch, each reading only its own data streams; a SIGTERM to
 one of them stops both at the same step with the same checkpoint, and the same
@@ -9,7 +10,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from grurcn_jax import train
-from tests.training_setup import REPO, overrides_as_flags, restore_params, tiny_config
+from tests.training_setup import (REPO, overrides_as_flags, python_without,
+                                  restore_params, tiny_config)
 
 SETTINGS = dict(num_train_steps=12, checkpoint_every_steps=100, eval_every_steps=12)
 
@@ -29,7 +30,9 @@ def free_port():
 
 
 def start_two_processes(data_dir, workdir, logs):
-  """Both processes of one run; their output goes to files under `logs`."""
+  """Both processes of one run; their output goes to files under `logs`. (Without
+  TensorFlow: its import alone is seconds per process; the in-process runs test
+  the writer that uses it.)"""
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -37,10 +40,12 @@ def start_two_processes(data_dir, workdir, logs):
   for i in range(2):
     out, err = (open(os.path.join(logs, f"{i}.{kind}"), "w") for kind in ("out", "err"))
     processes.append(subprocess.Popen(
-        [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
-         f"--workdir={workdir}", *overrides_as_flags(data_dir, **SETTINGS),
-         "--config.data.num_streams=2", f"--coordinator_address=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={i}"],
+        python_without(("tensorflow", "clu"), "grurcn_jax.main",
+                       "--config=configs/demo.py", f"--workdir={workdir}",
+                       *overrides_as_flags(data_dir, **SETTINGS),
+                       "--config.data.num_streams=2",
+                       f"--coordinator_address=127.0.0.1:{port}",
+                       "--num_processes=2", f"--process_id={i}"),
         cwd=REPO, env=env, stdout=out, stderr=err, text=True))
   return processes
 

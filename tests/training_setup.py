@@ -3,7 +3,6 @@
 import contextlib
 import io
 import os
-import subprocess
 import sys
 
 from configs import demo as demo_config
@@ -157,14 +156,6 @@ runpy.run_module(module, run_name="__main__", alter_sys=True)
 def python_without(blocked, module, *args):
   """The command line that runs `python -m module args` without `blocked`."""
   return [sys.executable, "-c", _LAUNCH_WITHOUT, ",".join(blocked), module, *args]
-
-
-def run_main(*args, env=None):
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-  return subprocess.run([sys.executable, "-m", "grurcn_jax.main",
-                         "--config=configs/demo.py", *args],
-                        capture_output=True, text=True, cwd=REPO, env=full_env,
-                        timeout=900)
 
 
 def main_in_process(*args):
