@@ -1,5 +1,7 @@
 """ConvGRUCell against the paper's equations; ConvGRU against nn.RNN(ConvGRUCell)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -117,46 +119,70 @@ def _perturbed_init(module, rng, *args, **kwargs):
       tree, [0.4 * jax.random.normal(k, leaf.shape) for k, leaf in zip(keys, leaves)])
 
 
+def _sequence_inputs():
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4, 3))
+  h0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 5, 4, 4))
+  return x, h0
+
+
+def _sequence_loss(module):
+  def f(v, x, h0):
+    states = module.apply(v, x, initial_carry=h0)
+    return jnp.sum(jnp.sin(states) * jnp.arange(states.shape[1])[:, None, None, None])
+  return f
+
+
+def _values_and_gradients(module, v, x, h0):
+  return jax.jit(lambda v, x, h0: (module.apply(v, x, initial_carry=h0), jax.grad(
+      _sequence_loss(module), argnums=(0, 1, 2))(v, x, h0)))(v, x, h0)
+
+
+def _unwrap(result):
+  return (result[0], result[1][0]["params"].get("cell", result[1][0]["params"]),
+          result[1][1], result[1][2])
+
+
+@functools.lru_cache(maxsize=None)
+def _rnn_of_cell_reference(reverse):
+  """nn.RNN(ConvGRUCell) on the inputs below: the parameters, and its values and
+  gradients in float32 and float64. The same for every recurrence, so computed
+  once per direction."""
+  x, h0 = _sequence_inputs()
+  variables = _perturbed_init(ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True),
+                              jax.random.key(2), x)
+  rnn = nn.RNN(ConvGRUCell(4, (3, 3)), reverse=reverse, keep_order=True)
+  rnn_variables = {"params": {"cell": variables["params"]}}
+  rnn32 = _unwrap(_values_and_gradients(rnn, rnn_variables, x, h0))
+  with jax.enable_x64(True):
+    as64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
+    rnn64 = _unwrap(jax.device_get(_values_and_gradients(rnn, *as64((rnn_variables, x,
+                                                                       h0)))))
+  return variables, rnn32, rnn64
+
+
 @pytest.mark.parametrize("recurrence,remat,kernel_gradient", [
     ("fused", False, "auto"), ("fused", True, "auto"), ("scan", False, "auto"),
     ("fused", False, "taps"), ("fused", True, "xla")])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_sequence_layer_matches_rnn_of_cell(recurrence, remat, kernel_gradient,
                                             reverse):
-  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 4, 3))
-  h0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 5, 4, 4))
+  x, h0 = _sequence_inputs()
   layer = ConvGRU(4, (3, 3), reverse=reverse, return_sequences=True,
                   recurrence=recurrence, remat=remat,
                   kernel_gradient=kernel_gradient)
-  variables = _perturbed_init(layer, jax.random.key(2), x)
-  rnn = nn.RNN(ConvGRUCell(4, (3, 3)), reverse=reverse, keep_order=True)
-  rnn_variables = {"params": {"cell": variables["params"]}}
-
-  def loss(module):
-    def f(v, x, h0):
-      states = module.apply(v, x, initial_carry=h0)
-      return jnp.sum(jnp.sin(states) * jnp.arange(states.shape[1])[:, None, None, None])
-    return f
-
-  def values_and_gradients(module, v, x, h0):
-    return (module.apply(v, x, initial_carry=h0),
-            jax.grad(loss(module), argnums=(0, 1, 2))(v, x, h0))
-
-  ours = values_and_gradients(layer, variables, x, h0)
-  rnn32 = values_and_gradients(rnn, rnn_variables, x, h0)
-  with jax.enable_x64(True):
-    as64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
-    rnn64 = jax.device_get(values_and_gradients(rnn, *as64((rnn_variables, x, h0))))
-  unwrap = lambda result: (result[0], result[1][0]["params"].get("cell", result[1][0]["params"]),
-                           result[1][1], result[1][2])
-  assert_float32_close(unwrap(ours), unwrap(rnn32), unwrap(rnn64))
+  variables, rnn32, rnn64 = _rnn_of_cell_reference(reverse)
+  # Every recurrence has the cell's parameters.
+  assert (jax.tree.structure(variables)
+          == jax.tree.structure(jax.eval_shape(layer.init, jax.random.key(2), x)))
+  ours = _values_and_gradients(layer, variables, x, h0)
+  assert_float32_close(_unwrap(ours), rnn32, rnn64)
 
   # The budget still catches a small real error: the candidate kernel off by 0.1%.
   wrong = jax.tree_util.tree_map_with_path(
       lambda path, a: a * 1.001 if "hidden_candidate" in str(path) else a, variables)
   with pytest.raises(AssertionError):
-    assert_float32_close(unwrap(values_and_gradients(layer, wrong, x, h0)),
-                         unwrap(rnn32), unwrap(rnn64))
+    assert_float32_close(_unwrap(_values_and_gradients(layer, wrong, x, h0)),
+                         rnn32, rnn64)
 
 
 def float64_run(fn, *args):
@@ -195,14 +221,14 @@ def test_unroll_and_remat_keep_values_and_gradients():
   x = jax.random.normal(jax.random.key(0), (2, 7, 4, 4, 3))
   reference = ConvGRU(4, recurrence="scan")
   variables = _perturbed_init(reference, jax.random.key(1), x)
-  loss = lambda layer, x: lambda v: jnp.sum(layer.apply(v, x) ** 2)
-  expected = jax.grad(loss(reference, x))(variables)
-  expected64 = float64_run(lambda v, x: jax.grad(loss(reference, x))(v), variables, x)
+  grad = lambda layer: jax.jit(jax.grad(lambda v, x: jnp.sum(layer.apply(v, x) ** 2)))
+  expected = grad(reference)(variables, x)
+  expected64 = float64_run(grad(reference), variables, x)
   for layer in [ConvGRU(4, recurrence="scan", remat=True),
                 ConvGRU(4, recurrence="fused", remat=True, unroll=2),
                 ConvGRU(4, recurrence="scan", unroll=3),
                 ConvGRU(4, recurrence="fused", unroll=2)]:
-    assert_float32_close(jax.grad(loss(layer, x))(variables), expected, expected64)
+    assert_float32_close(grad(layer)(variables, x), expected, expected64)
 
 
 def assert_float16_close(got, expected, ulps=1):
@@ -230,16 +256,15 @@ def test_fused_with_gate_inputs_and_float16_frames(reverse, remat):
       return jnp.sum(jnp.sin(states) * jnp.arange(5)[:, None, None, None])
     return f
   fused = make(recurrence="fused", remat=remat)
+  apply = lambda layer: jax.jit(lambda v, x, lower: layer.apply(v, x, gate_inputs=lower))
   assert_float32_close(
-      fused.apply(variables, x, gate_inputs=lower),
-      reference.apply(variables, x, gate_inputs=lower),
-      float64_run(lambda v, x, lower: reference.apply(v, x, gate_inputs=lower),
-                  variables, x.astype(jnp.float32), lower))
-  got = jax.grad(loss(fused), argnums=(0, 1, 2))(variables, x, lower)
-  expected = jax.grad(loss(reference), argnums=(0, 1, 2))(variables, x, lower)
-  expected64 = float64_run(
-      lambda v, x, lower: jax.grad(loss(reference), argnums=(0, 2))(v, x, lower),
-      variables, x.astype(jnp.float32), lower)
+      apply(fused)(variables, x, lower), apply(reference)(variables, x, lower),
+      float64_run(apply(reference), variables, x.astype(jnp.float32), lower))
+  grad = lambda layer: jax.jit(jax.grad(loss(layer), argnums=(0, 1, 2)))
+  got = grad(fused)(variables, x, lower)
+  expected = grad(reference)(variables, x, lower)
+  expected64 = float64_run(grad(reference), variables, x.astype(jnp.float32), lower)
+  expected64 = (expected64[0], expected64[2])
   assert_float32_close((got[0], got[2]), (expected[0], expected[2]), expected64)
   assert_float16_close(got[1], expected[1])
 
@@ -250,15 +275,17 @@ def test_bfloat16_recurrence_keeps_bfloat16_carry(recurrence, remat):
   x = jax.random.normal(jax.random.key(0), (2, 4, 4, 4, 3))
   layer = ConvGRU(4, return_sequences=True, dtype=jnp.bfloat16,
                   recurrence=recurrence, remat=remat)
-  variables = layer.init(jax.random.key(1), x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
   # A float32 initial carry must not upcast the recurrence.
-  states = layer.apply(variables, x, initial_carry=jnp.zeros((2, 4, 4, 4), jnp.float32))
+  states = jax.jit(layer.apply)(variables, x,
+                                initial_carry=jnp.zeros((2, 4, 4, 4), jnp.float32))
   assert states.dtype == jnp.bfloat16
   reference = ConvGRU(4, return_sequences=True, recurrence=recurrence)
-  np.testing.assert_allclose(states.astype(jnp.float32), reference.apply(variables, x),
-                             atol=5e-2)
-  grads = jax.grad(lambda v: jnp.sum(layer.apply(v, x).astype(jnp.float32)))(variables)
+  np.testing.assert_allclose(states.astype(jnp.float32),
+                             jax.jit(reference.apply)(variables, x), atol=5e-2)
+  grads = jax.jit(jax.grad(lambda v: jnp.sum(layer.apply(v, x).astype(jnp.float32))))(
+      variables)
   assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
              for g in jax.tree.leaves(grads))
 

@@ -1,5 +1,6 @@
 """The multi-level GRU-RCN: variants, paper configurations, program size."""
 
+import functools
 import importlib
 
 import jax
@@ -31,15 +32,30 @@ def tiny_model(variant, levels=("pool3", "pool4", "pool5", "fc7"), **kwargs):
                 variant=variant, **kwargs)
 
 
+# Jitted with the model static (modules compare by value): one compilation per
+# model and shapes, shared by the tests that use the same ones. Called eagerly,
+# each scan would be traced and compiled again on every call.
+@functools.partial(jax.jit, static_argnums=0)
+def init(model, feats, seed=1):
+  return model.init(jax.random.key(seed), feats)
+
+
+@functools.partial(jax.jit, static_argnums=0)
 def encode(model, variables, feats):
   return model.apply(variables, feats, method=GRURCN.encode)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def apply(model, variables, feats, train=False, dropout_seed=0):
+  rngs = {"dropout": jax.random.key(dropout_seed)} if train else {}
+  return model.apply(variables, feats, train=train, rngs=rngs)
 
 
 @pytest.mark.parametrize("variant", ["uni", "stacked"])
 def test_uni_and_stacked_are_causal(variant):
   model = tiny_model(variant)
   feats = tiny_features(jax.random.key(0))
-  variables = model.init(jax.random.key(1), feats)
+  variables = init(model, feats)
   states = encode(model, variables, feats)
   t = 2
   changed = {k: v.at[:, t + 1:].add(1.0) for k, v in feats.items()}
@@ -53,7 +69,7 @@ def test_uni_and_stacked_are_causal(variant):
 def test_bidirectional_sees_the_future():
   model = tiny_model("bi")
   feats = tiny_features(jax.random.key(0))
-  variables = model.init(jax.random.key(1), feats)
+  variables = init(model, feats)
   states = encode(model, variables, feats)
   changed = {k: v.at[:, -1].add(1.0) for k, v in feats.items()}
   changed_states = encode(model, variables, changed)
@@ -68,7 +84,7 @@ def test_bidirectional_sees_the_future():
 def test_bidirectional_sum_merge():
   feats = tiny_features(jax.random.key(0))
   concat, summed = tiny_model("bi"), tiny_model("bi", bi_merge="sum")
-  variables = concat.init(jax.random.key(1), feats)
+  variables = init(concat, feats)
   both = encode(concat, variables, feats)
   added = encode(summed, variables, feats)
   for level in feats:
@@ -81,7 +97,7 @@ def test_stacked_level_responds_to_the_level_below_and_uni_does_not():
   changed = dict(feats, pool3=feats["pool3"] + 1.0)
   for variant, responds in [("stacked", True), ("uni", False)]:
     model = tiny_model(variant)
-    variables = model.init(jax.random.key(1), feats)
+    variables = init(model, feats)
     before = encode(model, variables, feats)
     after = encode(model, variables, changed)
     for level in ("pool4", "pool5", "fc7"):
@@ -91,7 +107,7 @@ def test_stacked_level_responds_to_the_level_below_and_uni_does_not():
 def test_stacked_feeds_the_lower_state_to_the_gates_only():
   model = tiny_model("stacked", levels=("pool4", "pool5"))
   feats = tiny_features(jax.random.key(0), levels=("pool4", "pool5"))
-  params = model.init(jax.random.key(1), feats)["params"]["encoder"]
+  params = init(model, feats)["params"]["encoder"]
   assert "lower_gates" not in params["pool4"]
   # 2F outputs: the update and reset gates, not the candidate.
   assert params["pool5"]["lower_gates"]["kernel"].shape == (3, 3, 3, 2 * 3)
@@ -112,8 +128,8 @@ def test_max_pool_to_level_sizes():
 def test_prediction_averages_level_probabilities():
   model = tiny_model("uni")
   feats = tiny_features(jax.random.key(0))
-  variables = model.init(jax.random.key(1), feats)
-  out = model.apply(variables, feats)
+  variables = init(model, feats)
+  out = apply(model, variables, feats)
   probs = np.mean([jax.nn.softmax(l) for l in out["level_logits"].values()], axis=0)
   np.testing.assert_allclose(jax.nn.softmax(out["logits"]), probs, rtol=1e-5, atol=1e-7)
   assert out["logits"].dtype == jnp.float32
@@ -122,11 +138,10 @@ def test_prediction_averages_level_probabilities():
 def test_dropout_only_in_training():
   model = tiny_model("uni", dropout_rate=0.5)
   feats = tiny_features(jax.random.key(0))
-  variables = model.init(jax.random.key(1), feats)
-  eval_a = model.apply(variables, feats)["logits"]
-  np.testing.assert_array_equal(eval_a, model.apply(variables, feats)["logits"])
-  train = lambda k: model.apply(variables, feats, train=True,
-                                rngs={"dropout": jax.random.key(k)})["logits"]
+  variables = init(model, feats)
+  eval_a = apply(model, variables, feats)["logits"]
+  np.testing.assert_array_equal(eval_a, apply(model, variables, feats)["logits"])
+  train = lambda k: apply(model, variables, feats, True, k)["logits"]
   assert not np.allclose(train(0), train(1))
   assert not np.allclose(train(0), eval_a)
 
@@ -221,17 +236,20 @@ def test_program_size_does_not_grow_with_clip_length(recurrence):
 def test_bfloat16_model_keeps_float32_params_and_outputs():
   feats = tiny_features(jax.random.key(0))
   for variant in ("uni", "bi", "stacked"):
-    model = tiny_model(variant, dtype=jnp.bfloat16)
-    # Jitted: one compilation each instead of op-by-op dispatch (4x faster here);
-    # dtypes from the traced programs alone (nothing compiled for them).
-    variables = jax.jit(model.init)(jax.random.key(1), feats)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    model, reference = tiny_model(variant, dtype=jnp.bfloat16), tiny_model(variant)
+    # Dtypes from the traced programs alone (nothing compiled for them).
+    shapes = jax.eval_shape(lambda f: model.init(jax.random.key(1), f), feats)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))
+    # The same parameters as the float32 model's (compiled once for the tests).
+    variables = init(reference, feats)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), variables) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), shapes)
     states = jax.eval_shape(lambda v, f: encode(model, v, f), variables, feats)
     assert all(s.dtype == jnp.bfloat16 for s in states.values())
-    out = jax.jit(model.apply)(variables, feats)
-    reference = jax.jit(tiny_model(variant).apply)(variables, feats)
+    out = apply(model, variables, feats)
     assert out["logits"].dtype == jnp.float32
-    np.testing.assert_allclose(out["logits"], reference["logits"], atol=0.1)
+    np.testing.assert_allclose(out["logits"], apply(reference, variables, feats)["logits"],
+                               atol=0.1)
 
 
 def test_remat_levels_recompute_only_those_levels(monkeypatch):
@@ -254,7 +272,7 @@ def test_remat_levels_recompute_only_those_levels(monkeypatch):
       model.apply(v, feats), labels, "level_mean").mean()))
   plain, chosen = (tiny_model("uni", levels=levels, remat=remat)
                    for remat in (False, ("pool3",)))
-  variables = plain.init(jax.random.key(1), feats)
+  variables = init(plain, feats)
   calls.clear()
   got = grad(chosen)(variables, feats)
   assert sorted(set(calls)) == [(2, False), (4, True)]   # pool4 is 2x2, pool3 4x4

@@ -25,9 +25,11 @@ def _save(config, workdir, change_backbone=False, step=2):
   """The initial state of `config`, checkpointed at `step` (no training: what is
   tested is where the weights go, not how they were learnt); with
   `change_backbone`, VGG-16's weights first moved away from the initial ones, as
-  fine-tuning leaves them. Returns the saved parameters (host arrays)."""
+  fine-tuning leaves them. Returns the saved and the initial parameters (host
+  arrays)."""
   experiment = assemble(config)
   state = experiment.init_state()
+  initial = jax.device_get(state.params)
   if change_backbone:
     moved = jax.tree.map(lambda a: a + 0.01 * jnp.sign(a) + 0.001,
                          state.params["backbone"])
@@ -35,7 +37,7 @@ def _save(config, workdir, change_backbone=False, step=2):
   checkpoints = experiment.checkpoints(workdir)
   checkpoints.save(step, state, config.to_dict())
   checkpoints.close()
-  return jax.device_get(state.params)
+  return jax.device_get(state.params), initial
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,8 @@ def finetuned(tiny_demo_dir, tmp_path_factory):
   config = tiny_config(tiny_demo_dir, data__input="frames", model__name="vgg_frames",
                        model__levels=("pool3",), model__hidden=(),
                        model__backbone_trainable=True)
-  initial = jax.device_get(assemble(config).init_state().params["backbone"])
-  return workdir, _save(config, workdir, change_backbone=True), initial
+  saved, initial = _save(config, workdir, change_backbone=True)
+  return workdir, saved, initial["backbone"]
 
 
 def _assert_tree_equal(a, b):
