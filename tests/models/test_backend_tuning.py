@@ -20,6 +20,12 @@ pytestmark = pytest.mark.optimized
 F32_UNIT_ROUNDOFF = 2.0 ** -24
 
 
+def normal(seed, shape):
+  """Random float32 inputs from numpy: jax.random's kernels, compiled with XLA's
+  optimisations (this module's mark), take seconds each per shape on a CPU."""
+  return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def reference_kernel_gradient(x, cotangent, kernel_shape):
   """float64: sum over frames and positions of x(shifted) * cotangent, per tap,
   and the sum of the terms' magnitudes (what rounding errors scale with)."""
@@ -63,8 +69,8 @@ def assert_within(got, reference, bound):
 def test_kernel_gradient_equals_float64_reference(method, x_shape, channels, features,
                                                   kernel_size):
   kernel_shape = kernel_size + (channels, features)
-  x = jax.random.normal(jax.random.key(0), x_shape + (channels,))
-  cotangent = jax.random.normal(jax.random.key(1), x_shape + (features,))
+  x = normal(0, x_shape + (channels,))
+  cotangent = normal(1, x_shape + (features,))
   got = jax.jit(lambda x, c: backend_tuning.kernel_gradient(x, c, kernel_shape, method))(
       x, cotangent)
   assert got.dtype == jnp.float32 and got.shape == kernel_shape
@@ -80,9 +86,9 @@ def test_kernel_gradient_equals_float64_reference(method, x_shape, channels, fea
 def test_kernel_gradient_of_split_cotangents(method):
   """Cotangents given in parts (the gates' and the candidate's columns) give the
   kernel gradient of their concatenation."""
-  x = jax.random.normal(jax.random.key(0), (4, 6, 5, 3))
-  parts = (jax.random.normal(jax.random.key(1), (4, 6, 5, 4)),
-           jax.random.normal(jax.random.key(2), (4, 6, 5, 2)))
+  x = normal(0, (4, 6, 5, 3))
+  parts = (normal(1, (4, 6, 5, 4)),
+           normal(2, (4, 6, 5, 2)))
   got = backend_tuning.kernel_gradient(x, parts, (3, 3, 3, 6), method)
   reference, magnitude = reference_kernel_gradient(
       x, np.concatenate(parts, axis=-1), (3, 3, 3, 6))
@@ -98,8 +104,8 @@ def test_chunks_split_evenly_over_devices():
   assert backend_tuning._frames_per_chunk(12, 5) == 4      # none: the nearest below
   mesh = sharding.make_mesh()
   frames = NamedSharding(mesh, P(sharding.DATA_AXIS))
-  x = jax.device_put(jax.random.normal(jax.random.key(0), (64, 8, 8, 4)), frames)
-  cotangent = jax.device_put(jax.random.normal(jax.random.key(1), (64, 8, 8, 4)), frames)
+  x = jax.device_put(normal(0, (64, 8, 8, 4)), frames)
+  cotangent = jax.device_put(normal(1, (64, 8, 8, 4)), frames)
   gradient = jax.jit(lambda x, c: backend_tuning.kernel_gradient(x, c, (3, 3, 4, 4), "taps"))
   compiled = gradient.lower(x, cotangent).compile().as_text()
   assert "while" in compiled            # 4,096 rows: a loop over chunks of 8 frames
@@ -110,13 +116,15 @@ def test_chunks_split_evenly_over_devices():
 
 @pytest.mark.parametrize("method", ["xla", "taps", "auto"])
 def test_flax_conv_is_nn_conv_with_its_kernel_gradient(method):
-  x = jax.random.normal(jax.random.key(0), (2, 3, 6, 5, 4))   # [B, T, H, W, C]
+  x = normal(0, (2, 3, 6, 5, 4))   # [B, T, H, W, C]
   plain = nn.Conv(8, (3, 3), padding="SAME")
   batched = nn.Conv(8, (3, 3), padding="SAME",
                     conv_general_dilated=backend_tuning.flax_conv(method))
-  variables = plain.init(jax.random.key(1), x)
+  variables = {"params": {"kernel": normal(1, (3, 3, 4, 8)), "bias": normal(3, (8,))}}
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+      jnp.shape, jax.eval_shape(plain.init, jax.random.key(1), x))
   np.testing.assert_array_equal(batched.apply(variables, x), plain.apply(variables, x))
-  cotangent = jax.random.normal(jax.random.key(2), (2, 3, 6, 5, 8))
+  cotangent = normal(2, (2, 3, 6, 5, 8))
   grads = lambda m: jax.grad(lambda v, x: jnp.sum(m.apply(v, x) * cotangent),
                              argnums=(0, 1))(variables, x)
   (got_v, got_x), (want_v, want_x) = grads(batched), grads(plain)
