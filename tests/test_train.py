@@ -85,21 +85,19 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
   flags = overrides_as_flags(data_dir, num_train_steps=12, checkpoint_every_steps=6,
                              eval_every_steps=12)
   workdir = str(tmp_path / "killed")
-  # Both processes without TensorFlow (seconds to import each; finished_run
-  # tested the writer that uses it).
-  without = ("tensorflow", "clu")
-  killed = subprocess.run(
-      python_without(without, "tests.kill_after_checkpoint", "6",
-                     "--config=configs/demo.py", f"--workdir={workdir}", *flags),
-      capture_output=True, text=True, cwd=REPO, timeout=900,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  def run(*module_and_args):
+    # Without TensorFlow (seconds to import per process; finished_run tested the
+    # writer that uses it).
+    return subprocess.run(
+        python_without(("tensorflow", "clu"), *module_and_args,
+                       "--config=configs/demo.py", f"--workdir={workdir}", *flags),
+        capture_output=True, text=True, cwd=REPO, timeout=900,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+  killed = run("tests.kill_after_checkpoint", "6")
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["6"]
-  resumed = subprocess.run(
-      python_without(without, "grurcn_jax.main", "--config=configs/demo.py",
-                     f"--workdir={workdir}", *flags),
-      capture_output=True, text=True, cwd=REPO, timeout=900,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+  resumed = run("grurcn_jax.main")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "from step 6" in resumed.stderr
   with open(os.path.join(workdir, "eval_metrics.json")) as f:

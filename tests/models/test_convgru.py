@@ -132,9 +132,10 @@ def _sequence_loss(module):
   return f
 
 
+@functools.partial(jax.jit, static_argnums=0)   # one compilation per module and dtype
 def _values_and_gradients(module, v, x, h0):
-  return jax.jit(lambda v, x, h0: (module.apply(v, x, initial_carry=h0), jax.grad(
-      _sequence_loss(module), argnums=(0, 1, 2))(v, x, h0)))(v, x, h0)
+  return (module.apply(v, x, initial_carry=h0),
+          jax.grad(_sequence_loss(module), argnums=(0, 1, 2))(v, x, h0))
 
 
 def _unwrap(result):
