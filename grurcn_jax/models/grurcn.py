@@ -6,10 +6,8 @@ plain GRU, as in the paper).
 """
 
 import functools
-import math
 from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
-import einops
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,23 +31,34 @@ def as_maps(x: Array) -> Array:
   return x
 
 
-def max_pool_to(x: Array, height: int, width: int) -> Array:
-  """Max-pools [B, T, H, W, C] to [B, T, height, width, C].
-
-  Window and stride are ceil(H / height) (2 between consecutive VGG-16 pooling
-  levels; the whole 7x7 map from pool5 to fc7's 1x1); the border is padded with
-  -inf when the sizes do not divide.
-  """
-  b, t, h, w, _ = x.shape
-  if (h, w) == (height, width):
+def _max_pool_axis(x: Array, axis: int, size: int) -> Array:
+  """Max-pools one axis of `x` down to `size`."""
+  n = x.shape[axis]
+  if n == size:
     return x
+  stride = n // size
+  if n // stride == size:
+    # VGG-16's 2x2 pooling between levels rounds down (an odd side 2k+1 becomes k,
+    # its last row dropped), and pool5 -> fc7 takes the whole map: windows of
+    # `stride`, no padding, so level l's cell (i, j) sees the cells VGG pooled into it.
+    x = jax.lax.slice_in_dim(x, 0, stride * size, axis=axis)
+    shape = x.shape[:axis] + (size, stride) + x.shape[axis + 1:]
+    return x.reshape(shape).max(axis=axis + 1)
+  # Other ratios (maps that did not come from VGG-16): adaptive pooling, window i
+  # covering [floor(i n / size), ceil((i + 1) n / size)), never empty.
+  return jnp.concatenate([
+      jax.lax.slice_in_dim(x, i * n // size, -(-(i + 1) * n // size), axis=axis)
+      .max(axis=axis, keepdims=True) for i in range(size)], axis=axis)
+
+
+def max_pool_to(x: Array, height: int, width: int) -> Array:
+  """Max-pools [B, T, H, W, C] to [B, T, height, width, C] as VGG-16 pools between
+  levels: windows and strides of H // height (2 between consecutive pooling levels;
+  the whole map from pool5 to fc7's 1x1), an odd side rounded down."""
+  h, w = x.shape[2:4]
   if height > h or width > w:
     raise ValueError(f"cannot max-pool {h}x{w} up to {height}x{width}")
-  sh, sw = math.ceil(h / height), math.ceil(w / width)
-  y = nn.max_pool(einops.rearrange(x, "b t h w c -> (b t) h w c"), (sh, sw),
-                  strides=(sh, sw),
-                  padding=((0, sh * height - h), (0, sw * width - w)))
-  return einops.rearrange(y, "(b t) h w c -> b t h w c", b=b, t=t)
+  return _max_pool_axis(_max_pool_axis(x, 2, height), 3, width)
 
 
 class GRURCNEncoder(nn.Module):

@@ -113,16 +113,50 @@ def test_stacked_feeds_the_lower_state_to_the_gates_only():
   assert params["pool5"]["lower_gates"]["kernel"].shape == (3, 3, 3, 2 * 3)
 
 
-def test_max_pool_to_level_sizes():
-  x = jnp.arange(2 * 1 * 7 * 7 * 1, dtype=jnp.float32).reshape(2, 1, 7, 7, 1)
-  np.testing.assert_array_equal(max_pool_to(x, 1, 1)[..., 0, 0, 0], x.max(axis=(2, 3, 4)))
-  y = max_pool_to(x, 4, 4)  # 7 -> 4: windows of 2, the last one cut by the border
-  assert y.shape == (2, 1, 4, 4, 1)
-  expected = np.array([[np.max(np.asarray(x)[0, 0, 2 * i:2 * i + 2, 2 * j:2 * j + 2, 0])
-                        for j in range(4)] for i in range(4)])
-  np.testing.assert_array_equal(y[0, 0, :, :, 0], expected)
+def _numpy_max_pool(x, windows_h, windows_w):
+  """[B, T, H, W, C] -> max over the given (start, stop) row and column windows."""
+  return np.stack([np.stack([x[:, :, r0:r1, c0:c1].max(axis=(2, 3))
+                             for c0, c1 in windows_w], axis=2)
+                   for r0, r1 in windows_h], axis=2)
+
+
+@pytest.mark.parametrize("side", [7, 13, 25])
+def test_max_pool_to_pools_as_vgg16_between_levels(side):
+  # VGG-16's 2x2, stride-2 pooling takes an odd side 2k+1 to k (the last row and
+  # column dropped): the next level's size at image sizes such as 208 (pool4 13 ->
+  # pool5 6) or 400 (pool3 25 -> pool4 12). Padding such a map to ceil windows left
+  # windows wholly in the -inf border.
+  x = np.random.default_rng(side).normal(size=(2, 1, side, side, 3)).astype(np.float32)
+  half = side // 2
+  windows = [(2 * i, 2 * i + 2) for i in range(half)]
+  y = max_pool_to(jnp.asarray(x), half, half)
+  np.testing.assert_array_equal(y, _numpy_max_pool(x, windows, windows))
+  # pool5 -> fc7: the whole map.
+  np.testing.assert_array_equal(max_pool_to(jnp.asarray(x), 1, 1)[:, :, 0, 0],
+                                x.max(axis=(2, 3)))
+
+
+@pytest.mark.parametrize("side,size", [(7, 4), (6, 5), (10, 4)])
+def test_max_pool_to_other_ratios_pools_adaptively(side, size):
+  # Sizes no VGG-16 pooling produces: window i covers [floor(i n / size),
+  # ceil((i + 1) n / size)), so every window holds real cells.
+  x = np.random.default_rng(side).normal(size=(2, 1, side, side + 1, 2)).astype(np.float32)
+  windows = lambda n: [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
+  y = max_pool_to(jnp.asarray(x), size, size)
+  np.testing.assert_array_equal(y, _numpy_max_pool(x, windows(side), windows(side + 1)))
   with pytest.raises(ValueError, match="cannot max-pool"):
-    max_pool_to(x, 8, 8)
+    max_pool_to(jnp.asarray(x), side + 1, side)
+
+
+def test_stacked_is_finite_at_odd_level_sides():
+  # image_size 208: pool4 is 13x13 and pool5 6x6.
+  model = tiny_model("stacked", levels=("pool4", "pool5"))
+  feats = tiny_features(jax.random.key(0), image_size=208, levels=("pool4", "pool5"))
+  assert feats["pool4"].shape[2:4] == (13, 13) and feats["pool5"].shape[2:4] == (6, 6)
+  variables = init(model, feats)
+  states = encode(model, variables, feats)
+  for level, state in states.items():
+    assert np.isfinite(np.asarray(state)).all(), level
 
 
 def test_prediction_averages_level_probabilities():
