@@ -181,7 +181,8 @@ def _tap_products(x, cotangent, kernel_shape):
   padded = jnp.pad(x, ((0, 0), (top, kh - 1 - top), (left, kw - 1 - left), (0, 0)))
 
   def tap(_, offset):
-    window = lax.dynamic_slice(padded, (0, offset[0], offset[1], 0),
+    zero = jnp.zeros((), offset.dtype)  # one index type, also under jax_enable_x64
+    window = lax.dynamic_slice(padded, (zero, offset[0], offset[1], zero),
                                (n, height, width, channels))
     return None, jnp.einsum("nhwc,nhwo->co", window, cotangent.astype(x.dtype),
                             preferred_element_type=jnp.float32)

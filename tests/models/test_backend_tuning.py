@@ -82,6 +82,16 @@ def test_kernel_gradient_equals_float64_reference(method, x_shape, channels, fea
   assert np.any(np.abs(wrong - reference) > bound)
 
 
+def test_tap_products_run_with_64_bit_indices():
+  # Under jax_enable_x64 a literal index is int64 and the taps' offsets int32:
+  # dynamic_slice refused the mix (float64 gradient checks use this path on CPU).
+  x, cotangent = normal(0, (3, 7, 5, 3)), normal(1, (3, 7, 5, 4))
+  with jax.enable_x64(True):
+    got = backend_tuning.kernel_gradient(x, cotangent, (3, 3, 3, 4), "taps")
+  reference, magnitude = reference_kernel_gradient(x, cotangent, (3, 3, 3, 4))
+  assert_within(got, reference, float32_sum_bound(magnitude, 105))
+
+
 @pytest.mark.parametrize("method", ["xla", "taps", "auto"])
 def test_kernel_gradient_of_split_cotangents(method):
   """Cotangents given in parts (the gates' and the candidate's columns) give the
