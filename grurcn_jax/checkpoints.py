@@ -89,31 +89,45 @@ class Checkpoints:
     self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any, contract: Mapping,
-              step: Optional[int] = None) -> Any:
+              step: Optional[int] = None, config: Optional[Mapping] = None) -> Any:
     """Restores `step` (default: newest) into the shapes and shardings of
     `abstract_state` (a pytree of jax.ShapeDtypeStruct), after checking that the
     checkpoint was trained with the config fields of `contract` (e.g. {'model':
-    config.model, 'data': {'input': ...}}; every model field, and each other
-    field given). A field a checkpoint predates counts as its default."""
+    ..., 'data': {'input': ...}}). A field a checkpoint predates counts as its
+    default. `config`, the run's whole config, names the settings that differ when
+    the saved state has another structure all the same (an optimizer setting that
+    adds or drops optimizer state, say)."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():
       raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
                         f"available: {self.all_steps() or 'none'}")
     saved = self._manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))["config"]
-    wanted = _flatten(contract)
     defaults = _flatten(config_validation.schema())
-    saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(wanted)}
-    differ = sorted(k for k in set(wanted) | {k for k in saved if k.startswith("model.")}
-                    if saved.get(k) != wanted.get(k))
+    saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(defaults)}
+
+    def differences(wanted: Mapping) -> str:
+      wanted = _flatten(wanted)
+      return "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {wanted[k]!r}"
+                       for k in sorted(wanted) if saved.get(k) != wanted[k])
+
+    differ = differences(contract)
     if differ:
-      details = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, config {wanted.get(k)!r}"
-                          for k in differ)
       raise CheckpointMismatchError(
           f"the checkpoint at step {step} in {self._manager.directory} was trained with "
-          f"another config ({details}); use a fresh --workdir or the same settings")
-    return self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))["state"]
+          f"another config ({differ}); use a fresh --workdir or the same settings")
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except ValueError as e:
+      if "do not match" not in str(e):
+        raise
+      differ = differences(config) if config is not None else ""
+      raise CheckpointMismatchError(
+          f"the checkpoint at step {step} in {self._manager.directory} holds a train "
+          f"state of another structure than this config builds (settings that differ: "
+          f"{differ or 'none found'}); use a fresh --workdir or the same settings"
+      ) from None
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -33,6 +33,10 @@ from grurcn_jax.models import frames as frames_lib
 from grurcn_jax.models import vgg16
 
 CHECKPOINT_SUBDIR = checkpoints_lib.SUBDIR
+# Model fields that change how the step computes, not the state it holds nor what
+# the model computes: a checkpoint restores whatever they are set to.
+COMPUTE_ONLY_MODEL_FIELDS = ("recurrence", "remat", "remat_levels", "unroll",
+                             "kernel_gradient", "dtype")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +82,16 @@ class Experiment:
               step: Optional[int] = None) -> steps.TrainState:
     """The state of checkpoint `step` (default: newest), after checking that it was
     trained with this model config."""
-    return checkpoints.restore(self.abstract_state(), self._contract(), step)
+    return checkpoints.restore(self.abstract_state(), self._contract(), step,
+                               config=self.config.to_dict())
 
   def _contract(self):
     # The task, the model, and whether it reads frames (a frames-mode state holds
-    # VGG-16).
-    return {"task": self.config.task, "model": self.config.model.to_dict(),
+    # VGG-16). Not the model fields that only say how to compute (a run that ran
+    # out of memory resumes with remat, a bfloat16 checkpoint evaluates in float32).
+    model = {k: v for k, v in self.config.model.to_dict().items()
+             if k not in COMPUTE_ONLY_MODEL_FIELDS}
+    return {"task": self.config.task, "model": model,
             "data": {"input": self.config.data.input}}
 
   def train_step_flops(self, batch_size: int) -> int:

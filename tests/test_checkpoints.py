@@ -49,3 +49,19 @@ def test_a_checkpoint_that_predates_a_field_counts_as_its_default(tmp_path):
   with pytest.raises(CheckpointMismatchError, match="model.backbone_trainable"):
     manager.restore(target(), contract)
   manager.close()
+
+
+def test_a_state_of_another_structure_names_the_settings_that_differ(tmp_path):
+  # Same model, but an optimizer setting that adds state (clipping, say): orbax's
+  # tree-structure error becomes one naming the setting.
+  config = default.get_config()
+  config.grad_clip_norm = 0.0
+  manager = saved(tmp_path, config.to_dict())
+  config.grad_clip_norm = 1.0
+  bigger = checkpoints.abstract_like({"w": jnp.zeros(3), "clip": jnp.zeros(())},
+                                     sharding.replicated(sharding.make_mesh()))
+  contract = {"model": config.model.to_dict(), "data": {"input": "features"}}
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"another structure .*grad_clip_norm: checkpoint 0.0, config 1.0"):
+    manager.restore(bigger, contract, config=config.to_dict())
+  manager.close()

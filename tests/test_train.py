@@ -3,6 +3,7 @@ resume after SIGKILL, evaluation from a checkpoint, and clear errors."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -132,6 +133,36 @@ def test_config_that_does_not_match_the_checkpoint(data_dir, finished_run):
       f"--workdir={workdir}", *overrides_as_flags(data_dir, hidden="(6,4)"), "--mode=eval")
   assert status == 1
   assert one_error(err) and "model.hidden: checkpoint [4, 4], config [6, 4]" in err
+
+
+def test_an_optimizer_setting_that_changes_the_state_is_one_clear_error(data_dir, finished_run):
+  # The demo trains without clipping; clipping adds optimizer state. The advice
+  # after a non-finite loss ("set grad_clip_norm and rerun") leads here.
+  _, workdir, _ = finished_run
+  status, _, err = main_in_process(f"--workdir={workdir}", *overrides_as_flags(data_dir),
+                                   "--config.grad_clip_norm=1.0", "--mode=eval")
+  assert status == 1, err[-2000:]
+  assert one_error(err) and "another structure" in err
+  assert "grad_clip_norm: checkpoint 0.0, config 1.0" in err
+
+
+def test_settings_of_how_to_compute_restore_any_checkpoint(data_dir, finished_run, tmp_path):
+  # A bfloat16 evaluation with recomputation, of a float32 checkpoint trained
+  # without: the state is the same.
+  _, finished, _ = finished_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished, workdir)
+  status, _, err = main_in_process(
+      f"--workdir={workdir}", *overrides_as_flags(data_dir), "--mode=eval",
+      "--config.model.dtype=bfloat16", "--config.model.remat=True",
+      "--config.model.recurrence=scan")
+  assert status == 0, err[-2000:]
+  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+    metrics = json.load(f)
+  with open(os.path.join(finished, "eval_metrics.json")) as f:
+    reference = json.load(f)
+  assert metrics["step"] == 12 and metrics["num_videos"] == reference["num_videos"]
+  assert np.isfinite(metrics["loss"])
 
 
 @pytest.mark.parametrize("flag,message", [
