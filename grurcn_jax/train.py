@@ -53,7 +53,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   report_progress = writers.report_progress(config.num_train_steps, writer)
 
   eval_metrics: Optional[Dict] = None
-  window, window_start = [], time.time()
+  # Metrics of the steps since the last log (host) and since the last check for
+  # non-finite values (device); seconds spent training (not compiling the first
+  # step, saving or evaluating) since the last log.
+  window, pending = [], []
+  train_seconds, segment_start = 0.0, None
   run_start = time.time()
   step = start_step
   logging.info("Training %s/%s from step %d to %d on %d device(s); workdir %s",
@@ -63,9 +67,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       writers.flushing(writer):
     while step < config.num_train_steps:
       state, metrics = train_step(state, next(batches))
+      if segment_start is None:  # the first call compiled: time what follows
+        segment_start = time.time()
       step += 1
       report_progress(step)
-      window.append(metrics)
+      pending.append(metrics)
       # Every periodic action also happens at the last step.
       due = lambda every: step % every == 0 or step == config.num_train_steps
       # Asked once per step: every host gets the same answer at the same step, and
@@ -76,19 +82,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                              due(config.eval_every_steps))
       if not (log or save or run_eval):
         continue
-      window = jax.device_get(window)
-      bad = [i for i, m in enumerate(window) if not m["finite"]]
+      pending = jax.device_get(pending)
+      train_seconds += time.time() - segment_start
+      bad = [i for i, m in enumerate(pending) if not m["finite"]]
       if bad:
-        first = step - len(window) + bad[0] + 1
+        first = step - len(pending) + bad[0] + 1
         checkpoints.wait()
         raise TrainingError(
             f"non-finite loss or gradient at step {first} (loss "
-            f"{window[bad[0]]['loss']}, gradient norm {window[bad[0]]['grad_norm']}); "
+            f"{pending[bad[0]]['loss']}, gradient norm {pending[bad[0]]['grad_norm']}); "
             f"training stopped. The newest checkpoint (step {checkpoints.latest_step()}) "
             f"is intact; lower learning_rate or set grad_clip_norm and rerun")
+      window += pending
+      pending = []
       if log:
-        elapsed = time.time() - window_start
-        steps_per_s = len(window) / max(elapsed, 1e-9)
+        steps_per_s = len(window) / max(train_seconds, 1e-9)
         scalars = {k: float(np.mean([m[k] for m in window]))
                    for k in ("loss", "accuracy", "grad_norm", "param_norm", "learning_rate")}
         scalars.update(steps_per_sec=steps_per_s,
@@ -101,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                      "ETA %.1f min", step, config.num_train_steps, scalars["loss"],
                      scalars["accuracy"], steps_per_s, scalars["clips_per_sec"],
                      eta / 60)
-      window = []
+        window, train_seconds = [], 0.0
       if save:
         checkpoints.save(step, state, config.to_dict())
       if preempted:
@@ -110,7 +118,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                             f"saved: run the same command again to resume")
       if run_eval:
         eval_metrics = _evaluate(evaluator, state, workdir, writer)
-      window_start = time.time()  # steps/s counts training, not saving or evaluating
+      segment_start = time.time()
   if eval_metrics is None:  # resumed at the end: evaluate what is there
     with writers.flushing(writer):
       eval_metrics = _evaluate(evaluator, state, workdir, writer)

@@ -108,6 +108,22 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
                restore_params(config, workdir, 12), restore_params(config, reference_dir, 12))
 
 
+def test_logged_metrics_average_every_step_since_the_last_log(data_dir, finished_run,
+                                                             tmp_path):
+  # Logs every 5 steps, checkpoints every 6: the log at step 10 averages steps 6 to
+  # 10, not only those after the save at step 6. The finished run, the same
+  # training, logged every step.
+  config, finished, _ = finished_run
+  every_step = train_losses(finished)
+  config = config.copy_and_resolve_references()
+  config.log_every_steps = 5
+  train.train_and_evaluate(config, str(tmp_path))
+  logged = train_losses(str(tmp_path))
+  assert len(logged) == 3   # steps 5, 10, 12
+  np.testing.assert_allclose(logged, [np.mean(every_step[0:5]), np.mean(every_step[5:10]),
+                                      np.mean(every_step[10:12])], rtol=1e-5)
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, learning_rate=1e38, grad_clip_norm=0.0,
                        checkpoint_every_steps=1, log_every_steps=1)
