@@ -5,7 +5,10 @@ r"""Score fusion: the paper's RGB + optical-flow late fusion.
 
 Each file is an evaluation's per-video scores (grurcn_jax.writers writes eval_scores.npz).
 Videos are matched by id; the fused prediction is the weighted sum of the video-level
-class probabilities. Prints each stream's and the fused video accuracy.
+class probabilities. Prints each stream's and the fused video accuracy. The files must
+cover the same videos (a stream whose extraction skipped videos, or another split,
+would make every figure one of fewer videos than its run reported);
+--allow_partial fuses the videos they share and says how many each left out.
 """
 
 import io
@@ -30,17 +33,26 @@ def load_scores(path: str) -> Dict[str, np.ndarray]:
     raise FusionError(f"cannot read scores from {path}: {e}") from None
 
 
-def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float]) -> Dict:
-  """Weighted sum of per-video probabilities over the videos all streams share."""
+def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float],
+         allow_partial: bool = False) -> Dict:
+  """Weighted sum of per-video probabilities over the videos of the streams: the
+  same videos in each, or (`allow_partial`) those they share."""
   if len(scores) < 2 or len(scores) != len(weights):
     raise FusionError(f"need two or more score files and one weight each; got "
                       f"{len(scores)} file(s) and {len(weights)} weight(s)")
   for s in scores[1:]:
     if list(s["class_names"]) != list(scores[0]["class_names"]):
       raise FusionError("the score files have different class lists")
-  common = sorted(set.intersection(*(set(s["video_id"].tolist()) for s in scores)))
+  videos = [set(s["video_id"].tolist()) for s in scores]
+  common = sorted(set.intersection(*videos))
   if not common:
     raise FusionError("the score files share no video id")
+  left_out = [len(v) - len(common) for v in videos]
+  if any(left_out) and not allow_partial:
+    raise FusionError(
+        f"the score files cover other videos ({', '.join(map(str, map(len, videos)))} "
+        f"videos, {len(common)} shared); give the same split's scores, or "
+        f"--allow_partial to fuse the shared ones")
   aligned = []
   for s in scores:
     position = {v: i for i, v in enumerate(s["video_id"].tolist())}
@@ -57,6 +69,7 @@ def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float]) -> D
                                 for a in aligned],
       "fused_video_accuracy": float(np.mean(fused.argmax(-1) == labels)),
       "weights": [float(w) for w in weights],
+      "videos_left_out": left_out,
   }
 
 
@@ -69,6 +82,9 @@ def define_flags():
   flags.DEFINE_list("scores", None, "Comma-separated eval_scores.npz files.")
   flags.DEFINE_list("weights", None, "One weight per file (default: all 1).")
   flags.DEFINE_string("out", None, "Optional JSON file for the result.")
+  flags.DEFINE_bool("allow_partial", False, "Fuse the videos the files share when "
+                    "they cover other videos (each stream's accuracy is then on "
+                    "those videos only).")
 
 
 def main(argv):
@@ -77,12 +93,15 @@ def main(argv):
     raise app.UsageError("--scores is required")
   try:
     weights = [float(w) for w in (FLAGS.weights or [1.0] * len(FLAGS.scores))]
-    result = fuse([load_scores(p) for p in FLAGS.scores], weights)
+    result = fuse([load_scores(p) for p in FLAGS.scores], weights,
+                  allow_partial=FLAGS.allow_partial)
   except (FusionError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  for path, acc in zip(FLAGS.scores, result["stream_video_accuracy"]):
-    print(f"{path}: video accuracy {acc:.4f}")
+  for path, acc, left_out in zip(FLAGS.scores, result["stream_video_accuracy"],
+                                 result["videos_left_out"]):
+    print(f"{path}: video accuracy {acc:.4f}"
+          + (f" ({left_out} of its videos left out)" if left_out else ""))
   print(f"fused (weights {result['weights']}): video accuracy "
         f"{result['fused_video_accuracy']:.4f} on {result['num_videos']} videos")
   if FLAGS.out:

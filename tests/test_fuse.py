@@ -1,5 +1,7 @@
 """Score fusion of per-video score files."""
 
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,12 +16,15 @@ def scores(ids, labels, probs):
 
 
 def test_weighted_fusion_matches_by_video_id():
+  # Fusion is by id: the same videos in another order fuse alike.
   rgb = scores(["v1", "v2", "v3"], [0, 1, 1], [[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])
   # Another order, one extra video; flow is right on v2, wrong on v1 (weakly).
   flow = scores(["v3", "v2", "v1", "v4"], [1, 1, 0, 0],
                 [[0.4, 0.6], [0.1, 0.9], [0.45, 0.55], [0.5, 0.5]])
-  result = fuse.fuse([rgb, flow], [1.0, 2.0])
-  assert result["num_videos"] == 3
+  with pytest.raises(FusionError, match=r"cover other videos \(3, 4 videos, 3 shared\)"):
+    fuse.fuse([rgb, flow], [1.0, 2.0])
+  result = fuse.fuse([rgb, flow], [1.0, 2.0], allow_partial=True)
+  assert result["num_videos"] == 3 and result["videos_left_out"] == [0, 1]
   np.testing.assert_allclose(result["stream_video_accuracy"], [2 / 3, 2 / 3])
   # v1: 0.9 + 0.9 vs 0.1 + 1.1 -> 0 (correct); v2: 0.7 + 0.2 vs 0.3 + 1.8 -> 1
   # (correct); v3 -> 1 (correct): each stream's error is fixed by the other.
@@ -45,3 +50,30 @@ def test_mismatches_are_clear():
     fuse.fuse([a, a], [1])
   with pytest.raises(FusionError, match="cannot read scores"):
     fuse.load_scores("/nonexistent/scores.npz")
+
+
+def test_same_videos_in_another_order_fuse_without_being_asked():
+  rgb = scores(["v1", "v2"], [0, 1], [[0.6, 0.4], [0.6, 0.4]])
+  flow = scores(["v2", "v1"], [1, 0], [[0.0, 1.0], [0.9, 0.1]])
+  result = fuse.fuse([rgb, flow], [1.0, 1.0])
+  assert result["videos_left_out"] == [0, 0] and result["num_videos"] == 2
+  assert result["stream_video_accuracy"] == [0.5, 1.0]
+  assert result["fused_video_accuracy"] == 1.0
+
+
+def test_the_program_refuses_partial_scores_unless_asked(tmp_path):
+  paths = []
+  for name, ids in (("rgb", ["v1", "v2"]), ("flow", ["v1"])):
+    path = tmp_path / f"{name}.npz"
+    s = scores(ids, [0] * len(ids), [[0.9, 0.1]] * len(ids))
+    with open(path, "wb") as f:
+      np.savez(f, **s)
+    paths.append(str(path))
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "-m", "grurcn_jax.fuse", f"--scores={','.join(paths)}", *flags],
+      capture_output=True, text=True, timeout=120)
+  refused = run()
+  assert refused.returncode == 1 and "error: the score files cover other videos" in refused.stderr
+  fused = run("--allow_partial")
+  assert fused.returncode == 0, fused.stderr
+  assert "(1 of its videos left out)" in fused.stdout and "on 1 videos" in fused.stdout
