@@ -96,7 +96,7 @@ def validate_config(config: Mapping) -> None:
   if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
     raise ConfigError(f"data.device_prefetch={prefetch!r} must be an integer >= 0")
   streams = data["num_streams"]
-  if not isinstance(streams, int) or streams < 0:
+  if not isinstance(streams, int) or isinstance(streams, bool) or streams < 0:
     raise ConfigError(f"data.num_streams={streams!r} must be 0 (one per host) or a "
                       f"positive multiple of the host count")
   if config["optimizer"] not in OPTIMIZERS:
@@ -109,6 +109,16 @@ def validate_config(config: Mapping) -> None:
     raise ConfigError(f"learning_rate={config['learning_rate']} must be positive")
   if config["warmup_steps"] < 0 or config["weight_decay"] < 0 or config["grad_clip_norm"] < 0:
     raise ConfigError("warmup_steps, weight_decay and grad_clip_norm must be >= 0")
+  boundaries = tuple(config["step_boundaries"])
+  if (not all(0 <= f <= 1 for f in boundaries) or list(boundaries) != sorted(boundaries)
+      or not config["step_decay"] > 0):
+    raise ConfigError(f"step_boundaries={boundaries} must be increasing fractions of "
+                      f"num_train_steps in [0, 1], and step_decay="
+                      f"{config['step_decay']} positive")
+  model = config["model"]
+  if data["input"] != "frames" and (model["backbone_trainable"] or model["backbone_dropout"]):
+    raise ConfigError("model.backbone_trainable and model.backbone_dropout act on the "
+                      "VGG-16 inside the step: they need data.input=frames")
   if config["task"] not in TASKS:
     raise ConfigError(f"task={config['task']!r} is not valid; choose one of: "
                       f"{', '.join(TASKS)}")

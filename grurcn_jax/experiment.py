@@ -205,13 +205,20 @@ class CaptioningExperiment(Experiment):
         process_index=jax.process_index(), process_count=jax.process_count())
 
 
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks `config` whole (names, values, the model's fields) before any work: what
+  needs the data (its levels, classes) is checked by `assemble`."""
+  config_validation.validate_config(config)
+  build_lib.validate_model_config(config.model)
+
+
 def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] = None,
              mesh: Optional[Mesh] = None,
              splits: Optional[Tuple[str, ...]] = None) -> Experiment:
   """Checks `config` whole, then builds its parts. `spec` defaults to the feature
   directory `config.data.dir`'s (read and checked against the model, with
   `splits`, default train and eval, required); `mesh` to every device."""
-  config_validation.validate_config(config)
+  validate(config)
   if config.task == "captioning":
     return _assemble_captioning(config, spec, mesh, splits)
   model = build_model(config.model)  # model values are checked before data is read
@@ -229,7 +236,6 @@ def assemble(config: ml_collections.ConfigDict, *, spec: Optional[FeatureSpec] =
 
 def _assemble_captioning(config, spec, mesh, splits) -> CaptioningExperiment:
   from grurcn_jax.data import captions
-  build_lib.validate_model_config(config.model)
   spec = spec or FeatureSpec.from_directory(config.data, config.model, splits,
                                             check_classes=False)
   references, vocabulary = captions.read_captions(config.data.dir)

@@ -82,10 +82,11 @@ def main(argv):
 def run(values: flags.FlagValues) -> None:
   """Trains or evaluates as the parsed `values` say; an error of the config, the
   data or the run is one line on stderr and exit status 1."""
-  from grurcn_jax import errors, train
+  from grurcn_jax import errors, experiment, train
   from grurcn_jax.data import prepare
   config = values.config
   try:
+    experiment.validate(config)   # before a demo's data is built (minutes)
     prepare.ensure_demo(config.data, task=config.task)
     if values.mode == "train":
       metrics = train.train_and_evaluate(config, values.workdir)

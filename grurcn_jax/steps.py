@@ -22,8 +22,13 @@ def learning_rate_schedule(config) -> optax.Schedule:
   if config.schedule == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1))
   if config.schedule == "step":
-    boundaries = {int(f * steps): config.step_decay for f in config.step_boundaries}
-    decay = optax.piecewise_constant_schedule(lr, boundaries)
+    # Boundaries are fractions of the whole run; join_schedules counts the decay
+    # from the end of the warmup, so the decay is handed the run's own step.
+    boundaries = {}
+    for f in config.step_boundaries:
+      boundaries[int(f * steps)] = boundaries.get(int(f * steps), 1.0) * config.step_decay
+    piecewise = optax.piecewise_constant_schedule(lr, boundaries)
+    decay = lambda count: piecewise(count + warmup)
   else:
     decay = optax.constant_schedule(lr)
   if not warmup:

@@ -94,3 +94,26 @@ def test_captioning_settings_are_checked(changes, message):
     target[last] = value
   with pytest.raises(ConfigError, match=re.escape(message)):
     config_validation.validate_config(config)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(model__backbone_trainable=True), "they need data.input=frames"),
+    (dict(model__backbone_dropout=0.5), "they need data.input=frames"),
+    (dict(data__num_streams=True), "data.num_streams=True must be 0"),
+    (dict(step_boundaries=(0.75, 0.5)), "must be increasing fractions"),
+    (dict(step_boundaries=(0.5, 1.5)), "must be increasing fractions"),
+    (dict(step_decay=0.0), "step_decay=0.0 positive"),
+])
+def test_settings_that_would_be_ignored_or_meaningless_are_refused(changes, message):
+  from configs import default
+  from grurcn_jax.errors import ConfigError
+  config = default.get_config()
+  config.data.dir = "/features"
+  for key, value in changes.items():
+    *path, last = key.split("__")
+    target = config
+    for part in path:
+      target = target[part]
+    target[last] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_validation.validate_config(config)

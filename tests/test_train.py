@@ -193,6 +193,17 @@ def test_bad_settings_are_one_clear_error(data_dir, tmp_path, flag, message):
   assert one_error(err) and message in err
 
 
+def test_bad_settings_are_reported_before_a_demo_is_built(tmp_path):
+  # The demo config builds its data into an empty data.dir first (a minute or
+  # more): a bad value must not wait for that.
+  data_dir = tmp_path / "demo"
+  status, _, err = main_in_process(f"--workdir={tmp_path / 'run'}",
+                                   f"--config.data.dir={data_dir}",
+                                   "--config.model.variant=stakced")
+  assert status == 1 and one_error(err) and "model.variant='stakced'" in err
+  assert not data_dir.exists() or not any(data_dir.iterdir())
+
+
 def test_levels_missing_from_the_features_are_a_clear_error(data_dir, tmp_path):
   status, _, err = main_in_process(
       f"--workdir={tmp_path}", *overrides_as_flags(data_dir, levels="('pool2','pool5')"))

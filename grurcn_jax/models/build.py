@@ -42,7 +42,13 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
     _one_of("levels", level, levels_lib.LEVELS)
   if len(set(levels)) != len(levels):
     raise ConfigError(f"model.levels={levels} names a level twice")
+  if cfg["name"] != "grurcn" and cfg["variant"] != "uni":
+    raise ConfigError(f"model.variant={cfg['variant']!r} is a GRU-RCN variant; "
+                      f"model.name={cfg['name']!r} has none (leave model.variant='uni')")
   if cfg["name"] == "grurcn" and cfg["variant"] == "stacked":
+    if len(levels) < 2:
+      raise ConfigError(f"the stacked variant feeds each level into the next: "
+                        f"model.levels needs two or more levels; got {levels}")
     order = [levels_lib.LEVELS.index(level) for level in levels]
     if order != sorted(order):
       raise ConfigError(f"the stacked variant feeds each level into the next, so "

@@ -37,6 +37,10 @@ def model_config(**overrides):
     (dict(kernel_size=0), "positive integer"),
     (dict(num_classes=1), "must be an integer > 1"),
     (dict(variant="stacked", levels=("pool5", "pool4"), hidden=(8, 8)), "fine to coarse"),
+    (dict(variant="stacked", levels=("pool4",), hidden=(8,)),
+     "model.levels needs two or more levels"),
+    (dict(name="vgg_rnn", variant="bi", levels=("fc7",), hidden=(8,)),
+     "model.variant='bi' is a GRU-RCN variant; model.name='vgg_rnn' has none"),
     (dict(remat_levels=("pool2",)), "model.remat_levels=('pool2',) chooses the levels "
                                     "that recompute; it needs model.remat=True"),
     (dict(remat=True, remat_levels=("pool2", "fc7")),
