@@ -94,7 +94,8 @@ FLAGS = flags.FLAGS
 def define_flags():
   config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config.")
   flags.DEFINE_integer("batch", 8, "Global batch of clips.")
-  flags.DEFINE_integer("clip_length", 10, "Frames per clip.")
+  flags.DEFINE_integer("clip_length", None, "Frames per clip (default: the config's "
+                       "data.clip_length).")
   flags.DEFINE_integer("steps", 10, "Timed steps after a warm-up step; 0 compiles and "
                        "reports compile time and memory only.")
   flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Compute dtype override.")
@@ -224,7 +225,7 @@ def _host_batch(experiment, batch_size, seed=0):
   rng = np.random.default_rng(seed)
 
   def clips(name, shape):
-    shape = (batch_size, FLAGS.clip_length, *shape)
+    shape = (batch_size, experiment.config.data.clip_length, *shape)
     if name == levels_lib.FRAMES:
       return rng.integers(0, 256, shape, dtype=np.uint8)
     return rng.standard_normal(shape, np.float32).astype(np.float16)
@@ -288,7 +289,7 @@ def bench_train_step(config) -> dict:
       "remat": model_cfg.remat, "remat_levels": list(model_cfg.remat_levels),
       "kernel_gradient": model_cfg.kernel_gradient,
       "levels": list(model_cfg.levels), "dtype": model_cfg.dtype, "batch": FLAGS.batch,
-      "clip_length": FLAGS.clip_length, "params": params,
+      "clip_length": config.data.clip_length, "params": params,
       "step_ms": step_s * 1e3, "clips_per_s": FLAGS.batch / step_s,
       "compile_s": compile_s, "flops_per_step": flops_per_step,
       "achieved_flops_per_s": flops_per_step / step_s,
@@ -422,7 +423,7 @@ def bench_scaling(config) -> dict:
   collectives = hlo.collective_bytes(program)
   per_device, one_device = xla_flops(everywhere), xla_flops(alone)
   return {"what": "scaling", "num_devices": devices, "batch": FLAGS.batch,
-          "clip_length": FLAGS.clip_length, "variant": config.model.variant,
+          "clip_length": config.data.clip_length, "variant": config.model.variant,
           "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else config.model.recurrence,
           "remat": config.model.remat, "remat_levels": list(config.model.remat_levels),
           "levels": list(config.model.levels),
@@ -590,7 +591,7 @@ def main(argv):
       config.model.remat = FLAGS.remat
     if FLAGS.kernel_gradient:
       config.model.kernel_gradient = FLAGS.kernel_gradient
-    if FLAGS.what in ("train_step", "scaling"):  # the others read clips as configured
+    if FLAGS.clip_length is not None:
       config.data.clip_length = FLAGS.clip_length
   from grurcn_jax import errors
   benches = {"train_step": bench_train_step, "scaling": bench_scaling,

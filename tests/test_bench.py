@@ -116,9 +116,11 @@ def test_frames_mode_train_step_report_compiled_only():
   # VGG-16 (random weights, frozen) runs in the step on uint8 frames; the report
   # counts its parameters and its forward FLOPs (no backward through it).
   # Compiled only (--steps=0): what is counted does not need the step timed.
-  report = run_bench(*TINY_MODEL, "--batch=8", "--clip_length=2", "--image_size=32",
-                     "--steps=0", "--config.data.input=frames",
+  # The clip length is the config's when --clip_length is not given.
+  report = run_bench(*TINY_MODEL, "--batch=8", "--config.data.clip_length=2",
+                     "--image_size=32", "--steps=0", "--config.data.input=frames",
                      without=("tensorflow", "clu"))
+  assert report["clip_length"] == 2
   assert report["input"] == "frames" and report["compiled_memory_bytes"] > 0
   assert report["compile_s"] > 0 and report["peak_memory_bytes"] > 0
   assert report["step_ms"] != report["step_ms"]  # NaN: nothing was timed
