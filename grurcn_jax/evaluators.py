@@ -229,7 +229,10 @@ class CaptioningEvaluator:
     generated = {self._video_ids[int(i)]: vocabulary.decode(t)
                  for i, t in zip(video_index[valid], tokens[valid])}
     from grurcn_jax import caption_metrics
-    metrics = {"step": int(step), **caption_metrics.score(self._references, generated)}
+    references = self._references
+    if batches.stats.skipped_records:  # scored on the videos that could be read
+      references = {v: references[v] for v in generated}
+    metrics = {"step": int(step), **caption_metrics.score(references, generated)}
     if self._is_demo:
       from grurcn_jax.data import demo_captions
       metrics["motion_accuracy"] = demo_captions.motion_accuracy(generated,

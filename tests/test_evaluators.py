@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 
 from configs import default
@@ -40,3 +41,46 @@ def test_eval_needs_only_the_eval_split(tmp_path):
   assert spec == FeatureSpec.from_directory(config.data, config.model, ("test",))
   assert spec.num_classes == 3 and spec.level_shapes == {"pool4": (2, 2, 3),
                                                          "fc7": (5,)}
+
+
+def test_an_eval_split_of_no_readable_video_is_a_clear_error(tmp_path):
+  write_fake_features(tmp_path, videos_per_split={"train": 3, "test": 3})
+  config = fake_config(tmp_path)
+  config.data.skip_bad_records = True
+  experiment = assemble(config)
+  path = tmp_path / "test-00000.fc7"   # the split's one shard
+  with open(path, "rb+") as f:
+    f.truncate(os.path.getsize(path) - 2)
+  with pytest.raises(FeatureFormatError, match=r"split 'test' of .* has no readable videos"):
+    evaluators.ClassificationEvaluator(experiment)
+
+
+class _FirstVideoSkipped:
+  """Eval batches as the loader gives them, with the first video left out and
+  counted as a skipped record (what data.skip_bad_records does to a bad shard)."""
+
+  def __init__(self, batches):
+    self._batches, self.stats = batches, batches.stats
+    self.stats.skipped_records = 1
+
+  def __iter__(self):
+    for i, batch in enumerate(self._batches):
+      if i == 0:
+        batch = dict(batch, mask=batch["mask"] * (np.arange(len(batch["mask"])) > 0))
+      yield batch
+
+
+def test_captioning_scores_the_videos_read_when_records_are_skipped(tiny_captions_dir,
+                                                                     monkeypatch):
+  from grurcn_jax import caption_metrics
+  from tests.training_setup import tiny_captioning_config
+  monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+  config = tiny_captioning_config(tiny_captions_dir, caption__encoder="first_frame",
+                                  data__skip_bad_records=True)
+  experiment = assemble(config)
+  evaluator = evaluators.CaptioningEvaluator(experiment)
+  real = evaluator._loader.caption_eval_batches
+  monkeypatch.setattr(evaluator._loader, "caption_eval_batches",
+                      lambda *a, **k: _FirstVideoSkipped(real(*a, **k)))
+  result = evaluator.evaluate(experiment.init_state().params, 0)
+  assert result.metrics["num_videos"] == 3 and result.metrics["skipped_records"] == 1
