@@ -14,19 +14,27 @@
 #   --mem_fraction=F       share of each GPU's memory XLA preallocates (default 0.9)
 #   --no_preallocate       allocate on demand instead (slower; for shared GPUs)
 #   --dry-run              print the command and environment, run nothing
+# A value may also be the next word: --gpus 0,1, --mem_fraction 0.5.
 set -euo pipefail
 
 gpus="" mem_fraction="0.9" preallocate="true" dry_run=0
 args=()
-for arg in "$@"; do
-  case "$arg" in
-    --gpus=*) gpus="${arg#*=}" ;;
-    --mem_fraction=*) mem_fraction="${arg#*=}" ;;
+die() { echo "gpu.sh: error: $*" >&2; exit 2; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --gpus=*) gpus="${1#*=}" ;;
+    --mem_fraction=*) mem_fraction="${1#*=}" ;;
+    --gpus|--mem_fraction)
+      # The space-separated form: the value is the next word, which must be there.
+      [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a value: $1=VALUE or $1 VALUE"
+      if [[ "$1" == --gpus ]]; then gpus="$2"; else mem_fraction="$2"; fi
+      shift ;;
     --no_preallocate) preallocate="false" ;;
     --dry-run|--dry_run) dry_run=1 ;;
-    --help|-h) sed -n '2,20p' "$0"; exit 0 ;;
-    *) args+=("$arg") ;;
+    --help|-h) sed -n '2,/^[^#]/{/^#/p;}' "$0"; exit 0 ;;
+    *) args+=("$1") ;;
   esac
+  shift
 done
 
 if [[ -n "$gpus" ]]; then
@@ -37,7 +45,8 @@ export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
 # The input runs on the CPU; where TensorFlow is used, the package hides the GPUs from it.
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
-command_line=(python -m grurcn_jax.main "${args[@]}")
+# ${a[@]+"${a[@]}"}: an empty array under set -u is an error on bash < 4.4 (macOS).
+command_line=(python -m grurcn_jax.main ${args[@]+"${args[@]}"})
 if [[ "$dry_run" -eq 1 ]]; then
   echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<all>} XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction XLA_PYTHON_CLIENT_PREALLOCATE=$preallocate"
   printf '+'; printf ' %q' "${command_line[@]}"; printf '\n'

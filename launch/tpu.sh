@@ -7,8 +7,11 @@
 #       --workdir=gs://bucket/runs/grurcn --data_dir=gs://bucket/features/ucf101_split1
 #
 # Re-running the same command after a preemption resumes training from the newest
-# checkpoint (a preempted VM is deleted and created again first). Extra flags after
-# `--` go to grurcn_jax.main (e.g. -- --config.batch_size=128).
+# checkpoint (a preempted VM, or a failed/suspended queued resource, is deleted and
+# created again first). Extra flags after `--` go to grurcn_jax.main (e.g.
+# -- --config.batch_size=128). Each worker needs the Python setup.cfg's python_requires
+# asks for: its python3 when new enough, else python3.X from apt (Ubuntu 22.04, the
+# default runtime, has python3.10 and carries python3.11 in universe).
 #
 # Options:
 #   --name=NAME            TPU VM (or queued resource) name            [required]
@@ -23,6 +26,9 @@
 #   --data_dir=DIR         feature directory (config.data.dir); gs:// on multi-host
 #   --spot                 spot (preemptible) capacity
 #   --queued               create through a queued resource (waits for capacity)
+#   --queued_timeout=SECS  stop waiting for the queued resource after SECS seconds
+#                          (default 43200, 12 h; it stays queued); polls every
+#                          $TPU_QUEUED_POLL_S seconds (default 30)
 #   --delete               tear the TPU down and exit
 #   --dry-run              print every gcloud command, run none
 # An option's value may also be the next word, as gcloud allows: --zone us-central2-b.
@@ -32,10 +38,13 @@ set -euo pipefail
 
 name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="${CLOUDSDK_CORE_PROJECT:-}"
 accelerator="v4-8" runtime="tpu-ubuntu2204-base" config="configs/ucf101_grurcn.py"
-workdir="" data_dir="" spot=0 queued=0 delete=0 dry_run=0
-extra=()
+workdir="" data_dir="" spot=0 queued=0 delete=0 dry_run=0 queued_timeout=43200
+poll_s="${TPU_QUEUED_POLL_S:-30}"
+extra=()  # may stay empty: expanded as ${extra[@]+"${extra[@]}"}, since an empty
+          # "${extra[@]}" under set -u is an error on bash < 4.4 (macOS's /bin/bash)
 
-die() { echo "tpu.sh: error: $*" >&2; exit 2; }
+die() { echo "tpu.sh: error: $*" >&2; exit 2; }    # a usage error: nothing was done
+fail() { echo "tpu.sh: error: $*" >&2; exit 1; }   # a failure after starting
 
 # set_opt VAR SPELLING VALUE: VAR=VALUE, remembering the spelling that set it; a
 # different spelling of the same option (--accelerator-type for --accelerator) must
@@ -62,6 +71,7 @@ while [[ $# -gt 0 ]]; do
     --config) var=config ;;
     --workdir) var=workdir ;;
     --data_dir) var=data_dir ;;
+    --queued_timeout|--queued-timeout) var=queued_timeout ;;
     --spot|--queued|--delete|--dry-run|--dry_run|--help|-h|--) ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -93,6 +103,8 @@ command -v gcloud >/dev/null 2>&1 || die "gcloud is not on PATH: install the Goo
 [[ -n "$name" ]] || die "--name is required"
 [[ -n "$project" ]] || die "no project: pass --project=PROJECT or set CLOUDSDK_CORE_PROJECT"
 [[ -n "$zone" ]] || die "no zone: pass --zone=ZONE or set CLOUDSDK_COMPUTE_ZONE"
+[[ "$queued_timeout" =~ ^[0-9]+$ ]] || die "--queued_timeout=$queued_timeout: a number of seconds"
+[[ "$poll_s" =~ ^[0-9]+$ ]] || die "TPU_QUEUED_POLL_S=$poll_s: a number of seconds"
 
 # Hosts in the slice: the type's number counts TensorCores (v2-v5p) or chips
 # (v5litepod, v6e); either way one VM serves 8 of them.
@@ -125,39 +137,125 @@ if [[ "$hosts" -gt 1 ]]; then
 fi
 [[ -f "$config" ]] || die "no config file $config (run from the repository root)"
 
-# Create, or reuse what exists (a preempted VM is replaced).
-state=""
-if [[ "$dry_run" -eq 0 ]]; then
-  state=$("${gtpu[@]}" describe "$name" "${where[@]}" --format='value(state)' 2>/dev/null || true)
-else
-  run "${gtpu[@]}" describe "$name" "${where[@]}" --format='value(state)'
-fi
-if [[ "$state" == PREEMPTED || "$state" == TERMINATED ]]; then
-  echo "TPU $name is $state: recreating it"
-  run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
-  state=""
-fi
-if [[ -z "$state" ]]; then
-  capacity=()
-  [[ "$spot" -eq 1 ]] && capacity=(--spot)
-  if [[ "$queued" -eq 1 ]]; then
-    run gcloud compute tpus queued-resources create "$name" --node-id="$name" "${where[@]}" \
-      --accelerator-type="$accelerator" --runtime-version="$runtime" "${capacity[@]}"
-    if [[ "$dry_run" -eq 0 ]]; then
-      until [[ "$(gcloud compute tpus queued-resources describe "$name" "${where[@]}" \
-                  --format='value(state.state)')" == ACTIVE ]]; do
-        echo "waiting for the queued resource $name to become ACTIVE ..."; sleep 30
-      done
-    fi
+# The Python every worker needs, from the one place that states it.
+setup_cfg="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/setup.cfg"
+py_min=$(sed -n 's/^python_requires[[:space:]]*=[[:space:]]*>=[[:space:]]*\([0-9]*\.[0-9]*\).*/\1/p' \
+           "$setup_cfg" 2>/dev/null || true)
+[[ "$py_min" =~ ^3\.[0-9]+$ ]] || die "cannot read 'python_requires = >=3.N' from $setup_cfg"
+
+# state_of VAR FIELD GCLOUD...: VAR=the FIELD that `GCLOUD describe` gives, empty
+# when there is nothing to describe (or --dry-run, which prints the command).
+state_of() {
+  local var="$1" field="$2" out=""
+  shift 2
+  if [[ "$dry_run" -eq 0 ]]; then
+    out=$("$@" describe "$name" "${where[@]}" --format="value($field)" 2>/dev/null || true)
   else
-    run "${gtpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
-      --version="$runtime" "${capacity[@]}"
+    run "$@" describe "$name" "${where[@]}" --format="value($field)"
   fi
+  printf -v "$var" '%s' "$out"
+}
+vm_state() { state_of vm state "${gtpu[@]}"; }  # vm=the TPU VM's state
+
+# Queued resources (--queued): CREATING, ACCEPTED, WAITING_FOR_RESOURCES and
+# PROVISIONING lead to ACTIVE; FAILED and SUSPENDED (a preempted node) never do.
+qr=(gcloud compute tpus queued-resources)
+qr_state() { state_of qstate state.state "${qr[@]}"; }  # qstate=the queued resource's state
+
+# qr_wait GOAL: poll until the queued resource is ACTIVE (GOAL=active) or gone
+# (GOAL=gone); FAILED or SUSPENDED while waiting for ACTIVE, or --queued_timeout
+# seconds, stop the script.
+qr_wait() {
+  local goal="$1" start="$SECONDS" what="ACTIVE"
+  [[ "$goal" == active ]] || what="deleted"
+  if [[ "$dry_run" -eq 1 ]]; then
+    echo "# then wait (at most ${queued_timeout}s) until the queued resource is $what"
+    return 0
+  fi
+  while :; do
+    qr_state
+    if [[ "$goal" == gone ]]; then
+      [[ -n "$qstate" ]] || return 0
+    else
+      case "$qstate" in
+        ACTIVE) return 0 ;;
+        FAILED|SUSPENDING|SUSPENDED)
+          fail "queued resource $name is $qstate (details: ${qr[*]} describe $name ${where[*]});" \
+               "run the same command again to delete it and queue a new one" ;;
+        "") fail "queued resource $name disappeared while waiting for it: run the same command again to queue a new one" ;;
+      esac
+    fi
+    if (( SECONDS - start >= queued_timeout )); then
+      fail "gave up after ${queued_timeout}s (--queued_timeout) waiting for queued resource" \
+           "$name to be $what: it is still $qstate. Run the same command again to keep" \
+           "waiting, or add --delete to remove it"
+    fi
+    echo "waiting for the queued resource $name to be $what (now $qstate, $(( SECONDS - start ))s) ..."
+    sleep "$poll_s"
+  done
+}
+
+qr_create() {
+  local capacity=()
+  [[ "$spot" -eq 1 ]] && capacity=(--spot)
+  run "${qr[@]}" create "$name" --node-id="$name" "${where[@]}" \
+    --accelerator-type="$accelerator" --runtime-version="$runtime" ${capacity[@]+"${capacity[@]}"}
+  qr_wait active
+}
+
+# Create, or reuse what exists: a preempted VM is replaced, and so is a queued
+# resource that failed, was suspended (preempted) or lost its node.
+vm_state
+if [[ "$queued" -eq 1 ]]; then
+  qr_state
+  if [[ "$qstate" == ACTIVE && ( -z "$vm" || "$vm" == PREEMPTED || "$vm" == TERMINATED ) ]]; then
+    qstate="ACTIVE, its node ${vm:-gone}"
+  fi
+  case "$qstate" in
+    "")  # none: a VM made without --queued is reused, or replaced when preempted
+      if [[ "$vm" == PREEMPTED || "$vm" == TERMINATED ]]; then
+        echo "TPU $name is $vm: recreating it"
+        run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
+        vm=""
+      fi
+      if [[ -z "$vm" ]]; then qr_create; else echo "Reusing TPU $name ($vm)"; fi ;;
+    ACTIVE) echo "Reusing queued resource $name (ACTIVE, TPU $vm)" ;;
+    CREATING|ACCEPTED|WAITING_FOR_RESOURCES|PROVISIONING)
+      echo "Queued resource $name is already $qstate: waiting for it"
+      qr_wait active ;;
+    DELETING)
+      echo "Queued resource $name is being deleted: queueing a new one when it is gone"
+      qr_wait gone
+      qr_create ;;
+    FAILED|SUSPENDING|SUSPENDED|"ACTIVE, its node"*)
+      echo "Queued resource $name is $qstate: deleting it and queueing a new one"
+      run "${qr[@]}" delete "$name" "${where[@]}" --force --quiet
+      qr_wait gone
+      qr_create ;;
+    *) fail "queued resource $name is in an unknown state '$qstate'" ;;
+  esac
 else
-  echo "Reusing TPU $name ($state)"
+  if [[ "$vm" == PREEMPTED || "$vm" == TERMINATED ]]; then
+    echo "TPU $name is $vm: recreating it"
+    run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
+    vm=""
+  fi
+  if [[ -z "$vm" ]]; then
+    capacity=()
+    [[ "$spot" -eq 1 ]] && capacity=(--spot)
+    run "${gtpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
+      --version="$runtime" ${capacity[@]+"${capacity[@]}"}
+  else
+    echo "Reusing TPU $name ($vm)"
+  fi
 fi
 
-# Install on every worker: the committed tree, a venv made only when missing.
+# Install on every worker: the committed tree, in a venv on a Python >= $py_min. The
+# venv is kept while its Python is new enough; it is made with python3 when that is
+# new enough, else with an installed python3.N >= $py_min, else with python$py_min
+# from apt (Ubuntu 22.04: python3 is 3.10, universe has python3.11). One line per
+# shell command; the lines are joined with spaces, so each ends in ';', '&&', '||',
+# 'then', 'else' or 'do'.
 archive="/tmp/grurcn_jax_${name}.tar.gz"
 if [[ "$dry_run" -eq 0 ]]; then
   git archive --format=tar.gz -o "$archive" HEAD
@@ -165,13 +263,36 @@ else
   echo "+ git archive --format=tar.gz -o $archive HEAD"
 fi
 run "${gtpu[@]}" scp "$archive" "$name:grurcn_jax.tar.gz" "${where[@]}" --worker=all
-install='mkdir -p ~/grurcn_jax && tar -xzf ~/grurcn_jax.tar.gz -C ~/grurcn_jax && cd ~/grurcn_jax && { [ -d .venv ] || python3 -m venv .venv; } && .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -U "jax[tpu]" -e .'
+py_candidates="python3"  # then the oldest admitted first: the versions CI and wheels cover
+for (( minor = ${py_min#3.}; minor <= ${py_min#3.} + 4; minor++ )); do py_candidates+=" python3.$minor"; done
+# (read, not $(cat <<EOF): bash 3.2 misparses a here-document inside $(...))
+read -r -d '' install <<'EOF' || true
+mkdir -p ~/grurcn_jax && tar -xzf ~/grurcn_jax.tar.gz -C ~/grurcn_jax && cd ~/grurcn_jax || exit 1;
+py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (@PY_TUPLE@))' >/dev/null 2>&1; };
+if ! py_ok .venv/bin/python; then
+  py=; for c in @PY_CANDIDATES@; do
+    if command -v "$c" >/dev/null 2>&1 && py_ok "$c"; then py="$c"; break; fi;
+  done;
+  if [ -z "$py" ]; then
+    echo "python3 is $(python3 --version 2>&1), older than @PY_MIN@: installing python@PY_MIN@ from apt";
+    sudo apt-get -qq -o DPkg::Lock::Timeout=600 update &&
+    sudo DEBIAN_FRONTEND=noninteractive apt-get -qq -y -o DPkg::Lock::Timeout=600 install python@PY_MIN@ python@PY_MIN@-venv &&
+    py_ok python@PY_MIN@ && py=python@PY_MIN@ || exit 1;
+  fi;
+  rm -rf .venv && "$py" -m venv .venv || exit 1;
+fi;
+.venv/bin/pip install -q -U pip && .venv/bin/pip install -q -U "jax[tpu]" -e .
+EOF
+install="${install//@PY_TUPLE@/${py_min/./, }}"
+install="${install//@PY_MIN@/$py_min}"
+install="${install//@PY_CANDIDATES@/$py_candidates}"
+install=$(printf '%s' "$install" | sed 's/^ *//' | tr '\n' ' ')
 run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$install"
 
 # Run on all workers; ssh streams every worker's output here.
 main_args=(--config="$config" --workdir="$workdir")
 [[ -n "$data_dir" ]] && main_args+=(--config.data.dir="$data_dir")
 [[ "$hosts" -gt 1 ]] && main_args+=(--distributed)
-main_args+=("${extra[@]}")
+main_args+=(${extra[@]+"${extra[@]}"})
 command_line="cd ~/grurcn_jax && .venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}")"
 run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$command_line"

@@ -1,8 +1,11 @@
 """launch/tpu.sh and launch/gpu.sh against a stand-in gcloud that records its calls."""
 
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tarfile
 
 import pytest
 
@@ -10,9 +13,20 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TPU = os.path.join(REPO, "launch", "tpu.sh")
 GPU = os.path.join(REPO, "launch", "gpu.sh")
 
+# A queued resource's states are the lines of $QR_FILE: describe prints the first and
+# drops it (the last one stays); no file: there is none. create writes
+# $QR_AFTER_CREATE (default ACTIVE), delete removes the file.
 FAKE_GCLOUD = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$GCLOUD_LOG"
 case "$*" in
+  "compute tpus queued-resources describe "*)
+    [ -s "$QR_FILE" ] || exit 1
+    head -n 1 "$QR_FILE"
+    if [ "$(wc -l < "$QR_FILE")" -gt 1 ]; then sed -i 1d "$QR_FILE"; fi
+    exit 0 ;;
+  "compute tpus queued-resources create "*)
+    printf '%s\\n' ${QR_AFTER_CREATE:-ACTIVE} > "$QR_FILE"; exit 0 ;;
+  "compute tpus queued-resources delete "*) rm -f "$QR_FILE"; exit 0 ;;
   *" describe "*) [ -n "${TPU_STATE:-}" ] && echo "$TPU_STATE" && exit 0; exit 1 ;;
 esac
 exit 0
@@ -27,13 +41,20 @@ def gcloud(tmp_path):
   fake.write_text(FAKE_GCLOUD)
   fake.chmod(0o755)
   log = tmp_path / "gcloud.log"
+  qr_file = tmp_path / "queued_resource"
   # PATH: the stand-in plus what bash, git and coreutils need, no real gcloud.
   path = os.pathsep.join([str(bin_dir), "/usr/local/bin", "/usr/bin", "/bin"])
-  env = {"PATH": path, "GCLOUD_LOG": str(log), "HOME": str(tmp_path)}
+  env = {"PATH": path, "GCLOUD_LOG": str(log), "HOME": str(tmp_path),
+         "QR_FILE": str(qr_file), "TPU_QUEUED_POLL_S": "0"}
 
-  def run(*args, **extra_env):
+  def run(*args, qr=None, **extra_env):
+    """qr: the queued resource's states, space-separated (None: there is none)."""
+    if qr is None:
+      qr_file.unlink(missing_ok=True)
+    else:
+      qr_file.write_text("\n".join(qr.split()) + "\n")
     result = subprocess.run(["bash", TPU, *args], capture_output=True, text=True,
-                            cwd=REPO, env={**env, **extra_env}, timeout=120)
+                            cwd=REPO, env={**env, **extra_env}, timeout=30)
     calls = log.read_text().splitlines() if log.exists() else []
     if log.exists():
       log.unlink()
@@ -63,7 +84,7 @@ def test_create_install_run_and_delete(gcloud):
   assert verbs == ["describe", "create", "scp", "ssh", "ssh"]
   assert all("--zone=us-central2-b" in c and "--project=proj" in c for c in calls)
   install, train = calls[3], calls[4]
-  assert "--worker=all" in install and "[ -d .venv ] || python3 -m venv .venv" in install
+  assert "--worker=all" in install and "py_ok .venv/bin/python" in install
   assert "jax[tpu]" in install
   assert "--worker=all" in train and "grurcn_jax.main" in train and "--distributed" in train
 
@@ -82,6 +103,213 @@ def test_create_install_run_and_delete(gcloud):
 def test_queued_resource(gcloud):
   result, calls = gcloud(*BASE, "--queued", "--dry-run")
   assert "queued-resources create grurcn --node-id=grurcn" in result.stdout
+
+
+def verbs_of(calls):
+  """Each gcloud call as 'tpu-vm VERB' or 'queued-resources VERB'."""
+  return [" ".join(c.split()[2:4]) for c in calls]
+
+
+QR_DESCRIBE, QR_CREATE, QR_DELETE = ("queued-resources describe", "queued-resources create",
+                                     "queued-resources delete")
+INSTALL_AND_RUN = ["tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+
+
+@pytest.mark.parametrize("qr,node", [
+    ("FAILED", ""), ("SUSPENDED", "PREEMPTED"), ("SUSPENDING", "PREEMPTED"),
+    ("ACTIVE", ""),  # its node is gone
+    ("ACTIVE", "PREEMPTED"),
+])
+def test_queued_rerun_replaces_a_dead_queued_resource(gcloud, qr, node):
+  # The README's "run the same command again" after a preemption: the old queued
+  # resource (and its node) is deleted first, else create fails as already existing.
+  result, calls = gcloud(*BASE, "--queued", qr=qr, TPU_STATE=node)
+  assert result.returncode == 0, result.stderr
+  verbs = verbs_of(calls)
+  assert verbs == ["tpu-vm describe", QR_DESCRIBE, QR_DELETE, QR_DESCRIBE, QR_CREATE,
+                   QR_DESCRIBE] + INSTALL_AND_RUN
+  delete = calls[verbs.index(QR_DELETE)]
+  assert delete.split()[4] == "grurcn" and "--force" in delete and "--quiet" in delete
+  assert f"is {qr}" in result.stdout
+
+
+@pytest.mark.parametrize("qr", ["WAITING_FOR_RESOURCES", "PROVISIONING", "ACCEPTED",
+                                "CREATING"])
+def test_queued_rerun_waits_for_a_pending_queued_resource(gcloud, qr):
+  result, calls = gcloud(*BASE, "--queued", qr=f"{qr} {qr} PROVISIONING ACTIVE")
+  assert result.returncode == 0, result.stderr
+  assert verbs_of(calls) == ["tpu-vm describe"] + [QR_DESCRIBE] * 4 + INSTALL_AND_RUN
+  assert result.stdout.count("waiting for the queued resource grurcn") == 2
+
+
+def test_queued_active_with_a_node_is_reused(gcloud):
+  result, calls = gcloud(*BASE, "--queued", qr="ACTIVE", TPU_STATE="READY")
+  assert result.returncode == 0, result.stderr
+  assert verbs_of(calls) == ["tpu-vm describe", QR_DESCRIBE] + INSTALL_AND_RUN
+
+
+def test_queued_fresh_create_waits_until_active(gcloud):
+  result, calls = gcloud(*BASE, "--queued", "--spot",
+                         QR_AFTER_CREATE="ACCEPTED WAITING_FOR_RESOURCES ACTIVE")
+  assert result.returncode == 0, result.stderr
+  assert verbs_of(calls) == (["tpu-vm describe", QR_DESCRIBE, QR_CREATE] + [QR_DESCRIBE] * 3
+                             + INSTALL_AND_RUN)
+  assert calls[2].endswith("--runtime-version=tpu-ubuntu2204-base --spot")
+
+
+@pytest.mark.parametrize("bad", ["FAILED", "SUSPENDED"])
+@pytest.mark.parametrize("existing", [True, False])
+def test_queued_failure_while_waiting_is_an_error(gcloud, bad, existing):
+  states = f"WAITING_FOR_RESOURCES {bad}"
+  if existing:  # queued by an earlier run
+    result, calls = gcloud(*BASE, "--queued", qr=states)
+  else:
+    result, calls = gcloud(*BASE, "--queued", QR_AFTER_CREATE=states)
+  assert result.returncode == 1
+  assert f"tpu.sh: error: queued resource grurcn is {bad}" in result.stderr
+  assert "run the same command again" in result.stderr
+  verbs = verbs_of(calls)
+  assert QR_DELETE not in verbs and "tpu-vm ssh" not in verbs and "tpu-vm scp" not in verbs
+  assert (QR_CREATE in verbs) == (not existing)
+
+
+@pytest.mark.parametrize("timeout", [["--queued_timeout=0"], ["--queued_timeout", "0"]])
+def test_queued_wait_gives_up_after_the_timeout(gcloud, timeout):
+  result, calls = gcloud(*BASE, "--queued", *timeout, qr="WAITING_FOR_RESOURCES")
+  assert result.returncode == 1
+  assert "gave up after 0s (--queued_timeout)" in result.stderr
+  assert "still WAITING_FOR_RESOURCES" in result.stderr
+  assert verbs_of(calls) == ["tpu-vm describe", QR_DESCRIBE, QR_DESCRIBE]
+
+  result, calls = gcloud(*BASE, "--queued", "--queued_timeout=soon", qr="WAITING_FOR_RESOURCES")
+  assert result.returncode == 2 and "a number of seconds" in result.stderr and calls == []
+
+
+def setup_cfg_python():
+  """(major, minor) of setup.cfg's python_requires = >=X.Y."""
+  with open(os.path.join(REPO, "setup.cfg")) as f:
+    match = re.search(r"^python_requires\s*=\s*>=\s*(\d+)\.(\d+)", f.read(), re.M)
+  return int(match[1]), int(match[2])
+
+
+def test_worker_setup_requires_the_python_of_setup_cfg(gcloud):
+  major, minor = setup_cfg_python()
+  assert (major, minor) >= (3, 11)  # jax 0.10: the default runtime's python3.10 is too old
+  result, calls = gcloud(*BASE)
+  assert result.returncode == 0, result.stderr
+  install = calls[3].split("--command=", 1)[1]
+  assert f"sys.exit(sys.version_info[:2] < ({major}, {minor}))" in install
+  assert f"apt-get -qq -y -o DPkg::Lock::Timeout=600 install python{major}.{minor} python{major}.{minor}-venv" in install
+  assert '"$py" -m venv .venv' in install
+  # --dry-run shows the same command.
+  dry, _ = gcloud(*BASE, "--dry-run")
+  assert f"python{major}.{minor}-venv" in dry.stdout.replace("\\", "")
+  assert install in dry.stdout.replace("\\", "")
+
+
+FAKE_PYTHON = """#!/bin/bash
+case "$1" in
+  -c) exec {real} -c "${{2//sys.version_info/({version})}}" ;;
+  --version) echo "Python {dotted}.4" ;;
+  -m) [ "$2" = venv ] || exit 1
+      echo "$(basename "$0") -m venv $3" >> "$LOG"
+      mkdir -p "$3/bin" && cp "$0" "$3/bin/python" &&
+      printf '#!/bin/sh\\necho "pip $*" >> "$LOG"\\n' > "$3/bin/pip" && chmod +x "$3/bin/pip" ;;
+esac
+"""
+
+# apt-get install (through sudo) puts the packaged interpreter on PATH.
+FAKE_SUDO = """#!/bin/bash
+echo "sudo $*" >> "$LOG"
+case "$*" in *" install "*) cp "$PACKAGED" "$FAKE_BIN/{name}" ;; esac
+"""
+
+
+@pytest.fixture
+def worker(gcloud, tmp_path):
+  """Runs the install command tpu.sh sends to workers on a stand-in worker: fake
+  interpreters, sudo/apt-get and venv/pip; returns what it logged."""
+  major, minor = setup_cfg_python()
+  result, calls = gcloud(*BASE)
+  assert result.returncode == 0, result.stderr
+  install = calls[3].split("--command=", 1)[1]
+  home = tmp_path / "worker"
+  home.mkdir()
+  src = tmp_path / "src"
+  src.mkdir()
+  (src / "setup.cfg").write_text("[metadata]\n")
+  with tarfile.open(home / "grurcn_jax.tar.gz", "w:gz") as tar:
+    tar.add(src / "setup.cfg", arcname="setup.cfg")
+  bin_dir, tools = tmp_path / "worker_bin", tmp_path / "worker_tools"
+  bin_dir.mkdir()
+  tools.mkdir()
+  for tool in ("tar", "gzip", "mkdir", "rm", "cp", "chmod", "basename"):
+    (tools / tool).symlink_to(shutil.which(tool))
+
+  def python(path, version):
+    path.write_text(FAKE_PYTHON.format(real=sys.executable, version=version.replace(".", ", "),
+                                       dotted=version))
+    path.chmod(0o755)
+
+  packaged = tmp_path / "packaged_python"
+  python(packaged, f"{major}.{minor}")
+  sudo = bin_dir / "sudo"
+  sudo.write_text(FAKE_SUDO.format(name=f"python{major}.{minor}"))
+  sudo.chmod(0o755)
+  log = tmp_path / "worker.log"
+
+  def run(interpreters, venv=None, shell="bash"):
+    """interpreters: {name on PATH: version}; venv: the version of an existing venv."""
+    for name, version in interpreters.items():
+      python(bin_dir / name, version)
+    if venv:
+      python(home / "fake_base_python", venv)
+      subprocess.run([str(home / "fake_base_python"), "-m", "venv", str(home / "grurcn_jax" / ".venv")],
+                     check=True, env={"PATH": str(tools), "LOG": os.devnull})
+    result = subprocess.run([shutil.which(shell), "-c", install], capture_output=True, text=True, timeout=30,
+                            cwd=home, env={"PATH": f"{bin_dir}:{tools}", "HOME": str(home),
+                                           "LOG": str(log), "FAKE_BIN": str(bin_dir),
+                                           "PACKAGED": str(packaged)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (home / "grurcn_jax" / "setup.cfg").exists()  # the tree was unpacked there
+    return log.read_text().splitlines()
+  return run, f"{major}.{minor}"
+
+
+PIP = ["pip install -q -U pip", "pip install -q -U jax[tpu] -e ."]
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+def test_worker_with_an_old_python3_gets_one_from_apt(worker, shell):
+  # tpu-ubuntu2204-base: python3 is 3.10; python3.11 comes from apt (universe).
+  run, need = worker
+  log = run({"python3": "3.10"}, shell=shell)
+  assert log[0].startswith("sudo apt-get") and log[0].endswith(" update")
+  assert log[1].endswith(f"install python{need} python{need}-venv")
+  assert log[2:] == [f"python{need} -m venv .venv"] + PIP
+
+
+def test_worker_with_a_new_enough_python3_installs_nothing(worker):
+  run, _ = worker
+  assert run({"python3": "3.12"}) == ["python3 -m venv .venv"] + PIP
+
+
+def test_worker_prefers_an_installed_newer_interpreter_to_apt(worker):
+  run, _ = worker
+  assert run({"python3": "3.10", "python3.12": "3.12"}) == ["python3.12 -m venv .venv"] + PIP
+
+
+def test_worker_replaces_a_venv_on_a_too_old_python(worker):
+  # An earlier run's venv on python3.10 (the old script made one) is not kept.
+  run, need = worker
+  log = run({"python3": "3.10"}, venv="3.10")
+  assert [line for line in log if "venv" in line and "apt-get" not in line] == [
+      f"python{need} -m venv .venv"]
+
+
+def test_worker_keeps_a_good_venv(worker):
+  run, need = worker
+  assert run({"python3": "3.10"}, venv=need) == PIP
 
 
 @pytest.mark.parametrize("args,env,message", [
@@ -200,6 +428,60 @@ def test_gpu_launcher_sets_devices_and_memory():
   assert "CUDA_VISIBLE_DEVICES=0,1" in result.stdout
   assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in result.stdout
   assert "+ python -m grurcn_jax.main --config=configs/demo.py --workdir=/tmp/w" in result.stdout
+
+
+@pytest.mark.parametrize("form", [["--gpus", "0,1"], ["--gpus=0,1"]])
+def test_gpu_launcher_takes_values_as_the_next_word(form):
+  def dry(*args):
+    result = subprocess.run(["bash", GPU, *args, "--dry-run", "--config=configs/demo.py"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+  out = dry(*form, "--mem_fraction", "0.5")
+  assert out == dry("--gpus=0,1", "--mem_fraction=0.5")
+  assert "CUDA_VISIBLE_DEVICES=0,1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5" in out
+  assert "+ python -m grurcn_jax.main --config=configs/demo.py\n" in out  # nothing leaked
+
+
+@pytest.mark.parametrize("args", [["--gpus"], ["--gpus", "--dry-run"], ["--mem_fraction"]])
+def test_gpu_launcher_option_without_a_value_is_an_error(args):
+  result = subprocess.run(["bash", GPU, *args], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 2
+  assert result.stderr == f"gpu.sh: error: {args[0]} needs a value: {args[0]}=VALUE or {args[0]} VALUE\n"
+
+
+def test_gpu_launcher_help_is_the_header_only():
+  result = subprocess.run(["bash", GPU, "--help"], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0 and "--gpus=LIST" in result.stdout
+  assert all(line.startswith("#") for line in result.stdout.splitlines())
+
+
+def test_arrays_that_may_be_empty_are_expanded_safely():
+  # Under set -u, bash < 4.4 (macOS's /bin/bash 3.2) calls an empty "${a[@]}" an
+  # unbound variable; ${a[@]+"${a[@]}"} expands to nothing instead. Every array
+  # declared empty (a=() or local a=()) must be expanded that way.
+  for script in (TPU, GPU):
+    with open(script) as f:
+      text = re.sub(r"(^|\s)#.*", "", f.read(), flags=re.M)  # not the comments
+    empty = set(re.findall(r"\b(\w+)=\(\)", text))
+    assert empty, script
+    for match in re.finditer(r'"\$\{(\w+)\[@\]\}"', text):
+      guard = "${%s[@]+" % match[1]
+      if match[1] in empty:
+        assert text[match.start() - len(guard):match.start()] == guard, (
+            f"{os.path.basename(script)}: {match[0]} at offset {match.start()} may be empty")
+
+
+def test_launchers_run_with_nothing_in_the_optional_arrays(gcloud):
+  # No --spot and nothing after `--`: the arrays for both stay empty.
+  for extra in ([], ["--queued"]):
+    result, _ = gcloud(*BASE, *extra, "--dry-run")
+    assert result.returncode == 0, result.stderr
+  result, _ = gcloud(*BASE, "--queued", QR_AFTER_CREATE="ACTIVE")
+  assert result.returncode == 0, result.stderr
+  result = subprocess.run(["bash", GPU, "--dry-run"], capture_output=True, text=True, cwd=REPO)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout.endswith("+ python -m grurcn_jax.main\n")
 
 
 def test_scripts_are_shellcheck_clean():
