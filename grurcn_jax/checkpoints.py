@@ -72,6 +72,13 @@ class Checkpoints:
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=True),
         item_names=("state", "config"))
+    # Orbax asks JAX's preemption sync point too: in save() and, from its background
+    # finalisation, with the step it saved. JAX's sync manager takes the last step
+    # it is given as this host's position, so an older one from that thread could
+    # place the host behind where it is; the hosts' agreed step could then lie
+    # behind it too, never be seen here, and leave the others waiting in the save.
+    # `Preemption.reached` stays the one caller, with every step in order.
+    self._manager.reached_preemption = lambda step: False
 
   def latest_step(self) -> Optional[int]:
     return self._manager.latest_step()

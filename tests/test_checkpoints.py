@@ -65,3 +65,17 @@ def test_a_state_of_another_structure_names_the_settings_that_differ(tmp_path):
                      match=r"another structure .*grad_clip_norm: checkpoint 0.0, config 1.0"):
     manager.restore(bigger, contract, config=config.to_dict())
   manager.close()
+
+
+def test_orbax_leaves_the_preemption_sync_point_to_the_training_loop(tmp_path, monkeypatch):
+  # JAX's sync manager takes each call's step as the host's position: orbax's calls
+  # (the saved step, from its finalising thread) would move it back.
+  from jax.experimental import multihost_utils
+  calls = []
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point",
+                      lambda step: calls.append(step) or False)
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  for step in (1, 2):
+    manager.save(step, {"w": jnp.arange(3.0)}, default.get_config().to_dict())
+  manager.close()
+  assert calls == []
