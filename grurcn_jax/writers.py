@@ -7,9 +7,11 @@ For an `evaluators.EvalResult`, process 0 writes
     {figure}.png        each figure, e.g. confusion_matrix.png
     {document}          each JSON document, e.g. eval_captions.json
 
-and every float metric goes to the scalar writer as eval/{name}, each text as
-itself. Files go through `files` (local, or gs:// through tf.io.gfile); the JSON is
-replaced atomically, so a reader never sees half of it.
+and every float metric goes to the scalar writer as eval/{name} (a mapping of them,
+as per-level accuracies, as eval/{name}/{key}), each text as itself. Files go
+through `files` (local, or gs:// through tf.io.gfile); each is replaced atomically,
+so a reader (score fusion, a resumed run) never sees half of one, and a write
+cut short leaves the previous one whole.
 
 The scalar writer (`metric_writer`) is clu's: TensorBoard event files and the log.
 clu needs TensorFlow; where either is missing (a GPU image with JAX alone), the
@@ -103,8 +105,7 @@ def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   """Writes `result`'s files (process 0) and scalars (`scalar_writer`, from
   `metric_writer`, when given; it decides itself which host writes)."""
   if scalar_writer is not None:
-    scalar_writer.write_scalars(result.step, {
-        f"eval/{k}": v for k, v in result.metrics.items() if isinstance(v, float)})
+    scalar_writer.write_scalars(result.step, _float_scalars(result.metrics, "eval/"))
     if result.texts:
       scalar_writer.write_texts(result.step, result.texts)
   if jax.process_index() != 0:
@@ -115,10 +116,10 @@ def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   if result.scores:
     buffer = io.BytesIO()  # savez seeks, which GFile (gs://) cannot
     np.savez(buffer, **result.scores)
-    files.write_bytes(os.path.join(workdir, SCORES_FILE), buffer.getvalue())
+    _replace(os.path.join(workdir, SCORES_FILE), buffer.getvalue())
     written["scores_file"] = SCORES_FILE
   for name, render in result.figures.items():
-    files.write_bytes(os.path.join(workdir, f"{name}.png"), render())
+    _replace(os.path.join(workdir, f"{name}.png"), render())
     written[f"{name}_file"] = f"{name}.png"
   for name, document in result.documents.items():
     _write_json(os.path.join(workdir, name), document)
@@ -126,10 +127,24 @@ def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   _write_json(os.path.join(workdir, METRICS_FILE), dict(result.metrics, **written))
 
 
+def _float_scalars(metrics, prefix: str) -> dict:
+  """Float metrics as {prefix + name: value}; a mapping as prefix + name/key."""
+  out = {}
+  for name, value in metrics.items():
+    if isinstance(value, float):
+      out[prefix + name] = value
+    elif isinstance(value, dict):
+      out.update(_float_scalars(value, f"{prefix}{name}/"))
+  return out
+
+
 def _write_json(path: str, document) -> None:
-  """Replaced atomically: a reader never sees half of it."""
+  _replace(path, json.dumps(document, indent=1).encode())
+
+
+def _replace(path: str, data: bytes) -> None:
+  """Written beside `path`, then renamed over it."""
   tmp = path + ".tmp"
-  with files.open_file(tmp, "w") as f:
-    json.dump(document, f, indent=1)
+  files.write_bytes(tmp, data)
   files.rename(tmp, path)
 

@@ -39,10 +39,43 @@ def test_write_eval_writes_every_part_of_a_result(tmp_path):
   assert (tmp_path / "confusion_matrix.png").read_bytes() == b"\x89PNG fake"
   assert (tmp_path / "attention.png").read_bytes() == b"\x89PNG other"
   assert rendered == [1]
-  # Floats only: counts and per-level dicts stay in the JSON.
-  assert scalars.calls == [(7, {"eval/loss": 0.25, "eval/video_accuracy": 0.5})]
+  # Floats, and per-level ones by name; counts stay in the JSON.
+  assert scalars.calls == [(7, {"eval/loss": 0.25, "eval/video_accuracy": 0.5,
+                                "eval/per_level_video_accuracy/pool2": 0.75})]
   assert sorted(os.listdir(tmp_path)) == ["attention.png", "confusion_matrix.png",
                                           "eval_metrics.json", "eval_scores.npz"]
+
+
+def test_a_write_cut_short_leaves_the_previous_results_whole(tmp_path, monkeypatch):
+  # Score fusion reads eval_scores.npz; a kill while it was rewritten in place left
+  # a truncated file.
+  def result(value):
+    return EvalResult(step=1, metrics={"loss": value},
+                      scores={"probs": np.full((2, 3), value)},
+                      figures={"confusion_matrix": lambda: b"png %f" % value})
+  writers.write_eval(str(tmp_path), result(0.5))
+  before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+
+  rename = writers.files.rename
+  for kill_at in range(3):   # the scores, the figure, the metrics
+    renames = []
+
+    def killed(src, dst):
+      if len(renames) == kill_at:
+        raise KeyboardInterrupt
+      renames.append(dst)
+      rename(src, dst)
+    monkeypatch.setattr(writers.files, "rename", killed)
+    try:
+      writers.write_eval(str(tmp_path), result(0.25))
+    except KeyboardInterrupt:
+      pass
+    # A file not yet replaced is the old one, whole (and the replaced ones new).
+    for name, old in before.items():
+      replaced = os.path.join(tmp_path, name) in renames
+      assert ((tmp_path / name).read_bytes() == old) != replaced, (kill_at, name)
+  scores = np.load(tmp_path / writers.SCORES_FILE)   # readable, the new one
+  np.testing.assert_array_equal(scores["probs"], np.full((2, 3), 0.25))
 
 
 def test_scalar_log_is_the_writer_without_clu(tmp_path):
