@@ -95,6 +95,13 @@ class Checkpoints:
   def wait(self) -> None:
     self._manager.wait_until_finished()
 
+  def saved_config(self, step: int) -> dict:
+    """The config checkpoint `step` was trained with, as dotted names (a field it
+    predates as its default)."""
+    saved = self._manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))["config"]
+    return {**_flatten(config_validation.schema()), **saved}
+
   def restore(self, abstract_state: Any, contract: Mapping,
               step: Optional[int] = None, config: Optional[Mapping] = None) -> Any:
     """Restores `step` (default: newest) into the shapes and shardings of
@@ -108,10 +115,7 @@ class Checkpoints:
     if step is None or step not in self._manager.all_steps():
       raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
                         f"available: {self.all_steps() or 'none'}")
-    saved = self._manager.restore(step, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore()))["config"]
-    defaults = _flatten(config_validation.schema())
-    saved = {k: saved.get(k, defaults.get(k)) for k in set(saved) | set(defaults)}
+    saved = self.saved_config(step)
 
     def differences(wanted: Mapping) -> str:
       wanted = _flatten(wanted)

@@ -37,6 +37,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   if checkpoints.latest_step() is not None:
     state = experiment.restore(checkpoints)
     logging.info("Resumed from the checkpoint at step %d", int(state.step))
+    _warn_if_not_exact(checkpoints.saved_config(int(state.step)), config)
   else:
     state = experiment.init_state()
   start_step = int(state.step)
@@ -124,6 +125,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       eval_metrics = _evaluate(evaluator, state, workdir, writer)
   checkpoints.close()
   return eval_metrics
+
+
+# Settings that decide the batches a step reads or its learning rate: a run resumed
+# with other values goes on, but is not the run its checkpoint began.
+EXACT_RESUME_FIELDS = ("seed", "batch_size", "num_train_steps", "learning_rate",
+                       "schedule", "warmup_steps", "step_boundaries", "step_decay",
+                       "data.num_streams", "data.clip_length", "data.frame_stride",
+                       "data.train_split")
+
+
+def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  now = config_validation.flatten(config)
+  as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
+  changed = [f"{k} {saved.get(k)!r} -> {as_saved(now[k])!r}" for k in EXACT_RESUME_FIELDS
+             if saved.get(k) != as_saved(now[k])]
+  if changed:
+    logging.warning("Resuming with settings other than the checkpoint's (%s): the run "
+                    "goes on from its step, but its batches or learning rates from "
+                    "here are not those of an uninterrupted run", "; ".join(changed))
 
 
 def _evaluate(evaluator, state, workdir, writer) -> Dict[str, Any]:

@@ -124,6 +124,29 @@ def test_logged_metrics_average_every_step_since_the_last_log(data_dir, finished
                                       np.mean(every_step[10:12])], rtol=1e-5)
 
 
+def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finished_run,
+                                                              tmp_path, caplog):
+  # More steps (a longer cosine) and another seed (other batches): resumed, with a
+  # warning naming both; an unchanged resume warns of nothing.
+  config, finished, _ = finished_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished, workdir)
+  longer = config.copy_and_resolve_references()
+  longer.update(num_train_steps=13, seed=config.seed + 1, eval_every_steps=13)
+  with caplog.at_level("WARNING"):
+    train.train_and_evaluate(longer, workdir)
+  warnings = [r.getMessage() for r in caplog.records if "Resuming with settings" in r.getMessage()]
+  assert len(warnings) == 1
+  assert "seed 0 -> 1" in warnings[0] and "num_train_steps 12 -> 13" in warnings[0]
+  assert "batch_size" not in warnings[0]
+  caplog.clear()
+  from grurcn_jax.experiment import assemble
+  saved = assemble(config).checkpoints(finished).saved_config(12)
+  with caplog.at_level("WARNING"):
+    train._warn_if_not_exact(saved, config)   # the same settings, tuples included
+  assert not caplog.records
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, learning_rate=1e38, grad_clip_norm=0.0,
                        checkpoint_every_steps=1, log_every_steps=1)
