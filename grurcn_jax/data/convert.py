@@ -15,16 +15,19 @@ levels as int8.
 Videos keep their split, index, label, source frame indices and shard; the
 normalisation is copied; JPEG frames are copied byte for byte. A level without an int8 step in the source (format 1)
 gets one measured on the first videos read, as extraction measures it. Resumable:
-shards already in --dst are skipped.
+shards already in --dst are skipped (a --dst converted from another --src or with
+other flags is refused).
 """
 
 import itertools
+import os
 import sys
 from typing import Sequence
 
 from absl import app, flags
 import numpy as np
 
+from grurcn_jax import files
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.errors import ConfigError, Error
 
@@ -64,21 +67,18 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
     for level in missing_steps:  # stored values are the normalised ones
       stats[level]["int8_step"] = features_lib.int8_step(
           np.concatenate([v.features[level] for v in sample]))
+  extraction = dict(source["extraction"], converted_from=_absolute(src),
+                    int8_levels=list(int8_levels),
+                    frames_jpeg_quality=frames_jpeg_quality)
   if features_lib.exists(features_lib.join(dst, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(dst)
-    if (sorted(l for l, i in metadata["levels"].items() if i["dtype"] == "int8")
-        != sorted(int8_levels)):
-      raise ConfigError(f"{dst} already holds a conversion with other --int8_levels; "
-                        f"use another --dst")
+    _check_resumable(metadata, extraction, src, dst)
   else:
     metadata = features_lib.new_metadata(
         levels={l: info["shape"] for l, info in source["levels"].items()
                 if l != features_lib.FRAMES},
         stats=stats, class_names=source["class_names"], backbone=source["backbone"],
-        extraction=dict(source["extraction"], converted_from=src,
-                        int8_levels=list(int8_levels),
-                        frames_jpeg_quality=frames_jpeg_quality),
-        int8_levels=int8_levels,
+        extraction=extraction, int8_levels=int8_levels,
         frames_shape=None if frames is None else frames["shape"],
         frames_jpeg_quality=frames_jpeg_quality)
   import tqdm
@@ -102,6 +102,38 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
   print(f"Converted {total} videos from {src} to {dst}"
         + (f" (int8: {', '.join(int8_levels)})" if int8_levels else "") + ".", file=out)
   return metadata
+
+
+def _absolute(path: str) -> str:
+  """`path` as recorded and compared: local paths absolute, no trailing slash."""
+  path = path.rstrip("/") or "/"
+  return os.path.abspath(path) if files.is_local(path) else path
+
+
+def _check_resumable(metadata: dict, extraction: dict, src: str, dst: str) -> None:
+  """Raises ConfigError unless `dst` holds a conversion of `src` with the same
+  flags: a resumed conversion skips the shards already there."""
+  previous = metadata["extraction"]
+  if "converted_from" not in previous:
+    raise ConfigError(f"{dst} holds features that were not converted from {src}; "
+                      f"use another --dst")
+  if _absolute(previous["converted_from"]) != extraction["converted_from"]:
+    raise ConfigError(f"{dst} holds a conversion of {previous['converted_from']}, not "
+                      f"of {src}; use another --dst")
+  int8 = sorted(l for l, i in metadata["levels"].items() if i["dtype"] == "int8")
+  for flag, there, now in (
+      ("--int8_levels", ",".join(int8) or "none",
+       ",".join(sorted(extraction["int8_levels"])) or "none"),
+      ("--frames_jpeg_quality", previous.get("frames_jpeg_quality", 0),
+       extraction["frames_jpeg_quality"])):
+    if there != now:
+      raise ConfigError(f"{dst} already holds a conversion with other {flag} ({there} "
+                        f"there, {now} now); use another --dst")
+  same = lambda record: {k: v for k, v in record.items()
+                         if k not in ("converted_from", "int8_levels")}
+  if same(previous) != same(extraction):
+    raise ConfigError(f"{dst} holds a conversion of {src} as it was extracted "
+                      f"before: its extraction settings changed since; use another --dst")
 
 
 def _shard_videos(src, source, split, shard):

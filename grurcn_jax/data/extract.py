@@ -20,6 +20,7 @@ one line, `error: ...`, and exit with status 1.
 """
 
 import dataclasses
+import hashlib
 import os
 import sys
 import time
@@ -81,6 +82,9 @@ class Settings:
   flow: str = "dis"                # dis | farneback | tvl1
   flow_bound: float = flow_lib.DEFAULT_BOUND
   flow_length: int = flow_lib.DEFAULT_LENGTH
+  # UCF-101's split (--split; sources ucf101 and flow_frames): recorded, so
+  # resuming into a directory of another split is refused.
+  split: Optional[int] = None
 
   def record(self) -> dict:
     """What must match for a resumed extraction to continue the same dataset."""
@@ -93,6 +97,8 @@ class Settings:
     if self.modality == "flow":   # RGB records stay as they were: old runs resume
       record.update(flow_lib.flow_settings_record(self.flow, self.flow_bound,
                                                   self.flow_length))
+    if self.split is not None:
+      record["split"] = self.split
     return record
 
   @property
@@ -186,19 +192,64 @@ def print_estimate(estimate: Dict[str, int], num_videos: int, out=None) -> None:
   print(f"  {'total':6s} {_human(estimate['total']):>10s}", file=out)
 
 
-def _check_compatible(metadata: dict, settings: Settings, class_names) -> None:
-  """Raises ConfigError unless `metadata` was written with the same settings."""
-  previous = metadata["extraction"]
-  now = settings.record()
-  differ = [k for k in now if previous.get(k) != now[k]]
+# Record keys named as the flag that sets them; what a record lacks reads as
+# the flag's default (RGB records carry no modality: old RGB runs resume).
+_FLAG_KEYS = {f.name for f in dataclasses.fields(Settings)} | {"source"}
+_ABSENT = {"modality": "rgb"}
+_FLOW_KEYS = ("flow", "flow_bound", "flow_length")
+# Recorded since resuming checks the video lists: a directory written before
+# has neither key, and resumes without those checks.
+_LATER_KEYS = ("split", "video_lists")
+
+
+def _video_lists(splits: Dict[str, Sequence[Video]]) -> Dict[str, dict]:
+  """Per split, its video count and a fingerprint of its videos (ids and labels)
+  in shard order: resuming over another list would leave the written shards
+  holding the old videos (duplicates and gaps)."""
+  return {split: {"num_videos": len(videos), "sha256": hashlib.sha256("\n".join(
+      f"{v.video_id}\t{v.label}" for v in videos).encode()).hexdigest()}
+          for split, videos in splits.items()}
+
+
+def _shown(value) -> str:
+  if isinstance(value, (list, tuple)):
+    return ",".join(map(str, value)) or "none"
+  return "none" if value is None else str(value)
+
+
+def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -> None:
+  """Raises ConfigError unless `metadata` was written with the same settings
+  (`record`: the extraction record this run would write) and videos."""
+  previous = dict(metadata["extraction"])
+  now = dict(record)
+  if "video_lists" not in previous:
+    logging.warning("%s predates the recorded --split and video lists: resumed "
+                    "without checking them", out_dir)
+    for key in _LATER_KEYS:
+      previous.pop(key, None)
+      now.pop(key, None)
+  get = lambda r, k: r.get(k, _ABSENT.get(k))
+  keys = [k for k in dict.fromkeys([*previous, *now]) if k != "video_lists"]
+  if get(previous, "modality") != get(now, "modality"):
+    keys = [k for k in keys if k not in _FLOW_KEYS]  # they follow the modality
+  differ = [f"{'--' * (k in _FLAG_KEYS)}{k}: {_shown(get(previous, k))} there, "
+            f"{_shown(get(now, k))} now" for k in keys if get(previous, k) != get(now, k)]
   if metadata["class_names"] != list(class_names):
-    differ.append("class_names")
+    differ.append(f"class names: {len(metadata['class_names'])} there, "
+                  f"{len(class_names)} now")
   if differ:
-    details = ", ".join(f"{k}: {previous.get(k)!r} there, {now.get(k)!r} now"
-                        for k in differ if k != "class_names")
     raise ConfigError(f"the output directory holds features extracted with other "
-                      f"settings ({', '.join(differ)}{'; ' + details if details else ''}); "
-                      f"use another --out or the same settings to resume")
+                      f"settings ({'; '.join(differ)}); use another --out or the same "
+                      f"settings to resume")
+  before, after = previous.get("video_lists", {}), now.get("video_lists", {})
+  for split in dict.fromkeys([*before, *after]):
+    there, here = before.get(split, {}), after.get(split, {})
+    if there != here:
+      raise ConfigError(
+          f"the {split!r} videos differ from those {out_dir} was extracted from "
+          f"({there.get('num_videos', 0)} there, {here.get('num_videos', 0)} now: a "
+          f"video added, removed or renamed); its shards hold the old list: use a "
+          f"new --out")
 
 
 def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: Settings,
@@ -267,18 +318,18 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
     return summary
 
   shapes = level_shapes(settings)
-  if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
-    metadata = features_lib.read_metadata(out_dir)
-    _check_compatible(metadata, settings, class_names)
-  else:
-    metadata = None
-  extractor = FeatureExtractor(settings)  # after the check: it is the slow part
-
   # Shards get videos in hashed order: real datasets are listed class by class, and
   # shards of one class each would make any subset of shards a biased sample.
   splits: Dict[str, List[Video]] = {}
   for v in sorted(videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id)):
     splits.setdefault(v.split, []).append(v)
+  record = {**settings.record(), "source": source, "video_lists": _video_lists(splits)}
+  if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
+    metadata = features_lib.read_metadata(out_dir)
+    _check_compatible(metadata, record, class_names, out_dir)
+  else:
+    metadata = None
+  extractor = FeatureExtractor(settings)  # after the check: it is the slow part
 
   import tqdm  # progress bar with rate and ETA
   bar = tqdm.tqdm(total=len(videos), unit="video", disable=not progress, file=out,
@@ -307,7 +358,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
                         "seed": settings.seed, "image_size": settings.image_size,
                         **({"input": "flow", "channels": settings.input_channels}
                            if settings.modality == "flow" else {})},
-              extraction={**settings.record(), "source": source},
+              extraction=record,
               int8_levels=settings.int8_levels,
               frames_shape=((settings.image_size,) * 2 + (3,)
                             if settings.store_frames else None),
@@ -371,6 +422,10 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
         summary.failed.extend(failed)
       features_lib.record_shard(metadata, split, entry, failed=failed)
       features_lib.write_metadata(out_dir, metadata)
+  if metadata is not None and not features_lib.is_complete(metadata):
+    # Only now: metadata.json exists from the first shard on.
+    features_lib.mark_complete(metadata)
+    features_lib.write_metadata(out_dir, metadata)
   bar.close()
 
   print(f"Wrote {summary.written_videos} videos ({summary.written_frames} frames) in "
@@ -386,15 +441,23 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 # ---------------------------------------------------------------------------
 # Sources
 
+def _decode_settings(settings: Settings) -> Settings:
+  """What to decode of a video: the selected frames, or for flow every frame
+  (flow is between consecutive frames; windows are then selected from the flow,
+  `network_input`), enough for max_frames windows that do not wrap."""
+  if settings.modality != "flow":
+    return settings
+  return dataclasses.replace(settings, frame_stride=1, fps=None, max_frames=(
+      settings.max_frames and settings.max_frames * (settings.frame_stride or 1)
+      + settings.flow_length))
+
+
 def _file_videos(entries, settings: Settings) -> List[Video]:
-  decode = dict(frame_stride=settings.frame_stride, fps=settings.fps,
-                max_frames=settings.max_frames)
-  estimate = decode
-  if settings.modality == "flow":
-    # Flow is between consecutive frames: decode them all (windows are selected
-    # from the flow), enough for max_frames windows that do not wrap.
-    decode = dict(frame_stride=1, fps=None, max_frames=settings.max_frames and (
-        settings.max_frames * (settings.frame_stride or 1) + settings.flow_length))
+  estimate = dict(frame_stride=settings.frame_stride, fps=settings.fps,
+                  max_frames=settings.max_frames)
+  selection = _decode_settings(settings)
+  decode = dict(frame_stride=selection.frame_stride, fps=selection.fps,
+                max_frames=selection.max_frames)
   return [Video(e.video_id, e.label, e.split,
                 load=lambda e=e: video_lib.decode(e.path, **decode),
                 estimate_frames=lambda e=e: video_lib.estimate_frames(e.path, **estimate))
@@ -426,19 +489,31 @@ def flow_frames_videos(entries, settings: Settings) -> List[Video]:
 
 
 def tfds_videos(name: str, data_dir: Optional[str], settings: Settings):
-  """UCF-101 through TensorFlow Datasets (downloads on first use: opt-in)."""
+  """UCF-101 through TensorFlow Datasets (downloads on first use: opt-in). Videos
+  are decoded one at a time, when extraction loads them: listing them reads only
+  labels and frame counts (all decoded UCF-101 videos would be ~490 GB)."""
   import tensorflow_datasets as tfds
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()
   class_names = builder.info.features["label"].names
+  selection = _decode_settings(settings)
+
+  def load(split, i):
+    one = builder.as_dataset(split=f"{split}[{i}:{i + 1}]")   # example i alone
+    example = next(iter(tfds.as_numpy(one)))
+    keep = _select_indices(len(example["video"]), selection)
+    return example["video"][keep], keep
+
   videos = []
   for split in ("train", "test"):
-    for i, example in enumerate(tfds.as_numpy(builder.as_dataset(split=split))):
-      frames = example["video"]
-      keep = _select_indices(len(frames), settings)
+    listing = builder.as_dataset(split=split,
+                                 decoders={"video": tfds.decode.SkipDecoding()})
+    for i, example in enumerate(tfds.as_numpy(listing)):
+      count = len(example["video"])   # encoded frames: nothing decoded
       videos.append(Video(f"{split}/{i:06d}", int(example["label"]), split,
-                          load=lambda f=frames, k=keep: (f[k], k),
-                          estimate_frames=lambda k=keep: len(k)))
+                          load=lambda s=split, i=i: load(s, i),
+                          estimate_frames=lambda n=count: len(
+                              _select_indices(n, settings))))
   return class_names, videos
 
 
@@ -564,7 +639,9 @@ def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:
                   frames_jpeg_quality=values.frames_jpeg_quality,
                   batch_size=values.batch_size, modality=values.modality,
                   flow=values.flow, flow_bound=values.flow_bound,
-                  flow_length=values.flow_length)
+                  flow_length=values.flow_length,
+                  split=(values.split if values.source in ("ucf101", "flow_frames")
+                         else None))
 
 
 def _check_required_flags(values: flags.FlagValues = FLAGS) -> None:

@@ -5,7 +5,9 @@ remote file systems, through tf.io.gfile) holds
 
     metadata.json                 levels (shape, dtype, normalisation, int8 step),
                                   class names, splits with their shards and video
-                                  tables, backbone and extraction settings
+                                  tables, backbone and extraction settings, and
+                                  `complete` once an extraction has written every
+                                  shard (the file itself exists from the first on)
     {split}-{index:05d}.{level}   the shard's frames of one level: raw little-endian
                                   rows [frames, *shape], float16 or int8, the
                                   videos' frames one after another
@@ -247,6 +249,17 @@ def new_metadata(*, levels: Mapping[str, Sequence[int]], stats: Mapping[str, Map
   return metadata
 
 
+def is_complete(metadata: Mapping) -> bool:
+  """Whether the extraction that wrote `metadata` finished: metadata.json is
+  written from its first shard on, so only this says every split is there."""
+  return bool(metadata.get("complete"))
+
+
+def mark_complete(metadata: dict) -> None:
+  """Marks `metadata` (in place) as written by a finished extraction."""
+  metadata["complete"] = True
+
+
 def has_shard(metadata: Mapping, split: str, name: str) -> bool:
   """Whether shard `name` of `split` is recorded in `metadata`."""
   return any(s["name"] == name
@@ -352,6 +365,11 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
   table, frame_indices, rows = [], {}, 0
   try:
     for video in videos:
+      if not video.num_frames:
+        # Clips loop over a video's rows modulo its frame count: with none, they
+        # would read the next video's rows under this video's label.
+        raise FeatureFormatError(f"video {video.video_id} of shard {name} has no "
+                                 f"frames: a video needs at least one")
       for level, info in levels.items():
         array = video.features[level]
         shape = (video.num_frames,) if array.dtype == object else (

@@ -111,28 +111,39 @@ def ensure_demo(data: Mapping, *, task: str = "classification",
   """Builds the synthetic demo dataset into `data.dir` when `data.demo` asks for
   one and it is not complete there yet (process 0 builds, the others wait): the
   motion classes, or for `task='captioning'` the captioned videos
-  (`demo_captions`)."""
+  (`demo_captions`). An interrupted build is finished (it resumes)."""
   if not data.get("demo"):
     return
   from absl import logging
   import jax
-  from grurcn_jax.data import features as features_lib
   if task == "captioning":
-    from grurcn_jax.data import captions, demo_captions
+    from grurcn_jax.data import demo_captions
     spec_type, build = demo_captions.CaptionDemoSpec, demo_captions.build
-    marker = captions.CAPTIONS_FILE    # written last
   else:
     from grurcn_jax.data import demo as demo_lib
     spec_type, build = demo_lib.DemoSpec, demo_lib.build
-    marker = features_lib.METADATA_FILE
   try:
     spec = spec_type(**dict(data["demo"]))
   except TypeError as e:
     raise ConfigError(f"data.demo does not fit the demo's settings: {e}") from None
-  if not features_lib.exists(features_lib.join(data["dir"], marker)):
-    if jax.process_index() == 0:
-      logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
-      build(data["dir"], spec, progress=progress)
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("demo dataset built")
+  # Only process 0 looks at the directory: every process then meets at the one
+  # barrier, whatever it would have seen there.
+  if jax.process_index() == 0 and not _demo_complete(data["dir"], task):
+    logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
+    build(data["dir"], spec, progress=progress)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("demo dataset built")
+
+
+def _demo_complete(directory: str, task: str) -> bool:
+  """Whether a whole demo is in `directory`: the captioned one writes its captions
+  last; metadata.json is written from the first shard on, so for the motion
+  classes the extraction's completion mark says it."""
+  from grurcn_jax.data import features as features_lib
+  if task == "captioning":
+    from grurcn_jax.data import captions
+    return features_lib.exists(features_lib.join(directory, captions.CAPTIONS_FILE))
+  if not features_lib.exists(features_lib.join(directory, features_lib.METADATA_FILE)):
+    return False
+  return features_lib.is_complete(features_lib.read_metadata(directory))

@@ -52,6 +52,15 @@ def open_split(data: Mapping, split: str, levels) -> Tuple[features_lib.ClipRead
       logging.warning("%s; its shard's videos are left out", problem)
   if not len(reader.videos["video_index"]):
     raise FeatureFormatError(f"split {split!r} of {directory} has no readable videos")
+  empty = reader.videos["video_index"][reader.videos["num_frames"] < 1]
+  if len(empty):
+    # Clip rows wrap modulo the frame count: with none, a clip would read the
+    # next video's rows under this video's label.
+    names = features_lib.video_ids(metadata, split)
+    raise FeatureFormatError(
+        f"video {names[int(empty[0])]} of split {split!r} of {directory} has no "
+        f"frames" + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else "")
+        + ": every video needs at least one; write the split again without it")
   return reader, stats
 
 

@@ -16,7 +16,8 @@ CROP_FRACTIONS = (256 / 256, 224 / 256, 192 / 256, 168 / 256)
 
 def select_frame(index: int, time_s: float, *, frame_stride: Optional[int],
                  fps: Optional[float], taken: int) -> bool:
-  """Keep every `frame_stride`-th frame, or frames nearest a rate of `fps`."""
+  """Keep every `frame_stride`-th frame, or frames nearest a rate of `fps`
+  (`time_s`: seconds since the first decoded frame)."""
   if fps:
     return time_s + 1e-6 >= taken / fps
   return index % (frame_stride or 1) == 0
@@ -26,13 +27,17 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
            max_frames: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
   """Decoded, selected frames [N, H, W, 3] uint8 RGB and their source indices [N]."""
   frames, indices = [], []
+  start_s = None
   try:
     with av.open(path) as container:
       stream = container.streams.video[0]
       for index, frame in enumerate(container.decode(stream)):
         time_s = float(frame.time) if frame.time is not None else index / float(
             stream.average_rate or 25)
-        if select_frame(index, time_s, frame_stride=frame_stride, fps=fps,
+        # Time since the first frame: a stream may start at any time (--fps on
+        # absolute times kept every frame of one starting at 2 s, up to 2 s worth).
+        start_s = time_s if start_s is None else start_s
+        if select_frame(index, time_s - start_s, frame_stride=frame_stride, fps=fps,
                         taken=len(frames)):
           frames.append(frame.to_ndarray(format="rgb24"))
           indices.append(index)

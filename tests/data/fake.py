@@ -1,6 +1,8 @@
 """Small feature directories written straight through the format (no VGG-16), and
 tiny encoded videos."""
 
+import fractions
+
 import av
 import numpy as np
 
@@ -71,14 +73,19 @@ def write_fake_features(directory, *, videos_per_split=None, videos_per_shard=3,
   return written
 
 
-def encode_video(path, num_frames, seed):
+def encode_video(path, num_frames, seed, start_s=0.0):
+  """Random 25 fps frames; with `start_s`, the first one is presented at that time
+  (an .mp4 keeps it; .avi does not)."""
   rng = np.random.default_rng(seed)
   with av.open(path, mode="w") as container:
     stream = container.add_stream("mpeg4", rate=25)
     stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
-    for _ in range(num_frames):
+    for i in range(num_frames):
       image = rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)
-      for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+      frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+      if start_s:
+        frame.pts, frame.time_base = round(start_s * 25) + i, fractions.Fraction(1, 25)
+      for packet in stream.encode(frame):
         container.mux(packet)
     for packet in stream.encode():
       container.mux(packet)

@@ -112,6 +112,28 @@ def test_int8_conversion_is_resumable_and_dequantised_in_the_step(tmp_path):
   assert np.all(error[inside] <= step / 2 + 2.0 ** -11 * 127 * step)
 
 
+def test_resuming_a_conversion_needs_the_same_source_and_flags(tmp_path):
+  a, b, dst = tmp_path / "a", tmp_path / "b", tmp_path / "dst"
+  write_fake_features(a, frames_jpeg_quality=0)
+  write_fake_features(b, frames_jpeg_quality=0, seed=1)
+  convert.convert(str(a), str(dst), progress=False, frames_jpeg_quality=90)
+  before = {f: os.stat(dst / f).st_mtime_ns for f in os.listdir(dst)}
+  # The same source (as another spelling of its path) and flags resume.
+  convert.convert(f"{tmp_path}/../{tmp_path.name}/a/", str(dst), progress=False,
+                  frames_jpeg_quality=90)
+  assert {f: os.stat(dst / f).st_mtime_ns for f in os.listdir(dst)
+          if f != "metadata.json"} == {f: t for f, t in before.items()
+                                       if f != "metadata.json"}
+  with pytest.raises(ConfigError, match=f"holds a conversion of {a}, not of {b}; use "
+                                        f"another --dst"):
+    convert.convert(str(b), str(dst), progress=False, frames_jpeg_quality=90)
+  with pytest.raises(ConfigError, match=r"other --frames_jpeg_quality \(90 there, 80 "
+                                        r"now\); use another --dst"):
+    convert.convert(str(a), str(dst), progress=False, frames_jpeg_quality=80)
+  with pytest.raises(ConfigError, match="not converted from"):
+    convert.convert(str(b), str(a), progress=False)
+
+
 def test_frames_are_copied_or_stored_as_jpeg(tmp_path):
   raw, jpeg, copied = tmp_path / "raw", tmp_path / "jpeg", tmp_path / "copied"
   written = write_fake_features(raw, frames_jpeg_quality=0)

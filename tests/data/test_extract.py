@@ -1,6 +1,7 @@
 """Extraction end to end on a tiny UCF-101-style tree encoded here with PyAV."""
 
 import copy
+import dataclasses
 import io
 import os
 import re
@@ -214,8 +215,51 @@ def test_library_errors_are_errors_not_exits(tmp_path):
 
   run_small(videos, class_names, str(tmp_path / "ok"))
   other = extract.Settings(**{**vars(SMALL), "seed": 1})
-  with pytest.raises(ConfigError, match=r"other settings \(seed; seed: 0 there, 1 now\)"):
+  with pytest.raises(ConfigError, match=r"other settings \(--seed: 0 there, 1 now\)"):
     run_small(videos, class_names, str(tmp_path / "ok"), other)
+
+
+def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
+  """Resumed extraction skips the shards already written, so only the same
+  settings, split and list of videos may continue a directory."""
+  paths = ["--videos=v", "--splits=s", "--out=o"]
+  assert extract.settings_from_flags(parsed(*COMMON, *paths, "--split=2")).split == 2
+  assert extract.settings_from_flags(parsed(*paths, "--source=folders")).split is None
+  class_names, videos = demo.demo_videos(0, 1, 1, num_frames=3, image_size=32)
+  ucf = extract.Settings(**{**vars(SMALL), "split": 1})
+  out = str(tmp_path / "split1")
+  extract.extract(videos, class_names, out, ucf, source="ucf101", progress=False,
+                  out=io.StringIO())
+  assert features.read_metadata(out)["complete"]
+
+  def rerun(videos=videos, settings=ucf, source="ucf101", directory=out):
+    return extract.extract(videos, class_names, directory, settings, source=source,
+                           progress=False, out=io.StringIO())
+
+  again = rerun()
+  assert (again.written_shards, again.skipped_shards) == (0, 4)
+  with pytest.raises(ConfigError, match=r"\(--split: 1 there, 2 now\)"):
+    rerun(settings=extract.Settings(**{**vars(ucf), "split": 2}))
+  with pytest.raises(ConfigError, match=r"\(--split: 1 there, none now; "
+                                        r"--source: ucf101 there, folders now\)"):
+    rerun(settings=SMALL, source="folders")
+  for changed in (videos[1:], videos + [dataclasses.replace(videos[0], video_id="new")]):
+    with pytest.raises(ConfigError, match=r"the '(train|test)' videos differ .* use a "
+                                          r"new --out$"):
+      rerun(videos=changed)
+  # A directory written before --split and the lists were recorded resumes.
+  old = features.read_metadata(out)
+  for key in ("split", "video_lists"):
+    del old["extraction"][key]
+  features.write_metadata(out, old)
+  assert rerun().skipped_shards == 4
+
+  # A flow directory is not resumed as RGB (its record has keys RGB's lacks).
+  flow = str(tmp_path / "flow")
+  rerun(settings=extract.Settings(**{**vars(ucf), "modality": "flow", "flow_length": 1}),
+        directory=flow)
+  with pytest.raises(ConfigError, match=r"\(--modality: flow there, rgb now\)"):
+    rerun(directory=flow)
 
 
 def test_folder_tree_source(ucf_tree):
@@ -267,7 +311,7 @@ def test_flow_features_are_vgg16_on_stacked_flow_windows_and_resume(ucf_tree, tm
   again = extract.extract(videos, class_names, out, FLOW, source="ucf101",
                           progress=False, out=io.StringIO())
   assert (again.written_shards, again.skipped_shards) == (0, first.written_shards)
-  with pytest.raises(ConfigError, match="flow_length: 3 there, 2 now"):
+  with pytest.raises(ConfigError, match="--flow_length: 3 there, 2 now"):
     extract.extract(videos, class_names, out, extract.Settings(
         **{**vars(FLOW), "flow_length": 2}), source="ucf101", progress=False,
         out=io.StringIO())

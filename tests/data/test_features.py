@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from grurcn_jax.data import features
+from grurcn_jax.data import features, sampling
 from grurcn_jax.errors import FeatureFormatError
 from grurcn_jax.host_tf import tf
-from tests.data.fake import FRAME_SHAPE, LEVEL_SHAPES, write_fake_features
+from tests.data.fake import FRAME_SHAPE, LEVEL_SHAPES, data_config, write_fake_features
 
 
 def read_split(directory, split, metadata=None):
@@ -153,6 +153,29 @@ def test_interrupted_write_leaves_no_shard(tmp_path):
     features.write_shard(str(out), "train-00000", videos(), metadata)
   assert os.listdir(out) == []
   assert not features.shard_written(str(out), "train-00000")
+
+
+def test_a_video_of_no_frames_is_refused_when_written_and_when_opened(tmp_path):
+  """Clip rows wrap modulo a video's frame count: a video of none would read its
+  neighbour's rows under its own label."""
+  write_fake_features(tmp_path)
+  metadata = features.read_metadata(str(tmp_path))
+  empty = features.VideoFeatures(
+      video_id="train/empty", video_index=99, label=0, frame_indices=np.zeros([0], int),
+      features={l: np.zeros((0, *s), np.float16) for l, s in LEVEL_SHAPES.items()})
+  with pytest.raises(FeatureFormatError,
+                     match="video train/empty of shard train-00009 has no frames"):
+    features.write_shard(str(tmp_path), "train-00009", [empty], metadata)
+  assert not features.shard_written(str(tmp_path), "train-00009")
+
+  # One written anyway (another writer): opening the split names it. Video 0
+  # takes video 1's rows, so every file still has the size its table says.
+  first, second = features.split_shards(metadata, "train")[0]["videos"][:2]
+  first[4], second[3], second[4] = first[4] + second[4], second[3] + second[4], 0
+  features.write_metadata(str(tmp_path), metadata)
+  with pytest.raises(FeatureFormatError,
+                     match=r"^video train/v001 of split 'train' of .* has no frames"):
+    sampling.open_split(data_config(tmp_path), "train", None)
 
 
 def test_missing_metadata_unknown_split_and_format_1_are_clear(tmp_path):

@@ -1,0 +1,79 @@
+"""--source=tfds on a tiny dataset generated here (no download): videos are decoded
+one at a time, when extraction loads them, and flow decodes consecutive frames."""
+
+import numpy as np
+import pytest
+
+tfds = pytest.importorskip("tensorflow_datasets")
+
+from grurcn_jax.data import extract  # noqa: E402
+
+LENGTHS = {"train": (7, 4, 9), "test": (5,)}
+
+
+class GrurcnTinyVideos(tfds.core.GeneratorBasedBuilder):
+  """Video i of a split: LENGTHS[split][i] frames, every pixel 10 * i + the frame."""
+  VERSION = tfds.core.Version("1.0.0")
+  code_path = None   # no checksums file to look for (and no importlib_resources)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "video": tfds.features.Video(shape=(None, 8, 8, 3)),
+        "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in LENGTHS}
+
+  def _generate_examples(self, split):
+    for i, n in enumerate(LENGTHS[split]):
+      frames = 10 * i + np.arange(n, dtype=np.uint8)[:, None, None, None]
+      yield i, {"video": np.broadcast_to(frames, (n, 8, 8, 3)), "label": i % 2}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp("tfds"))
+  tfds.builder("grurcn_tiny_videos", data_dir=directory).download_and_prepare()
+  return directory
+
+
+def test_videos_are_decoded_one_at_a_time_when_loaded(data_dir, monkeypatch):
+  decoded = []   # examples read with their video decoded
+  builder = tfds.builder("grurcn_tiny_videos", data_dir=data_dir)
+  as_dataset = builder.as_dataset
+
+  def counting(split, decoders=None, **kwargs):
+    ds = as_dataset(split=split, decoders=decoders, **kwargs)
+    if not decoders:
+      decoded.append(int(ds.cardinality()))
+    return ds
+
+  monkeypatch.setattr(builder, "as_dataset", counting)
+  monkeypatch.setattr(tfds, "builder", lambda name, data_dir: builder)
+  settings = extract.Settings(frame_stride=2)
+  class_names, videos = extract.tfds_videos("grurcn_tiny_videos", data_dir, settings)
+  assert class_names == ["a", "b"] and decoded == []
+  assert {v.video_id: v.estimate_frames() for v in videos} == {
+      f"{split}/{i:06d}": len(range(0, n, 2))
+      for split, lengths in LENGTHS.items() for i, n in enumerate(lengths)}
+  by_id = {v.video_id: v for v in videos}
+  for split, lengths in LENGTHS.items():
+    for i, n in enumerate(lengths):
+      video = by_id[f"{split}/{i:06d}"]
+      frames, indices = video.load()
+      np.testing.assert_array_equal(indices, range(0, n, 2))
+      np.testing.assert_array_equal(frames[:, 0, 0, 0], 10 * i + indices)
+      assert (video.label, video.split, decoded[-1]) == (i % 2, split, 1)
+  assert decoded == [1] * sum(map(len, LENGTHS.values()))
+
+
+def test_flow_decodes_consecutive_frames_and_strides_the_windows_once(data_dir):
+  """--frame_stride and --max_frames select flow windows (extract.network_input),
+  so a flow video is loaded frame by frame, as many as max_frames windows need."""
+  flow = extract.Settings(frame_stride=2, max_frames=2, modality="flow", flow_length=1)
+  _, videos = extract.tfds_videos("grurcn_tiny_videos", data_dir, flow)
+  video = next(v for v in videos if v.video_id == "train/000002")   # 9 frames
+  frames, indices = video.load()
+  np.testing.assert_array_equal(indices, range(5))   # 2 windows 2 apart, 1 flow each
+  np.testing.assert_array_equal(frames[:, 0, 0, 0], 20 + indices)

@@ -1,0 +1,60 @@
+"""The demo a config asks for: built once, finished when interrupted, and every
+host meets the others at the barrier."""
+
+import jax
+from jax.experimental import multihost_utils
+import pytest
+
+from grurcn_jax.data import demo, features, prepare
+from tests.data.fake import write_fake_features
+
+# 8 videos per split, 2 shards of 4 each.
+TINY = dict(train_per_class=1, test_per_class=1, num_frames=2, image_size=32,
+            levels=("pool2",), videos_per_shard=4, store_frames=False)
+
+
+class Interrupted(Exception):
+  pass
+
+
+def test_a_build_interrupted_after_its_first_shard_is_finished(tmp_path, monkeypatch):
+  data = {"demo": TINY, "dir": str(tmp_path)}
+  write_shard, written = features.write_shard, []
+
+  def first_shard_only(directory, name, *args, **kwargs):
+    if written:
+      raise Interrupted(name)
+    written.append(name)
+    return write_shard(directory, name, *args, **kwargs)
+
+  monkeypatch.setattr(features, "write_shard", first_shard_only)
+  with pytest.raises(Interrupted):
+    prepare.ensure_demo(data, progress=False)
+  # metadata.json is there from the first shard on; one split is not.
+  assert len(features.read_metadata(str(tmp_path))["splits"]) == 1
+
+  monkeypatch.setattr(features, "write_shard", write_shard)
+  prepare.ensure_demo(data, progress=False)
+  metadata = features.read_metadata(str(tmp_path))
+  assert {split: metadata["splits"].get(split, {}).get("num_videos")
+          for split in ("train", "test")} == {"train": 8, "test": 8}
+
+  # Complete now: a later run builds nothing.
+  monkeypatch.setattr(demo, "build", lambda *args, **kwargs: pytest.fail("rebuilt"))
+  prepare.ensure_demo(data, progress=False)
+
+
+def test_every_host_meets_at_the_barrier_whatever_it_sees(tmp_path, monkeypatch):
+  """Host 1 of 2, beside a directory with nothing and one with metadata.json: it
+  builds nothing and reaches the barrier process 0 reaches after building."""
+  barriers = []
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(multihost_utils, "sync_global_devices", barriers.append)
+  monkeypatch.setattr(demo, "build", lambda *args, **kwargs: pytest.fail("host 1 built"))
+  write_fake_features(tmp_path / "written")
+  for directory in (tmp_path / "empty", tmp_path / "written"):
+    barriers.clear()
+    prepare.ensure_demo({"demo": TINY, "dir": str(directory)}, progress=False)
+    assert barriers == ["demo dataset built"], directory
+  assert not (tmp_path / "empty").exists()
