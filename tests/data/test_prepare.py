@@ -5,7 +5,7 @@ import jax
 from jax.experimental import multihost_utils
 import pytest
 
-from grurcn_jax.data import demo, features, prepare
+from grurcn_jax.data import convert, demo, features, prepare
 from tests.data.fake import write_fake_features
 
 # 8 videos per split, 2 shards of 4 each.
@@ -58,3 +58,16 @@ def test_every_host_meets_at_the_barrier_whatever_it_sees(tmp_path, monkeypatch)
     prepare.ensure_demo({"demo": TINY, "dir": str(directory)}, progress=False)
     assert barriers == ["demo dataset built"], directory
   assert not (tmp_path / "empty").exists()
+
+
+def test_features_that_are_not_the_demos_own_build_are_used_as_they_are(tmp_path,
+                                                                        monkeypatch):
+  # A demo config pointed at the demo converted to int8 (the README's command), or
+  # at the benchmark's synthetic features: nothing to build there.
+  data = {"demo": TINY, "dir": str(tmp_path / "demo")}
+  prepare.ensure_demo(data, progress=False)
+  convert.convert(data["dir"], str(tmp_path / "int8"), int8_levels=("pool2",))
+  write_fake_features(tmp_path / "other")
+  monkeypatch.setattr(demo, "build", lambda *args, **kwargs: pytest.fail("built"))
+  for name in ("int8", "other"):
+    prepare.ensure_demo(dict(data, dir=str(tmp_path / name)), progress=False)
