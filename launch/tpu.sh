@@ -144,12 +144,24 @@ py_min=$(sed -n 's/^python_requires[[:space:]]*=[[:space:]]*>=[[:space:]]*\([0-9
 [[ "$py_min" =~ ^3\.[0-9]+$ ]] || die "cannot read 'python_requires = >=3.N' from $setup_cfg"
 
 # state_of VAR FIELD GCLOUD...: VAR=the FIELD that `GCLOUD describe` gives, empty
-# when there is nothing to describe (or --dry-run, which prints the command).
+# when gcloud says there is none (or --dry-run, which prints the command). Any
+# other failure (quota, network, credentials) stops here: read as "none", it
+# would have a live TPU deleted and created again.
 state_of() {
-  local var="$1" field="$2" out=""
+  local var="$1" field="$2" out="" errors
   shift 2
   if [[ "$dry_run" -eq 0 ]]; then
-    out=$("$@" describe "$name" "${where[@]}" --format="value($field)" 2>/dev/null || true)
+    errors=$(mktemp)
+    if out=$("$@" describe "$name" "${where[@]}" --format="value($field)" 2>"$errors"); then
+      :
+    elif grep -q 'NOT_FOUND' "$errors"; then
+      out=""
+    else
+      out=$(tr '\n' ' ' < "$errors"); rm -f "$errors"
+      fail "gcloud could not tell the state of $name (${out:-no message}); nothing" \
+           "was changed: run the same command again"
+    fi
+    rm -f "$errors"
   else
     run "$@" describe "$name" "${where[@]}" --format="value($field)"
   fi
@@ -195,12 +207,27 @@ qr_wait() {
   done
 }
 
+capacity=()
+[[ "$spot" -eq 1 ]] && capacity=(--spot)
+
 qr_create() {
-  local capacity=()
-  [[ "$spot" -eq 1 ]] && capacity=(--spot)
   run "${qr[@]}" create "$name" --node-id="$name" "${where[@]}" \
     --accelerator-type="$accelerator" --runtime-version="$runtime" ${capacity[@]+"${capacity[@]}"}
   qr_wait active
+}
+
+vm_create_or_reuse() {  # CREATE_COMMAND: a preempted VM is deleted, then created again
+  if [[ "$vm" == PREEMPTED || "$vm" == TERMINATED ]]; then
+    echo "TPU $name is $vm: recreating it"
+    run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
+    vm=""
+  fi
+  if [[ -z "$vm" ]]; then "$@"; else echo "Reusing TPU $name ($vm)"; fi
+}
+
+vm_create() {
+  run "${gtpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
+    --version="$runtime" ${capacity[@]+"${capacity[@]}"}
 }
 
 # Create, or reuse what exists: a preempted VM is replaced, and so is a queued
@@ -212,13 +239,7 @@ if [[ "$queued" -eq 1 ]]; then
     qstate="ACTIVE, its node ${vm:-gone}"
   fi
   case "$qstate" in
-    "")  # none: a VM made without --queued is reused, or replaced when preempted
-      if [[ "$vm" == PREEMPTED || "$vm" == TERMINATED ]]; then
-        echo "TPU $name is $vm: recreating it"
-        run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
-        vm=""
-      fi
-      if [[ -z "$vm" ]]; then qr_create; else echo "Reusing TPU $name ($vm)"; fi ;;
+    "") vm_create_or_reuse qr_create ;;  # none: a VM made without --queued is reused
     ACTIVE) echo "Reusing queued resource $name (ACTIVE, TPU $vm)" ;;
     CREATING|ACCEPTED|WAITING_FOR_RESOURCES|PROVISIONING)
       echo "Queued resource $name is already $qstate: waiting for it"
@@ -235,19 +256,7 @@ if [[ "$queued" -eq 1 ]]; then
     *) fail "queued resource $name is in an unknown state '$qstate'" ;;
   esac
 else
-  if [[ "$vm" == PREEMPTED || "$vm" == TERMINATED ]]; then
-    echo "TPU $name is $vm: recreating it"
-    run "${gtpu[@]}" delete "$name" "${where[@]}" --quiet
-    vm=""
-  fi
-  if [[ -z "$vm" ]]; then
-    capacity=()
-    [[ "$spot" -eq 1 ]] && capacity=(--spot)
-    run "${gtpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
-      --version="$runtime" ${capacity[@]+"${capacity[@]}"}
-  else
-    echo "Reusing TPU $name ($vm)"
-  fi
+  vm_create_or_reuse vm_create
 fi
 
 # Install on every worker: the committed tree, in a venv on a Python >= $py_min. The

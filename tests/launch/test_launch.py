@@ -18,16 +18,21 @@ GPU = os.path.join(REPO, "launch", "gpu.sh")
 # $QR_AFTER_CREATE (default ACTIVE), delete removes the file.
 FAKE_GCLOUD = """#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$GCLOUD_LOG"
+missing() { echo "ERROR: (gcloud) NOT_FOUND: Resource '$1' was not found" >&2; exit 1; }
+case "$*" in
+  *" describe "*)
+    if [ -n "${GCLOUD_DESCRIBE_ERROR:-}" ]; then echo "$GCLOUD_DESCRIBE_ERROR" >&2; exit 1; fi ;;
+esac
 case "$*" in
   "compute tpus queued-resources describe "*)
-    [ -s "$QR_FILE" ] || exit 1
+    [ -s "$QR_FILE" ] || missing queuedResources
     head -n 1 "$QR_FILE"
     if [ "$(wc -l < "$QR_FILE")" -gt 1 ]; then sed -i 1d "$QR_FILE"; fi
     exit 0 ;;
   "compute tpus queued-resources create "*)
     printf '%s\\n' ${QR_AFTER_CREATE:-ACTIVE} > "$QR_FILE"; exit 0 ;;
   "compute tpus queued-resources delete "*) rm -f "$QR_FILE"; exit 0 ;;
-  *" describe "*) [ -n "${TPU_STATE:-}" ] && echo "$TPU_STATE" && exit 0; exit 1 ;;
+  *" describe "*) [ -n "${TPU_STATE:-}" ] && echo "$TPU_STATE" && exit 0; missing nodes ;;
 esac
 exit 0
 """
@@ -491,3 +496,13 @@ def test_scripts_are_shellcheck_clean():
                            os.path.join(REPO, "benchmarks", "accelerator.sh")],
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout
+
+
+def test_a_describe_that_fails_otherwise_than_not_found_changes_nothing(gcloud):
+  # Read as "no TPU", a transient error would have an ACTIVE queued resource (its
+  # node running) deleted and queued again.
+  result, calls = gcloud(*BASE, "--queued", qr="ACTIVE", TPU_STATE="READY",
+                         GCLOUD_DESCRIBE_ERROR="ERROR: (gcloud) UNAVAILABLE: try again")
+  assert result.returncode == 1
+  assert "could not tell the state of grurcn (ERROR: (gcloud) UNAVAILABLE" in result.stderr
+  assert [c for c in calls if " describe " not in f" {c} "] == []
