@@ -61,6 +61,19 @@ def size(path: str) -> Optional[int]:
     return None
 
 
+def write_atomically(path: str, write) -> None:
+  """`write(tmp)` writes a file beside `path`, which then replaces `path`: a reader
+  never sees half of it, and a write cut short leaves the old one whole (and no
+  temporary file)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    write(tmp)
+    rename(tmp, path)
+  finally:
+    if exists(tmp):
+      remove(tmp)
+
+
 def read_bytes(path: str) -> bytes:
   with open_file(path, "rb") as f:
     return f.read()

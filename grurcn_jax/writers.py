@@ -143,8 +143,5 @@ def _write_json(path: str, document) -> None:
 
 
 def _replace(path: str, data: bytes) -> None:
-  """Written beside `path`, then renamed over it."""
-  tmp = path + ".tmp"
-  files.write_bytes(tmp, data)
-  files.rename(tmp, path)
+  files.write_atomically(path, lambda tmp: files.write_bytes(tmp, data))
 

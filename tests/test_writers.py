@@ -74,6 +74,7 @@ def test_a_write_cut_short_leaves_the_previous_results_whole(tmp_path, monkeypat
     for name, old in before.items():
       replaced = os.path.join(tmp_path, name) in renames
       assert ((tmp_path / name).read_bytes() == old) != replaced, (kill_at, name)
+  assert not [name for name in os.listdir(tmp_path) if ".tmp" in name]
   scores = np.load(tmp_path / writers.SCORES_FILE)   # readable, the new one
   np.testing.assert_array_equal(scores["probs"], np.full((2, 3), 0.25))
 

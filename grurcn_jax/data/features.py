@@ -151,7 +151,7 @@ def write_metadata(directory: str, metadata: Mapping) -> None:
 def write_json(path: str, document: Mapping) -> None:
   """Atomically (temp file + rename) writes a JSON file of the directory."""
   files.makedirs(os.path.dirname(path))
-  _atomic_write(path, lambda tmp: files.write_bytes(tmp, json.dumps(document,
+  files.write_atomically(path, lambda tmp: files.write_bytes(tmp, json.dumps(document,
                                                                 indent=1).encode()))
 
 
@@ -329,16 +329,6 @@ def decode_jpeg(encoded: Sequence[bytes], shape: Sequence[int]) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Writing
 
-def _atomic_write(path: str, write) -> None:
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    write(tmp)
-    files.rename(tmp, path)
-  finally:
-    if exists(tmp):
-      files.remove(tmp)
-
-
 def _stored(level: str, array: np.ndarray, info: Mapping) -> bytes:
   if info["dtype"] == "int8":
     return quantize(array, info["int8_step"]).tobytes()
@@ -399,7 +389,7 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
     for level, path in tmp.items():
       files.rename(path, join(directory, level_file(name, level)))
     for level, ends in offsets.items():
-      _atomic_write(join(directory, index_file(name, level)), lambda path, ends=ends:
+      files.write_atomically(join(directory, index_file(name, level)), lambda path, ends=ends:
                     files.write_bytes(path, np.asarray(ends, "<i8").tobytes()))
   finally:
     for level, path in tmp.items():
@@ -407,7 +397,7 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
       if exists(path):
         files.remove(path)
   entry = {"name": name, "num_videos": len(table), "num_frames": rows, "videos": table}
-  _atomic_write(join(directory, table_file(name)), lambda path: files.write_bytes(
+  files.write_atomically(join(directory, table_file(name)), lambda path: files.write_bytes(
       path, json.dumps(dict(entry, frame_indices=frame_indices)).encode()))
   return entry
 
