@@ -22,6 +22,9 @@ from grurcn_jax.errors import CheckpointMismatchError, ConfigError
 
 # A run's checkpoints live in this folder of its workdir.
 SUBDIR = "checkpoints"
+# Saved beside the config: the host count (with data.num_streams=0 it decides the
+# batches).
+RUN_PROCESS_COUNT = "run.process_count"
 
 
 def _flatten(config: Mapping) -> dict:
@@ -90,7 +93,8 @@ class Checkpoints:
     """Starts an asynchronous save (returns before it is on disk)."""
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(_flatten(config))), force=True)
+        config=ocp.args.JsonSave({**_flatten(config),
+                                  RUN_PROCESS_COUNT: jax.process_count()})), force=True)
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -127,10 +127,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   return eval_metrics
 
 
-# Settings that decide the batches a step reads or its learning rate: a run resumed
+# Settings that decide the batches a step reads or how it updates: a run resumed
 # with other values goes on, but is not the run its checkpoint began.
 EXACT_RESUME_FIELDS = ("seed", "batch_size", "num_train_steps", "learning_rate",
                        "schedule", "warmup_steps", "step_boundaries", "step_decay",
+                       "optimizer", "momentum", "weight_decay", "grad_clip_norm",
                        "data.num_streams", "data.clip_length", "data.frame_stride",
                        "data.train_split")
 
@@ -140,10 +141,14 @@ def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict)
   as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
   changed = [f"{k} {saved.get(k)!r} -> {as_saved(now[k])!r}" for k in EXACT_RESUME_FIELDS
              if saved.get(k) != as_saved(now[k])]
+  hosts = saved.get(checkpoints_lib.RUN_PROCESS_COUNT)
+  if not config.data.num_streams and hosts not in (None, jax.process_count()):
+    changed.append(f"hosts {hosts} -> {jax.process_count()} (data.num_streams=0: "
+                   f"one input stream per host)")
   if changed:
     logging.warning("Resuming with settings other than the checkpoint's (%s): the run "
-                    "goes on from its step, but its batches or learning rates from "
-                    "here are not those of an uninterrupted run", "; ".join(changed))
+                    "goes on from its step, but its batches or updates from here are "
+                    "not those of an uninterrupted run", "; ".join(changed))
 
 
 def _evaluate(evaluator, state, workdir, writer) -> Dict[str, Any]:

@@ -145,6 +145,12 @@ def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finishe
   with caplog.at_level("WARNING"):
     train._warn_if_not_exact(saved, config)   # the same settings, tuples included
   assert not caplog.records
+  # One input stream per host (data.num_streams=0): another host count reads
+  # other batches.
+  assert config.data.num_streams == 0 and saved["run.process_count"] == 1
+  with caplog.at_level("WARNING"):
+    train._warn_if_not_exact(dict(saved, **{"run.process_count": 2}), config)
+  assert "hosts 2 -> 1 (data.num_streams=0" in caplog.records[0].getMessage()
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
