@@ -327,6 +327,11 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
   if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(out_dir)
     _check_compatible(metadata, record, class_names, out_dir)
+    if "video_lists" not in metadata["extraction"]:
+      # A directory from before the lists were recorded gets them now: the
+      # resumes after this one check them.
+      metadata["extraction"].update({k: record[k] for k in _LATER_KEYS if k in record})
+      features_lib.write_metadata(out_dir, metadata)
   else:
     metadata = None
   extractor = FeatureExtractor(settings)  # after the check: it is the slow part

@@ -253,6 +253,10 @@ def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
     del old["extraction"][key]
   features.write_metadata(out, old)
   assert rerun().skipped_shards == 4
+  # ... and records them: the next resume checks them.
+  assert "video_lists" in features.read_metadata(out)["extraction"]
+  with pytest.raises(ConfigError, match=r"the '(train|test)' videos differ"):
+    rerun(videos=videos[1:])
 
   # A flow directory is not resumed as RGB (its record has keys RGB's lacks).
   flow = str(tmp_path / "flow")
