@@ -72,6 +72,16 @@ def test_the_default_config_is_the_schema(monkeypatch):
     config_validation._schema.cache_clear()
 
 
+def _set(config, changes):
+  """Fields given as caption__encoder=... (dots as double underscores)."""
+  for key, value in changes.items():
+    *path, last = key.split("__")
+    target = config
+    for part in path:
+      target = target[part]
+    target[last] = value
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(task="detection"), "task='detection' is not valid; choose one of: "
                              "classification, captioning"),
@@ -86,12 +96,7 @@ def test_captioning_settings_are_checked(changes, message):
   from configs import demo_captioning
   from grurcn_jax.errors import ConfigError
   config = demo_captioning.get_config()
-  for key, value in changes.items():
-    *path, last = key.split("__")
-    target = config
-    for part in path:
-      target = target[part]
-    target[last] = value
+  _set(config, changes)
   with pytest.raises(ConfigError, match=re.escape(message)):
     config_validation.validate_config(config)
 
@@ -109,11 +114,6 @@ def test_settings_that_would_be_ignored_or_meaningless_are_refused(changes, mess
   from grurcn_jax.errors import ConfigError
   config = default.get_config()
   config.data.dir = "/features"
-  for key, value in changes.items():
-    *path, last = key.split("__")
-    target = config
-    for part in path:
-      target = target[part]
-    target[last] = value
+  _set(config, changes)
   with pytest.raises(ConfigError, match=re.escape(message)):
     config_validation.validate_config(config)

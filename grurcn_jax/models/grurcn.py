@@ -44,8 +44,9 @@ def _max_pool_axis(x: Array, axis: int, size: int) -> Array:
     x = jax.lax.slice_in_dim(x, 0, stride * size, axis=axis)
     shape = x.shape[:axis] + (size, stride) + x.shape[axis + 1:]
     return x.reshape(shape).max(axis=axis + 1)
-  # Other ratios (maps that did not come from VGG-16): adaptive pooling, window i
-  # covering [floor(i n / size), ceil((i + 1) n / size)), never empty.
+  # Sizes that `size` windows of n // size do not give (e.g. 7 -> 4, 6 -> 5; no
+  # VGG-16 pooling makes them): adaptive pooling, window i covering
+  # [floor(i n / size), ceil((i + 1) n / size)), never empty.
   return jnp.concatenate([
       jax.lax.slice_in_dim(x, i * n // size, -(-(i + 1) * n // size), axis=axis)
       .max(axis=axis, keepdims=True) for i in range(size)], axis=axis)
@@ -54,7 +55,8 @@ def _max_pool_axis(x: Array, axis: int, size: int) -> Array:
 def max_pool_to(x: Array, height: int, width: int) -> Array:
   """Max-pools [B, T, H, W, C] to [B, T, height, width, C] as VGG-16 pools between
   levels: windows and strides of H // height (2 between consecutive pooling levels;
-  the whole map from pool5 to fc7's 1x1), an odd side rounded down."""
+  the whole map from pool5 to fc7's 1x1), the rows left over dropped (an odd side
+  rounded down) whenever that gives `height` windows; adaptive windows otherwise."""
   h, w = x.shape[2:4]
   if height > h or width > w:
     raise ValueError(f"cannot max-pool {h}x{w} up to {height}x{width}")
