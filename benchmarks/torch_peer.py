@@ -37,8 +37,8 @@ step_ms (median over --steps timed steps after --warmup warm-up steps),
 clips_per_s, warmup_s (the warm-up steps, compilation included),
 peak_memory_bytes (torch.cuda.max_memory_allocated; null on CPU), device,
 torch_version, flops_per_step (analytic convolutions and classifiers, forward and
-backward = 3x forward, as grurcn_jax/flops.py counts them), cudnn_benchmark
-(null on CPU).
+backward, as grurcn_jax/flops.py counts them: no gradient for the features),
+cudnn_benchmark (null on CPU).
 """
 
 import argparse
@@ -128,13 +128,15 @@ class GRURCN(nn.Module):
 
 def flops_per_step(levels, hidden, image_size: int, batch: int, clip_length: int,
                    num_classes: int) -> int:
-  """Analytic: 3x3 convolutions and classifiers, forward and backward (3x forward)."""
+  """Analytic: 3x3 convolutions and classifiers, forward and backward. The input
+  convolutions' backward is their kernel's gradient (the features need none): 2x
+  their forward; the hidden convolutions and classifiers 3x."""
   total = 0
   for level, f in zip(levels, hidden):
     h, w, c = feature_shape(level, image_size)
-    per_frame = 2 * h * w * 9 * c * 3 * f + 2 * h * w * 9 * f * 3 * f
-    total += batch * clip_length * per_frame + batch * 2 * f * num_classes
-  return 3 * total
+    per_frame = 2 * (2 * h * w * 9 * c * 3 * f) + 3 * (2 * h * w * 9 * f * 3 * f)
+    total += batch * clip_length * per_frame + 3 * batch * 2 * f * num_classes
+  return total
 
 
 def _sync(device: torch.device):

@@ -96,14 +96,13 @@ class Experiment:
 
   def train_step_flops(self, batch_size: int) -> int:
     """FLOPs of a train step on `batch_size` clips, counted from the model's
-    operations (`flops.py`): backward = 2x forward, except through a frozen
-    backbone, which runs forward only."""
-    clip = self.config.data.clip_length
-    if self.spec.backbone is None or self.config.model.backbone_trainable:
-      return flops.train_step_flops(self.model, self.spec.input_shapes, batch_size, clip)
-    return (flops.forward_flops(self.model, self.spec.input_shapes, batch_size, clip)
-            + 2 * flops.forward_flops(self.model.head, self.spec.level_shapes,
-                                      batch_size, clip))
+    operations (`flops.train_step_flops`: no gradient for the data, and a frozen
+    backbone runs forward only)."""
+    frozen = ()
+    if self.spec.backbone is not None and not self.config.model.backbone_trainable:
+      frozen = (frames_lib.BACKBONE,)
+    return flops.train_step_flops(self.model, self.spec.input_shapes, batch_size,
+                                  self.config.data.clip_length, frozen=frozen)
 
   def train_step(self):
     """The jit-compiled, sharded train step: (state, global batch) -> (state, metrics)."""
@@ -175,18 +174,13 @@ class CaptioningExperiment(Experiment):
                               frozen=frozen, example_inputs=self._example_inputs())
 
   def train_step_flops(self, batch_size: int) -> int:
-    """3x the forward FLOPs (forward, then backward at twice them); through a
-    frozen encoder the backward covers the decoder only."""
+    """FLOPs of a train step (`flops.step_flops`): no gradient for the data, nor
+    for a frozen encoder's parameters."""
     variables = jax.eval_shape(lambda: self.model.init(jax.random.key(0),
                                                        *self._example_inputs()))
-    forward = flops.jaxpr_flops(jax.make_jaxpr(self.model.apply)(
-        variables, *self._example_inputs(batch_size)))
-    if not self.config.caption.freeze_encoder:
-      return 3 * forward
-    features, _ = self._example_inputs(batch_size)
-    encoder = flops.jaxpr_flops(jax.make_jaxpr(
-        lambda v, f: self.model.apply(v, f, method="segments"))(variables, features))
-    return forward + 2 * (forward - encoder)
+    frozen = ("encoder",) if self.config.caption.freeze_encoder else ()
+    return flops.step_flops(self.model.apply, variables,
+                            *self._example_inputs(batch_size), frozen=frozen)
 
   def train_step(self):
     return steps.make_caption_train_step(self.model, self.config, self.mesh,

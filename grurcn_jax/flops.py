@@ -30,7 +30,12 @@ Python ints, `lax.scan` and `lax.fori_loop` with static bounds, trace to `scan`)
 The model's recurrences trace to `scan` both ways: 'fused' is a custom_vjp whose
 primal runs a `lax.scan`, 'scan' is Flax's `nn.scan` (a `lax.scan`).
 
-A training step counts 3x the forward (backward = 2x forward).
+A training step counts the forward and, for each contraction, one more forward's
+FLOPs for the gradient of each operand that needs one: one that depends on a
+trained parameter and that the loss's gradient reaches. An input convolution of
+the features costs 2x its forward (the kernel's gradient; the data needs none), a
+hidden-to-hidden convolution 3x, a frozen backbone (stop_gradient after it) 1x.
+Recomputation under remat is not counted: these are the model's FLOPs.
 """
 
 import functools
@@ -99,32 +104,149 @@ def _sub_jaxprs(eqn):
 def jaxpr_flops(jaxpr) -> int:
   """Counted FLOPs of a (closed) jaxpr, recursing into sub-jaxprs (see module doc)."""
   jaxpr = _as_jaxpr(jaxpr)
-  total = 0
+  return _walk(jaxpr, [False] * len(jaxpr.invars), [False] * len(jaxpr.outvars))[0]
+
+
+def _is_var(v) -> bool:
+  return isinstance(v, jax_core.Var)
+
+
+def _scan_carry(eqn):
+  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
+  return n_consts, n_carry
+
+
+def _sub_flags(eqn, jaxpr, flags, n):
+  """Map an equation's operand (or result) flags onto a sub-jaxpr's `n` inputs (or
+  outputs): one to one, or after cond's branch index; otherwise any flag for all."""
+  if len(flags) == n:
+    return list(flags)
+  if eqn.primitive.name == "cond" and len(flags) == n + 1:
+    return list(flags[1:])
+  return [any(flags)] * n
+
+
+def _taint(jaxpr, tainted_in):
+  """Which outputs of `jaxpr` depend on an input flagged in `tainted_in`, not
+  through stop_gradient."""
+  tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
   for eqn in jaxpr.eqns:
+    ins = [_is_var(v) and v in tainted for v in eqn.invars]
+    if eqn.primitive.name == "stop_gradient" or not any(ins):
+      continue
+    outs = _sub_taint(eqn, ins)
+    tainted.update(v for v, t in zip(eqn.outvars, outs) if t)
+  return [_is_var(v) and v in tainted for v in jaxpr.outvars]
+
+
+def _sub_taint(eqn, ins):
+  """Which results of an equation with sub-jaxprs (or none) are tainted."""
+  single, alternatives = _sub_jaxprs(eqn)
+  if eqn.primitive.name == "scan":
+    n_consts, n_carry = _scan_carry(eqn)
+    return _taint(single[0], ins[:n_consts] + _sub_taint_carry(eqn, ins)
+                  + ins[n_consts + n_carry:])
+  jaxprs = single + [j for group in alternatives for j in group]
+  if not jaxprs or any(len(j.outvars) != len(eqn.outvars) for j in jaxprs):
+    return [True] * len(eqn.outvars)
+  outs = [False] * len(eqn.outvars)
+  for j in jaxprs:
+    outs = [a or b for a, b in zip(
+        outs, _taint(j, _sub_flags(eqn, j, ins, len(j.invars))))]
+  return outs
+
+
+def _walk(jaxpr, tainted_in, live_out):
+  """(forward FLOPs, backward FLOPs, live inputs) of `jaxpr`. An input is tainted when it
+  depends on a trained parameter; an output is live when the loss's gradient
+  reaches it. A contraction's backward computes the gradient of each tainted
+  operand whose result is live, at the forward's FLOPs each."""
+  tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
+  taints = []
+  for eqn in jaxpr.eqns:   # forward: what depends on the parameters
+    ins = [_is_var(v) and v in tainted for v in eqn.invars]
+    taints.append(ins)
+    if eqn.primitive.name != "stop_gradient" and any(ins):
+      tainted.update(v for v, t in zip(eqn.outvars, _sub_taint(eqn, ins)) if t)
+  live = {v for v, l in zip(jaxpr.outvars, live_out) if l and _is_var(v)}
+  forward = backward = 0
+  for eqn, ins in zip(reversed(jaxpr.eqns), reversed(taints)):   # backward
+    outs = [v in live for v in eqn.outvars]
     name = eqn.primitive.name
     if name in _COUNTED:
-      total += _COUNTED[name](eqn)
-      continue
-    single, alternatives = _sub_jaxprs(eqn)
-    if not single and not alternatives:
-      continue
-    # Branches (cond): only one runs; count the most expensive.
-    inner = (sum(jaxpr_flops(j) for j in single)
-             + sum(max(jaxpr_flops(j) for j in group) for group in alternatives))
-    if name == "scan":
-      inner *= int(eqn.params["length"])
-    elif name == "while":
-      if inner:
-        raise FlopCountError(
-            f"a while loop performs {inner} counted FLOPs per iteration but its trip "
-            "count is a runtime value (a lax.while_loop, or a fori_loop with traced "
-            "bounds), so the FLOPs cannot be counted statically; use lax.scan or a "
-            "fori_loop with Python-int bounds")
-    elif name == "shard_map":
-      mesh = eqn.params["mesh"]
-      inner *= _size(mesh.shape[axis] for axis in eqn.params["newly_manual_axes"])
-    total += inner
-  return total
+      flops = _COUNTED[name](eqn)
+      forward += flops
+      if any(outs):
+        backward += flops * sum(ins[:2])
+      live_in = [any(outs)] * len(eqn.invars)
+    elif name == "stop_gradient":
+      live_in = [False] * len(eqn.invars)
+    else:
+      f, b, live_in = _walk_sub(eqn, ins, outs)
+      forward += f
+      backward += b
+    live.update(v for v, l in zip(eqn.invars, live_in) if l and _is_var(v))
+  return forward, backward, [v in live for v in jaxpr.invars]
+
+
+def _walk_sub(eqn, ins, outs):
+  """(forward, backward, live operands) of an equation with sub-jaxprs (or none)."""
+  name = eqn.primitive.name
+  single, alternatives = _sub_jaxprs(eqn)
+  if not single and not alternatives:
+    return 0, 0, [any(outs)] * len(eqn.invars)
+  if name == "scan":
+    (body,), (n_consts, n_carry) = single, _scan_carry(eqn)
+    body_ins = ins[:n_consts] + _sub_taint_carry(eqn, ins) + ins[n_consts + n_carry:]
+    carry_live = outs[:n_carry]
+    while True:   # a carried value is live once any later iteration needs it
+      f, b, live_in = _walk(body, body_ins, carry_live + outs[n_carry:])
+      grown = [a or c for a, c in zip(carry_live, live_in[n_consts:n_consts + n_carry])]
+      if grown == carry_live:
+        break
+      carry_live = grown
+    length = int(eqn.params["length"])
+    return f * length, b * length, live_in
+  forward = backward = 0
+  live_in = [False] * len(eqn.invars)
+  for jaxprs in [[j] for j in single] + alternatives:   # a group: one branch runs
+    best = (0, 0)
+    for j in jaxprs:
+      f, b, l = _walk(j, _sub_flags(eqn, j, ins, len(j.invars)),
+                      _sub_flags(eqn, j, outs, len(j.outvars)))
+      best = max(best, (f, b))
+      if len(l) == len(eqn.invars):
+        live_in = [a or c for a, c in zip(live_in, l)]
+      elif name == "cond" and len(l) + 1 == len(eqn.invars):
+        live_in = [live_in[0]] + [a or c for a, c in zip(live_in[1:], l)]
+      elif any(l):
+        live_in = [True] * len(eqn.invars)
+    forward += best[0]
+    backward += best[1]
+  if name == "while" and forward:
+    raise FlopCountError(
+        f"a while loop performs {forward} counted FLOPs per iteration but its trip "
+        "count is a runtime value (a lax.while_loop, or a fori_loop with traced "
+        "bounds), so the FLOPs cannot be counted statically; use lax.scan or a "
+        "fori_loop with Python-int bounds")
+  if name == "shard_map":
+    shards = _size(eqn.params["mesh"].shape[axis]
+                   for axis in eqn.params["newly_manual_axes"])
+    forward, backward = forward * shards, backward * shards
+  return forward, backward, live_in
+
+
+def _sub_taint_carry(eqn, ins):
+  """A scan's carry flags once every iteration has had its say (see _sub_taint)."""
+  (body,), _ = _sub_jaxprs(eqn)
+  n_consts, n_carry = _scan_carry(eqn)
+  carry = ins[n_consts:n_consts + n_carry]
+  while True:
+    outs = _taint(body, ins[:n_consts] + carry + ins[n_consts + n_carry:])
+    grown = [a or b for a, b in zip(carry, outs[:n_carry])]
+    if grown == carry:
+      return carry
+    carry = grown
 
 
 def _abstract_features(level_shapes: Mapping[str, Sequence[int]], batch: int,
@@ -157,6 +279,26 @@ def forward_flops(model: nn.Module, level_shapes: Mapping[str, Sequence[int]],
 
 
 def train_step_flops(model: nn.Module, level_shapes: Mapping[str, Sequence[int]],
-                     batch: int, clip_length: int) -> int:
-  """FLOPs of a training step: forward + backward, with backward = 2x forward."""
-  return 3 * forward_flops(model, level_shapes, batch, clip_length)
+                     batch: int, clip_length: int, frozen: Sequence[str] = ()) -> int:
+  """FLOPs of a training step of `model` on `batch` clips (see `step_flops`)."""
+  features = _abstract_features(level_shapes, batch, clip_length)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.key(0), features)
+  return step_flops(lambda v, f: model.apply(v, f, train=False), variables, features,
+                    frozen=frozen)
+
+
+def step_flops(apply, variables, *inputs, frozen: Sequence[str] = ()) -> int:
+  """FLOPs of a training step of `apply(variables, *inputs)`: the forward, and a
+  backward that computes, for each contraction, the gradient of each operand that
+  depends on a trained parameter (one of variables['params'] outside the top-level
+  collections `frozen`, which the optimiser leaves alone; never the data) where the
+  loss's gradient reaches it (not through stop_gradient), at the forward's FLOPs
+  each: 3x the forward for a hidden-to-hidden convolution, 2x for an input
+  convolution of the features, 1x for a frozen backbone."""
+  jaxpr = jax.make_jaxpr(apply)(variables, *inputs).jaxpr
+  trained = [path[0].key == "params" and path[1].key not in frozen
+             for path, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
+  tainted = trained + [False] * (len(jaxpr.invars) - len(trained))
+  forward, backward, _ = _walk(jaxpr, tainted, [True] * len(jaxpr.outvars))
+  return forward + backward

@@ -40,11 +40,17 @@ def level_shapes(cfg, shapes=SHAPES):
 
 # -- the closed-form reference --------------------------------------------------
 
-def reference_forward_flops(cfg, shapes, batch, clip_length):
+def reference_forward_flops(cfg, shapes, batch, clip_length, train=False):
   """Per level: input conv 2*P*taps*C*3F and hidden convs 2*P*taps*F*3F per frame,
   classifier 2*width*K per clip; bi doubles the recurrent part (concat doubles the
   classifier width); stacked adds the lower level's conv 2*P*taps*F_lower*2F;
-  vgg_frames is 2*C*K per frame; vgg_rnn has P = taps = 1 (per-frame vectors)."""
+  vgg_frames is 2*C*K per frame; vgg_rnn has P = taps = 1 (per-frame vectors).
+
+  `train`: a training step. Products of the features (the input convolutions,
+  vgg_frames' classifier) add their kernel's gradient (2x); products of the states
+  (hidden and lower-level convolutions, the classifiers of recurrent models) also
+  the state's gradient (3x)."""
+  data, state = (2, 3) if train else (1, 1)
   frames = batch * clip_length
   k = cfg.num_classes
   total, lower = 0, None
@@ -52,21 +58,22 @@ def reference_forward_flops(cfg, shapes, batch, clip_length):
     shape = tuple(shapes[level])
     c = shape[-1]
     if cfg.name == "vgg_frames":
-      total += frames * 2 * c * k
+      total += data * frames * 2 * c * k
       continue
     f = cfg.hidden[index]
     is_map = len(shape) == 3
     positions = shape[0] * shape[1] if is_map and cfg.name == "grurcn" else 1
     taps = cfg.kernel_size ** 2 if is_map and cfg.name == "grurcn" else 1
-    per_frame = 2 * positions * taps * c * 3 * f + 2 * positions * taps * f * 3 * f
+    per_frame = (data * 2 * positions * taps * c * 3 * f
+                 + state * 2 * positions * taps * f * 3 * f)
     width = f
     if cfg.name == "grurcn" and cfg.variant == "bi":
       per_frame *= 2
       width = 2 * f if cfg.bi_merge == "concat" else f
     if cfg.name == "grurcn" and cfg.variant == "stacked" and lower is not None:
-      per_frame += 2 * positions * taps * lower * 2 * f
+      per_frame += state * 2 * positions * taps * lower * 2 * f
     lower = f
-    total += frames * per_frame + batch * 2 * width * k
+    total += frames * per_frame + state * batch * 2 * width * k
   return total
 
 
@@ -122,37 +129,88 @@ def test_scales_with_batch_and_clip_length():
         reference_forward_flops(cfg, SHAPES, batch, clip_length)
 
 
-def test_train_step_is_three_forwards():
-  cfg = model_config(variant="bi")
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=IMPLEMENTATION_IDS)
+@pytest.mark.parametrize("changes", [
+    dict(variant="uni"), dict(variant="bi", bi_merge="sum"), dict(variant="stacked"),
+    dict(variant="bi", levels=("pool2", "pool3", "fc7"), hidden=(3, 5, 2)),
+    dict(name="vgg_rnn", levels=("pool3", "fc7"), hidden=(5, 2)),
+    dict(name="vgg_frames", levels=("pool3", "fc7"), hidden=(5, 2))],
+    ids=["uni", "bi-sum", "stacked", "bi-fc7", "vgg_rnn", "vgg_frames"])
+def test_train_step_computes_no_gradient_for_the_data(changes, implementation):
+  # The input convolutions' operands are the features: their backward is the
+  # kernel's gradient alone. Remat's recomputation is not counted (model FLOPs).
+  cfg = model_config(**changes, **implementation)
   model, shapes = build_model(cfg), level_shapes(cfg)
-  forward = flops.forward_flops(model, shapes, BATCH, CLIP)
-  assert flops.train_step_flops(model, shapes, BATCH, CLIP) == 3 * forward
-  assert forward == reference_forward_flops(cfg, SHAPES, BATCH, CLIP)
+  assert flops.train_step_flops(model, shapes, BATCH, CLIP) == \
+      reference_forward_flops(cfg, SHAPES, BATCH, CLIP, train=True)
 
 
-def reference_decoder_flops(batch, length, segments, width, vocab, caption):
+def test_frozen_parameters_and_stop_gradient_take_no_backward():
+  # y = x W1 (frozen) -> stop_gradient or not -> z = y W2: the backward of the
+  # first product needs W1's gradient only when W1 trains, and y's gradient only
+  # when it reaches the loss.
+  def apply(variables, x):
+    y = x @ variables["params"]["first"]
+    if variables["params"].get("cut") is not None:
+      y = lax.stop_gradient(y)
+    return y @ variables["params"]["second"]
+  x, w1, w2 = spec(4, 3), spec(3, 5), spec(5, 2)
+  one, two = 2 * 4 * 3 * 5, 2 * 4 * 5 * 2
+  params = {"params": {"first": w1, "second": w2}}
+  assert flops.step_flops(apply, params, x) == 2 * one + 3 * two
+  assert flops.step_flops(apply, params, x, frozen=("first",)) == one + 2 * two
+  cut = {"params": {"first": w1, "second": w2, "cut": spec(1)}}
+  assert flops.step_flops(apply, cut, x) == one + 2 * two
+
+
+def test_a_scan_carry_needs_its_gradient_once_any_iteration_makes_it_depend_on_params():
+  # The carry starts as data (zeros); the first iteration's product with W makes
+  # it a function of W, so every iteration's product needs the carry's gradient.
+  def apply(variables, x):
+    w = variables["params"]["w"]
+    def body(h, x_t):
+      h = jnp.tanh(x_t + h @ w)
+      return h, None
+    return lax.scan(body, jnp.zeros((2, 4)), x)[0]
+  step = 2 * 2 * 4 * 4
+  assert flops.step_flops(apply, {"params": {"w": spec(4, 4)}}, spec(5, 2, 4)) == \
+      5 * 3 * step
+
+
+def reference_decoder_flops(batch, length, segments, width, vocab, caption,
+                            segments_trained=None):
   """The attention LSTM's contractions (models/caption_decoder.py), per video:
   once h_0, c_0 (2 x D x H each) and the segments' projection (K x D x A); per
   word the attention (H x A, K x A scores, K x D context), the gates from the
   word, h and the context (E, H, D each x 4H), and the output layer (H x E,
-  D x E, E x V). The embedding is a lookup, not a product."""
+  D x E, E x V). The embedding is a lookup, not a product.
+
+  `segments_trained` (True / False): a training step. Every product then also
+  computes the gradient of its parameter and of its other operand (3x), except the
+  products of the segment vectors when they depend on no trained parameter (a
+  frozen encoder, no learned segment positions): their gradient is not needed
+  (2x)."""
   e, h, a = caption.embed_dim, caption.hidden, caption.attention_dim
   k, d = segments, width
-  once = 2 * d * h * 2 + 2 * k * d * a
-  per_word = (2 * h * a + 2 * k * a + 2 * k * d + 2 * 4 * h * (e + h + d)
+  of_segments = 2 * d * h * 2 + 2 * k * d * a + length * 2 * k * d
+  per_word = (2 * h * a + 2 * k * a + 2 * 4 * h * (e + h + d)
               + 2 * e * (h + d) + 2 * e * vocab)
-  return batch * (once + length * per_word)
+  if segments_trained is None:
+    return batch * (of_segments + length * per_word)
+  return batch * ((3 if segments_trained else 2) * of_segments + 3 * length * per_word)
 
 
-@pytest.mark.parametrize("freeze_encoder", [False, True])
+@pytest.mark.parametrize("freeze_encoder,segment_positions",
+                         [(False, True), (True, True), (True, False)])
 def test_captioning_step_counts_the_encoder_backward_only_when_trained(
-    tiny_captions_dir, freeze_encoder):
+    tiny_captions_dir, freeze_encoder, segment_positions):
   from grurcn_jax import experiment as experiment_lib
   from tests.training_setup import tiny_captioning_config
   # A frozen encoder needs a checkpoint to start from; counting FLOPs never reads it.
   config = tiny_captioning_config(
       tiny_captions_dir, caption__freeze_encoder=freeze_encoder,
-      caption__encoder_checkpoint="/not/read" if freeze_encoder else "")
+      caption__encoder_checkpoint="/not/read" if freeze_encoder else "",
+      caption__segment_positions=segment_positions)
   experiment = experiment_lib.assemble(config)
   batch, caption = 3, config.caption
   cfg = config.model.copy_and_resolve_references()
@@ -160,11 +218,16 @@ def test_captioning_step_counts_the_encoder_backward_only_when_trained(
   shapes = {l: tuple(s) for l, s in experiment.spec.input_shapes.items()}
   # Every segment of every video is a clip of clip_length frames.
   encoder = reference_forward_flops(cfg, shapes, batch * caption.segments,
-                                    config.data.clip_length)
-  decoder = reference_decoder_flops(batch, caption.max_length, caption.segments,
-                                    sum(cfg.hidden), experiment.vocabulary.size, caption)
-  backward_through = decoder if freeze_encoder else encoder + decoder
-  assert experiment.train_step_flops(batch) == encoder + decoder + 2 * backward_through
+                                    config.data.clip_length,
+                                    train=not freeze_encoder)
+  decoder = functools.partial(reference_decoder_flops, batch, caption.max_length,
+                              caption.segments, sum(cfg.hidden),
+                              experiment.vocabulary.size, caption)
+  # Learned segment positions are added to the segment vectors: a frozen encoder's
+  # vectors then depend on trained parameters all the same.
+  assert experiment.train_step_flops(batch) == encoder + decoder(
+      segments_trained=not freeze_encoder or segment_positions)
+  assert decoder(segments_trained=True) == 3 * decoder()
 
 
 # -- the jaxpr walker on functions with known counts ----------------------------

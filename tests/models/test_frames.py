@@ -89,7 +89,8 @@ def test_frames_mode_needs_stored_frames(tmp_path):
 
 def test_a_frozen_backbone_counts_forward_only(tiny_demo_dir):
   """Train-step FLOPs in frames mode: the head forward and backward, VGG-16's
-  convolutions (32 px frames up to pool3, counted here by hand) forward only."""
+  convolutions (32 px frames up to pool3, counted here by hand) forward only when
+  frozen."""
   vgg_per_frame = 2 * 9 * (32 * 32 * (3 * 64 + 64 * 64)
                            + 16 * 16 * (64 * 128 + 128 * 128)
                            + 8 * 8 * (128 * 256 + 2 * 256 * 256))
@@ -98,6 +99,15 @@ def test_a_frozen_backbone_counts_forward_only(tiny_demo_dir):
   frames = 8 * 4
   assert frozen.train_step_flops(8) == (head.train_step_flops(8)
                                         + frames * vgg_per_frame)
+  # Trained: VGG-16 forward and backward, but no gradient for the frames (its first
+  # convolution 2x), and the head's input convolutions now pass one back (3x, not
+  # the 2x of stored features).
   trained = assemble(tiny_config(tiny_demo_dir, data__input="frames",
                                  model__backbone_trainable=True))
-  assert trained.train_step_flops(8) == head.train_step_flops(8) + 3 * frames * vgg_per_frame
+  conv1_1 = 2 * 9 * 32 * 32 * 3 * 64
+  config = trained.config.model
+  input_convs = sum(2 * h * w * 9 * c * 3 * f for (h, w, c), f in zip(
+      (head.spec.level_shapes[l] for l in config.levels), config.hidden))
+  assert trained.train_step_flops(8) == (head.train_step_flops(8)
+                                         + frames * input_convs
+                                         + frames * (3 * vgg_per_frame - conv1_1))
