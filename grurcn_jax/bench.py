@@ -62,7 +62,10 @@ instruction once), all_gather_bytes. pipeline fields: clips_per_s, gb_per_s (fea
 bytes_per_clip, batches, batch, loader (the one `data.loader` resolved to). end_to_end
 fields: end_to_end_clips_per_s (steps fed by the input loader through the device
 prefetcher), step_clips_per_s (the step on a batch already on the devices),
-input_clips_per_s (the loader alone), bound_by, loader, input (features or frames).
+input_clips_per_s (the loader alone), bound_by, loader, input (features or frames),
+steps. pipeline and end_to_end time the second half of their max(--steps, 20) /
+max(--steps, 10) batches (`batches`, `steps`): the first half drains what the
+queues read ahead while the program compiled or warmed up.
 
 Needs only jax, flax, optax and ml-collections; TensorFlow only where the input is
 read by tf.data (data.loader=tf, JPEG frames, remote paths).
@@ -507,6 +510,19 @@ def _read(config):
           else tuple(config.model.levels))
 
 
+def _steady_seconds_per_item(items: int, take_one) -> float:
+  """Seconds per item over the second half of `items` calls of `take_one`: the
+  first half drains what the queues read ahead while the program compiled or
+  warmed up (an input-bound run would read it as free items)."""
+  half = items // 2
+  for _ in range(half):
+    take_one()
+  start = time.perf_counter()
+  for _ in range(items - half):
+    take_one()
+  return (time.perf_counter() - start) / (items - half)
+
+
 def bench_pipeline(config) -> dict:
   from grurcn_jax.data import loaders, prepare
   if FLAGS.synthetic_videos:
@@ -517,14 +533,15 @@ def bench_pipeline(config) -> dict:
   for _ in range(3):  # warm-up: tf.data threads and file handles
     next(batches)
   count = max(FLAGS.steps, 20)
-  start = time.perf_counter()
-  delivered = sum(_batch_bytes(next(batches)) for _ in range(count))
-  seconds = time.perf_counter() - start
-  return {"what": "pipeline", "batch": FLAGS.batch, "batches": count,
+  delivered = []
+  seconds = _steady_seconds_per_item(
+      count, lambda: delivered.append(_batch_bytes(next(batches))))
+  bytes_per_clip = sum(delivered) // (count * FLAGS.batch)
+  return {"what": "pipeline", "batch": FLAGS.batch, "batches": count - count // 2,
           "clip_length": config.data.clip_length, "levels": list(_read(config)),
-          "clips_per_s": count * FLAGS.batch / seconds,
-          "gb_per_s": delivered / seconds / 1e9,
-          "bytes_per_clip": delivered // (count * FLAGS.batch), "device": "host",
+          "clips_per_s": FLAGS.batch / seconds,
+          "gb_per_s": bytes_per_clip * FLAGS.batch / seconds / 1e9,
+          "bytes_per_clip": bytes_per_clip, "device": "host",
           "loader": loaders.resolve(config.data, _read(config))}
 
 
@@ -542,15 +559,21 @@ def bench_end_to_end(config) -> dict:
   inputs = tuple(experiment.spec.input_shapes)
   state = experiment.init_state()
   step = experiment.train_step()
-  count = max(FLAGS.steps, 5)
+  count = max(FLAGS.steps, 10)
 
   def run(batches, steps):
+    """Seconds per step over the second half of `steps` (see
+    _steady_seconds_per_item); one wait for the device at the half."""
     nonlocal state
-    start = time.perf_counter()
-    for _ in range(steps):
+    half = steps // 2
+    for _ in range(half):
       state, metrics = step(state, next(batches))
     jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    start = time.perf_counter()
+    for _ in range(steps - half):
+      state, metrics = step(state, next(batches))
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - start) / (steps - half)
 
   def host_batches():
     return loaders.for_config(config.data, inputs).train_batches(
@@ -559,17 +582,14 @@ def bench_end_to_end(config) -> dict:
   # The input alone first, on its own pipeline: nothing read ahead while a step ran.
   host = host_batches()
   bytes_per_clip = _batch_bytes(next(host)) // host_batch   # also the warm-up
-  start = time.perf_counter()
-  for _ in range(count):
-    next(host)
-  input_s = (time.perf_counter() - start) / count
+  input_s = _steady_seconds_per_item(count, lambda: next(host))
   resident = sharding.global_batch(experiment.mesh, next(host))
   fed = sharding.prefetch_to_device(host_batches(), experiment.mesh,
                                     config.data.device_prefetch)
-  run(fed, 2)  # compile and warm-up
+  run(fed, 2)  # compile and warm-up (the queues fill meanwhile: run drains them)
   end_to_end_s = run(fed, count)
   step_s = run(iter(lambda: resident, None), count)
-  return {"what": "end_to_end", "batch": FLAGS.batch, "steps": count,
+  return {"what": "end_to_end", "batch": FLAGS.batch, "steps": count - count // 2,
           "clip_length": config.data.clip_length, "levels": list(config.model.levels),
           "dtype": config.model.dtype,
           "end_to_end_clips_per_s": FLAGS.batch / end_to_end_s,
