@@ -153,6 +153,33 @@ def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finishe
   assert "hosts 2 -> 1 (data.num_streams=0" in caplog.records[0].getMessage()
 
 
+def test_the_loop_runs_at_most_two_steps_ahead_of_the_devices(data_dir, tmp_path,
+                                                              monkeypatch):
+  # Each step dispatched waits for the one two back: at most two queued, each
+  # holding its batch in device memory.
+  from grurcn_jax import experiment as experiment_lib
+  losses, waited = [], []
+  make_step = experiment_lib.Experiment.train_step
+
+  def recording_step(self):
+    step = make_step(self)
+
+    def run(state, batch):
+      state, metrics = step(state, batch)
+      losses.append(metrics["loss"])
+      return state, metrics
+    return run
+  monkeypatch.setattr(experiment_lib.Experiment, "train_step", recording_step)
+  block = jax.block_until_ready
+  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or block(x))
+  config = tiny_config(data_dir, num_train_steps=5, log_every_steps=5,
+                       checkpoint_every_steps=5, eval_every_steps=5)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert len(losses) == 5
+  steps = [i for x in waited for i, loss in enumerate(losses) if x is loss]
+  assert steps == [0, 1, 2]   # waited for at steps 3, 4 and 5
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
   config = tiny_config(data_dir, learning_rate=1e38, grad_clip_norm=0.0,
                        checkpoint_every_steps=1, log_every_steps=1)
