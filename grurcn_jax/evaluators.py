@@ -71,7 +71,8 @@ class ClassificationEvaluator:
         features_lib.read_metadata(config.data.dir), config.data.eval_split)
     # A missing or truncated eval file is found now, not at the first evaluation.
     self._loader = loaders.for_config(config.data, self._inputs)
-    self._loader.check_split(config.data, config.data.eval_split, self._inputs)
+    sharding.check_hosts_read_alike(config.data.eval_split, self._loader.check_split(
+        config.data, config.data.eval_split, self._inputs))
     self._step = _make_eval_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:
@@ -210,7 +211,8 @@ class CaptioningEvaluator:
                                                  self._video_ids.values())
     self._is_demo = metadata.get("extraction", {}).get("source") == "demo_captions"
     self._loader = loaders.for_config(config.data, self._inputs)
-    self._loader.check_split(config.data, config.data.eval_split, self._inputs)
+    sharding.check_hosts_read_alike(config.data.eval_split, self._loader.check_split(
+        config.data, config.data.eval_split, self._inputs))
     self._decode = _make_decode_step(experiment)
 
   def evaluate(self, params, step: int) -> EvalResult:

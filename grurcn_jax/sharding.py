@@ -6,13 +6,15 @@ its own part of the global batch (`jax.make_array_from_process_local_data`).
 """
 
 import collections
+import os
+import zlib
 from typing import Any, Iterable, Iterator
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from grurcn_jax.errors import ConfigError
+from grurcn_jax.errors import ConfigError, FeatureFormatError
 
 DATA_AXIS = "data"
 
@@ -79,3 +81,21 @@ def prefetch_to_device(host_batches: Iterable[Any], mesh: Mesh,
     yield queue.popleft()
     # Resumed: the caller has dispatched its step; start the next copy behind it.
     enqueue(1 if size else 0)
+
+
+def check_hosts_read_alike(split: str, stats) -> None:
+  """Every host must have left out the same records of `split` (`stats`: the
+  loader's InputStats, data.skip_bad_records): a host with another copy of the
+  files would otherwise read other videos, split the work differently, or wait in
+  a collective the others never reach. Call on every host at the same point."""
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils
+  names = "\n".join(sorted(os.path.basename(f) for f in stats.bad_files))
+  mine = np.array([stats.skipped_records, zlib.crc32(names.encode())], np.int64)
+  everyone = np.asarray(multihost_utils.process_allgather(mine))
+  if (everyone != everyone[0]).any():
+    raise FeatureFormatError(
+        f"the hosts left out different records of split {split!r} (records left out "
+        f"per host: {everyone[:, 0].tolist()}): a file is unreadable on some hosts "
+        f"only; give every host the same files")

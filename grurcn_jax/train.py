@@ -53,6 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   step_flops = experiment.train_step_flops(config.batch_size)
   train_step = experiment.train_step()
   host_batches = experiment.train_batches(host_batch, start_step)
+  sharding.check_hosts_read_alike(config.data.train_split, host_batches.stats)
   # The next batches travel to the devices while a step runs.
   batches = sharding.prefetch_to_device(host_batches, experiment.mesh,
                                         config.data.device_prefetch)

@@ -131,3 +131,25 @@ def test_prefetch_to_device_yields_global_batches_in_order_ahead_of_use():
   ahead = list(sharding.prefetch_to_device(
       ({"x": np.full((8,), i, np.float32)} for i in range(3)), mesh, size=5))
   assert [int(b["x"][0]) for b in ahead] == [0, 1, 2]
+
+
+def test_hosts_that_left_out_other_records_are_an_error(monkeypatch):
+  # Two hosts, one of which found a shard unreadable (another copy of the files):
+  # they would read other videos and split the work differently.
+  from jax.experimental import multihost_utils
+  from grurcn_jax.data.sampling import InputStats
+  from grurcn_jax.errors import FeatureFormatError
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  other = np.array([0, 0], np.int64)   # the other host: nothing left out
+  monkeypatch.setattr(multihost_utils, "process_allgather",
+                      lambda mine: np.stack([mine, other]))
+  sharding.check_hosts_read_alike("test", InputStats())
+  with pytest.raises(FeatureFormatError, match=r"split 'test' \(records left out per "
+                                               r"host: \[3, 0\]\)"):
+    sharding.check_hosts_read_alike(
+        "test", InputStats(skipped_records=3, bad_files=["/data/test-00001.fc7"]))
+  # The same count, other files: still not the same videos.
+  other = np.array([3, 0], np.int64)
+  with pytest.raises(FeatureFormatError):
+    sharding.check_hosts_read_alike(
+        "test", InputStats(skipped_records=3, bad_files=["/data/test-00001.fc7"]))
