@@ -76,10 +76,11 @@ def all_gathers(hlo_text: str) -> List[Instruction]:
 
 
 def _collective_kind(op: str):
-  if op.endswith("-done"):   # the -start half already counted the data
-    return None
+  # An asynchronous collective (GPU, TPU) is a -start/-done pair: the -start's
+  # result is a tuple that also holds its operand (and, for a permute, context
+  # words); the -done's is the data the collective produced.
   for kind in COLLECTIVES:
-    if op == kind or op == kind + "-start":
+    if op == kind or op == kind + "-done":
       return kind
   return None
 

@@ -153,3 +153,21 @@ def test_hosts_that_left_out_other_records_are_an_error(monkeypatch):
   with pytest.raises(FeatureFormatError):
     sharding.check_hosts_read_alike(
         "test", InputStats(skipped_records=3, bad_files=["/data/test-00001.fc7"]))
+
+
+def test_asynchronous_collectives_count_the_data_they_produce():
+  # GPU/TPU programs split a collective into -start (a tuple of its operand and
+  # result) and -done (its result): 8 x 1024 float32 gathered is 32 KiB, not
+  # 36 KiB; a permute's -start also holds context words.
+  program = """
+  %ag-start = (f32[1,1024]{1,0}, f32[8,1024]{1,0}) all-gather-start(f32[1,1024]{1,0} %p), dimensions={0}
+  %ag-done = f32[8,1024]{1,0} all-gather-done((f32[1,1024]{1,0}, f32[8,1024]{1,0}) %ag-start)
+  %cp-start = (f32[256]{0}, f32[256]{0}, u32[], u32[]) collective-permute-start(f32[256]{0} %q), source_target_pairs={{0,1}}
+  %cp-done = f32[256]{0} collective-permute-done((f32[256]{0}, f32[256]{0}, u32[], u32[]) %cp-start)
+  %ar = f32[64]{0} all-reduce(f32[64]{0} %r), to_apply=%sum
+  """
+  counted = hlo.collective_bytes(program)
+  assert counted["all-gather"] == 8 * 1024 * 4
+  assert counted["collective-permute"] == 256 * 4
+  assert counted["all-reduce"] == 64 * 4
+  assert [i.op for i in hlo.all_gathers(program)] == ["all-gather-done"]
