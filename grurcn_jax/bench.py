@@ -621,7 +621,17 @@ def main(argv):
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(json.dumps(result))
+  print(json.dumps(_without_nan(result), allow_nan=False))
+
+
+def _without_nan(value):
+  """NaN (what --steps=0 leaves untimed) as null: strict JSON readers (jq, most
+  languages' parsers) refuse NaN."""
+  if isinstance(value, dict):
+    return {k: _without_nan(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_without_nan(v) for v in value]
+  return None if isinstance(value, float) and value != value else value
 
 
 if __name__ == "__main__":
