@@ -111,11 +111,6 @@ def _is_var(v) -> bool:
   return isinstance(v, jax_core.Var)
 
 
-def _scan_carry(eqn):
-  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
-  return n_consts, n_carry
-
-
 def _sub_flags(eqn, jaxpr, flags, n):
   """Map an equation's operand (or result) flags onto a sub-jaxpr's `n` inputs (or
   outputs): one to one, or after cond's branch index; otherwise any flag for all."""
@@ -126,24 +121,35 @@ def _sub_flags(eqn, jaxpr, flags, n):
   return [any(flags)] * n
 
 
-def _taint(jaxpr, tainted_in):
-  """Which outputs of `jaxpr` depend on an input flagged in `tainted_in`, not
-  through stop_gradient."""
+def _inexact(v) -> bool:
+  # Integers and booleans (an argmax, a comparison) carry no gradient.
+  return jnp.issubdtype(v.aval.dtype, jnp.inexact)
+
+
+def _propagate(jaxpr, tainted_in):
+  """Per equation, which of its operands depend on an input flagged in
+  `tainted_in` (not through stop_gradient, nor through integers); and which of the
+  jaxpr's outputs do."""
   tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
+  operands = []
   for eqn in jaxpr.eqns:
     ins = [_is_var(v) and v in tainted for v in eqn.invars]
-    if eqn.primitive.name == "stop_gradient" or not any(ins):
-      continue
-    outs = _sub_taint(eqn, ins)
-    tainted.update(v for v, t in zip(eqn.outvars, outs) if t)
-  return [_is_var(v) and v in tainted for v in jaxpr.outvars]
+    operands.append(ins)
+    if eqn.primitive.name != "stop_gradient" and any(ins):
+      tainted.update(v for v, t in zip(eqn.outvars, _sub_taint(eqn, ins))
+                     if t and _inexact(v))
+  return operands, [_is_var(v) and v in tainted for v in jaxpr.outvars]
+
+
+def _taint(jaxpr, tainted_in):
+  return _propagate(jaxpr, tainted_in)[1]
 
 
 def _sub_taint(eqn, ins):
   """Which results of an equation with sub-jaxprs (or none) are tainted."""
   single, alternatives = _sub_jaxprs(eqn)
   if eqn.primitive.name == "scan":
-    n_consts, n_carry = _scan_carry(eqn)
+    n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
     return _taint(single[0], ins[:n_consts] + _sub_taint_carry(eqn, ins)
                   + ins[n_consts + n_carry:])
   jaxprs = single + [j for group in alternatives for j in group]
@@ -161,13 +167,7 @@ def _walk(jaxpr, tainted_in, live_out):
   depends on a trained parameter; an output is live when the loss's gradient
   reaches it. A contraction's backward computes the gradient of each tainted
   operand whose result is live, at the forward's FLOPs each."""
-  tainted = {v for v, t in zip(jaxpr.invars, tainted_in) if t}
-  taints = []
-  for eqn in jaxpr.eqns:   # forward: what depends on the parameters
-    ins = [_is_var(v) and v in tainted for v in eqn.invars]
-    taints.append(ins)
-    if eqn.primitive.name != "stop_gradient" and any(ins):
-      tainted.update(v for v, t in zip(eqn.outvars, _sub_taint(eqn, ins)) if t)
+  taints, _ = _propagate(jaxpr, tainted_in)   # forward: what depends on the parameters
   live = {v for v, l in zip(jaxpr.outvars, live_out) if l and _is_var(v)}
   forward = backward = 0
   for eqn, ins in zip(reversed(jaxpr.eqns), reversed(taints)):   # backward
@@ -196,7 +196,8 @@ def _walk_sub(eqn, ins, outs):
   if not single and not alternatives:
     return 0, 0, [any(outs)] * len(eqn.invars)
   if name == "scan":
-    (body,), (n_consts, n_carry) = single, _scan_carry(eqn)
+    (body,) = single
+    n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
     body_ins = ins[:n_consts] + _sub_taint_carry(eqn, ins) + ins[n_consts + n_carry:]
     carry_live = outs[:n_carry]
     while True:   # a carried value is live once any later iteration needs it
@@ -210,19 +211,19 @@ def _walk_sub(eqn, ins, outs):
   forward = backward = 0
   live_in = [False] * len(eqn.invars)
   for jaxprs in [[j] for j in single] + alternatives:   # a group: one branch runs
-    best = (0, 0)
+    best = (0, 0, 0)   # (forward + backward, forward, backward): the costliest runs
     for j in jaxprs:
       f, b, l = _walk(j, _sub_flags(eqn, j, ins, len(j.invars)),
                       _sub_flags(eqn, j, outs, len(j.outvars)))
-      best = max(best, (f, b))
+      best = max(best, (f + b, f, b))
       if len(l) == len(eqn.invars):
         live_in = [a or c for a, c in zip(live_in, l)]
       elif name == "cond" and len(l) + 1 == len(eqn.invars):
         live_in = [live_in[0]] + [a or c for a, c in zip(live_in[1:], l)]
       elif any(l):
         live_in = [True] * len(eqn.invars)
-    forward += best[0]
-    backward += best[1]
+    forward += best[1]
+    backward += best[2]
   if name == "while" and forward:
     raise FlopCountError(
         f"a while loop performs {forward} counted FLOPs per iteration but its trip "
@@ -239,7 +240,7 @@ def _walk_sub(eqn, ins, outs):
 def _sub_taint_carry(eqn, ins):
   """A scan's carry flags once every iteration has had its say (see _sub_taint)."""
   (body,), _ = _sub_jaxprs(eqn)
-  n_consts, n_carry = _scan_carry(eqn)
+  n_consts, n_carry = eqn.params["num_consts"], eqn.params["num_carry"]
   carry = ins[n_consts:n_consts + n_carry]
   while True:
     outs = _taint(body, ins[:n_consts] + carry + ins[n_consts + n_carry:])

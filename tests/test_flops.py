@@ -464,3 +464,26 @@ def test_input_channel_cost_matches_xla_exactly(variant, kernel_size, recurrence
   assert xla_delta == expected_xla
   if kernel_size == 1:
     assert xla_delta == ours_delta
+
+
+def test_a_step_counts_the_branch_of_most_forward_and_backward_flops():
+  # Branch one: two products of data (forward 2 units, no backward); branch two:
+  # w @ w (forward 1, backward 2: both operands are the parameter).
+  def apply(variables, x, i):
+    w = variables["params"]["w"]
+    return lax.cond(i > 0, lambda: x @ x @ x, lambda: w @ w)
+  unit = 2 * 4 * 4 * 4
+  step = flops.step_flops(apply, {"params": {"w": spec(4, 4)}}, spec(4, 4),
+                          jax.ShapeDtypeStruct((), jnp.int32))
+  assert step == 3 * unit
+
+
+def test_integers_carry_no_gradient():
+  # one_hot(argmax(x @ w)) depends on w only through an integer: its product with
+  # x needs no backward.
+  def apply(variables, x):
+    y = x @ variables["params"]["w"]
+    picked = jax.nn.one_hot(jnp.argmax(y, -1), 4)
+    return (picked @ x).sum() + y.sum()
+  unit = 2 * 4 * 4 * 4
+  assert flops.step_flops(apply, {"params": {"w": spec(4, 4)}}, spec(4, 4)) == 3 * unit
