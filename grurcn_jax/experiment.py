@@ -63,12 +63,15 @@ class Experiment:
                                          self.state_sharding)
 
   def _create_state(self, given_params=None) -> steps.TrainState:
-    frozen = ()
-    if self.spec.backbone is not None and not self.config.model.backbone_trainable:
-      frozen = (frames_lib.BACKBONE,)
     return steps.create_state(self.model, self.config, self.mesh,
                               self.spec.input_shapes, given_params=given_params,
-                              frozen=frozen)
+                              frozen=self.frozen())
+
+  def frozen(self) -> Tuple[str, ...]:
+    """The top-level parameter keys the optimiser leaves alone (no gradient)."""
+    if self.spec.backbone is not None and not self.config.model.backbone_trainable:
+      return (frames_lib.BACKBONE,)
+    return ()
 
   @property
   def state_sharding(self):
@@ -98,16 +101,14 @@ class Experiment:
     """FLOPs of a train step on `batch_size` clips, counted from the model's
     operations (`flops.train_step_flops`: no gradient for the data, and a frozen
     backbone runs forward only)."""
-    frozen = ()
-    if self.spec.backbone is not None and not self.config.model.backbone_trainable:
-      frozen = (frames_lib.BACKBONE,)
     return flops.train_step_flops(self.model, self.spec.input_shapes, batch_size,
-                                  self.config.data.clip_length, frozen=frozen)
+                                  self.config.data.clip_length, frozen=self.frozen())
 
   def train_step(self):
     """The jit-compiled, sharded train step: (state, global batch) -> (state, metrics)."""
     return steps.make_train_step(self.model, self.config, self.mesh, self.state_sharding,
-                                 prepare_features=self.spec.dequantize)
+                                 prepare_features=self.spec.dequantize,
+                                 frozen=self.frozen())
 
   def train_batches(self, host_batch: int, start_step: int):
     """This host's endless train batches (`data.loaders`), from `start_step` on."""
@@ -168,24 +169,26 @@ class CaptioningExperiment(Experiment):
     return params
 
   def _create_state(self, given_params=None) -> steps.TrainState:
-    frozen = ("encoder",) if self.config.caption.freeze_encoder else ()
     return steps.create_state(self.model, self.config, self.mesh,
                               self.spec.input_shapes, given_params=given_params,
-                              frozen=frozen, example_inputs=self._example_inputs())
+                              frozen=self.frozen(), example_inputs=self._example_inputs())
+
+  def frozen(self) -> Tuple[str, ...]:
+    return ("encoder",) if self.config.caption.freeze_encoder else ()
 
   def train_step_flops(self, batch_size: int) -> int:
     """FLOPs of a train step (`flops.step_flops`): no gradient for the data, nor
     for a frozen encoder's parameters."""
     variables = jax.eval_shape(lambda: self.model.init(jax.random.key(0),
                                                        *self._example_inputs()))
-    frozen = ("encoder",) if self.config.caption.freeze_encoder else ()
     return flops.step_flops(self.model.apply, variables,
-                            *self._example_inputs(batch_size), frozen=frozen)
+                            *self._example_inputs(batch_size), frozen=self.frozen())
 
   def train_step(self):
     return steps.make_caption_train_step(self.model, self.config, self.mesh,
                                          self.state_sharding,
-                                         prepare_features=self.spec.dequantize)
+                                         prepare_features=self.spec.dequantize,
+                                         frozen=self.frozen())
 
   def train_batches(self, host_batch: int, start_step: int):
     from grurcn_jax.data import loaders

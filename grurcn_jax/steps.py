@@ -62,10 +62,11 @@ def _optimizer(config) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def make_train_step(model, config, mesh, state_sharding, prepare_features=None):
+def make_train_step(model, config, mesh, state_sharding, prepare_features=None,
+                    frozen: Sequence[str] = ()):
   """(state, global batch) -> (state, metrics), jit-compiled with shardings.
   `prepare_features` runs on the batch's features inside the step (e.g. int8
-  dequantisation)."""
+  dequantisation); `frozen`: top-level parameter keys that get no gradient."""
   loss_kind = config.model.loss
   prepare_features = prepare_features or (lambda features: features)
   schedule = learning_rate_schedule(config)
@@ -82,13 +83,13 @@ def make_train_step(model, config, mesh, state_sharding, prepare_features=None):
       accuracy = jnp.mean(jnp.argmax(out["logits"], -1) == batch["label"])
       return loss, accuracy
 
-    return _apply(state, loss_fn, schedule)
+    return _apply(state, loss_fn, schedule, frozen)
 
   return _jit(train_step, mesh, state_sharding)
 
 
 def make_caption_train_step(model, config, mesh, state_sharding,
-                            prepare_features=None):
+                            prepare_features=None, frozen: Sequence[str] = ()):
   """The captioning train step: teacher-forced next-word NLL plus the attention
   regulariser (`caption_decoder.caption_loss`); metrics as the classification
   step's, `accuracy` being the share of caption words predicted right."""
@@ -112,7 +113,7 @@ def make_caption_train_step(model, config, mesh, state_sharding,
       right = (jnp.argmax(log_probs, -1) == targets).astype(jnp.float32)
       return loss, jnp.sum(right * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
-    return _apply(state, loss_fn, schedule)
+    return _apply(state, loss_fn, schedule, frozen)
 
   return _jit(train_step, mesh, state_sharding)
 
@@ -126,10 +127,17 @@ def _jit(train_step, mesh, state_sharding):
                  donate_argnums=(0,))
 
 
-def _apply(state, loss_fn, schedule):
+def _apply(state, loss_fn, schedule, frozen=()):
   """One optimiser step on loss_fn(params) -> (loss, accuracy); a non-finite step
-  is never applied (the state stays the last good one)."""
-  (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  is never applied (the state stays the last good one). Parameters under the
+  top-level keys `frozen` get no gradient: the optimiser would discard it, and the
+  gradient norm and the finiteness check would otherwise still need all of it
+  (a frozen encoder's whole backward)."""
+  def trained_loss(params):
+    return loss_fn({k: jax.lax.stop_gradient(v) if k in frozen else v
+                    for k, v in params.items()})
+
+  (loss, accuracy), grads = jax.value_and_grad(trained_loss, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updated = state.apply_gradients(grads=grads)

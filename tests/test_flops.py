@@ -487,3 +487,40 @@ def test_integers_carry_no_gradient():
     return (picked @ x).sum() + y.sum()
   unit = 2 * 4 * 4 * 4
   assert flops.step_flops(apply, {"params": {"w": spec(4, 4)}}, spec(4, 4)) == 3 * unit
+
+
+# The step program itself: with the fused recurrence (the default, a hand-written
+# backward) every contraction of the traced train step, forward and backward, is
+# one the count expects, and no other. (With `scan` JAX's own backward carries
+# contractions that XLA removes as unused; with remat it recomputes the forward.)
+@pytest.mark.parametrize("changes", [
+    dict(), dict(model__variant="stacked"), dict(data__input="frames"),
+    dict(data__input="frames", model__backbone_trainable=True)],
+    ids=["uni", "stacked", "frames-frozen", "frames-trained"])
+def test_the_traced_step_holds_exactly_the_counted_contractions(tiny_demo_dir, changes):
+  from grurcn_jax.experiment import assemble
+  from tests.training_setup import tiny_config
+  config = tiny_config(tiny_demo_dir, **changes)
+  experiment = assemble(config)
+  assert _traced_step_flops(experiment) == experiment.train_step_flops(config.batch_size)
+
+
+@pytest.mark.parametrize("freeze_encoder", [False, True])
+def test_the_traced_captioning_step_holds_exactly_the_counted_contractions(
+    tiny_captions_dir, freeze_encoder):
+  # Frozen, the encoder takes no backward in the step (its gradient would only be
+  # discarded), as counted.
+  from grurcn_jax.experiment import assemble
+  from tests.training_setup import tiny_captioning_config
+  config = tiny_captioning_config(
+      tiny_captions_dir, caption__freeze_encoder=freeze_encoder,
+      caption__encoder_checkpoint="/not/read" if freeze_encoder else "")
+  experiment = assemble(config)
+  assert _traced_step_flops(experiment) == experiment.train_step_flops(config.batch_size)
+
+
+def _traced_step_flops(experiment):
+  batch = next(experiment.train_batches(experiment.config.batch_size, 0))
+  batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  return flops.jaxpr_flops(jax.make_jaxpr(experiment.train_step())(
+      experiment.abstract_state(), batch))
