@@ -357,7 +357,10 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
       else:
         if metadata is None:
           metadata = features_lib.new_metadata(
-              levels=shapes, stats=_calibrate(split_videos, extractor, settings),
+              # Scales from training videos only, whichever split is written
+              # first: the test videos stay unseen.
+              levels=shapes, stats=_calibrate(splits.get("train", split_videos),
+                                              extractor, settings),
               class_names=class_names,
               backbone={"name": "vgg16", "weights": settings.weights,
                         "seed": settings.seed, "image_size": settings.image_size,

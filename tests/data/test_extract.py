@@ -150,6 +150,21 @@ def run_small(videos, class_names, out, settings=SMALL):
                          progress=False, out=io.StringIO())
 
 
+def test_feature_scales_come_from_training_videos(tmp_path, monkeypatch):
+  # Shards are written in hashed order, the test split first here; the
+  # normalisation is still measured on training videos.
+  class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
+  calibrate, seen = extract._calibrate, []
+
+  def recording(split_videos, *args, **kwargs):
+    seen.extend(v.split for v in split_videos)
+    return calibrate(split_videos, *args, **kwargs)
+  monkeypatch.setattr(extract, "_calibrate", recording)
+  run_small(videos, class_names, str(tmp_path))
+  assert list(features.read_metadata(str(tmp_path))["splits"])[0] == "test"
+  assert seen and set(seen) == {"train"}
+
+
 def test_resume_records_a_shard_the_metadata_missed_exactly_once(tmp_path):
   class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
   out = str(tmp_path)
