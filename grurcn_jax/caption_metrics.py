@@ -3,9 +3,12 @@ the `captioning` extra) after PTB tokenisation: BLEU-1..4, METEOR 1.5, ROUGE-L a
 CIDEr (coco-caption's CIDEr-D).
 
 METEOR and the PTB tokeniser are Java programs. Without a Java runtime the
-captions are tokenised here the way the PTB tokeniser treats plain captions
-(lower case, punctuation split off and dropped), METEOR is left out with one
-warning, and the other metrics are computed as usual.
+captions are tokenised here as the PTB tokeniser does (`simple_tokenize`: lower
+case, clitics and punctuation split off, punctuation dropped; checked against it
+on captions of hyphenated words, numbers, abbreviations, contractions, accents and
+typographic quotes), METEOR is left out with one warning, and the other metrics
+are computed as usual. The vocabulary and training targets use the same
+tokeniser, so what the model learns to write is what is scored.
 """
 
 import re
@@ -30,15 +33,39 @@ def java_available() -> bool:
   return shutil.which("java") is not None
 
 
+# Typographic characters as the PTB tokeniser reads them (then drops them: quotes,
+# dashes and ellipses are punctuation to coco-caption).
+_TYPOGRAPHY = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"',
+                             "\u201d": '"', "\u2014": " -- ", "\u2013": " -- ",
+                             "\u2026": " ... "})
+# Words the PTB tokeniser splits in two.
+_SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta",
+                "wanna": "wan na"}
+# Abbreviations whose period it keeps.
+_ABBREVIATIONS = r"(?:mr|mrs|ms|dr|st|jr|sr|vs|prof|mt)\."
+_TOKEN = re.compile(
+    r"n't|'n'|'(?:s|re|ve|ll|d|m)\b|'\d+s\b"    # clitics: n't 's 're, 'n', '90s
+    r"|[^\W\d_](?:\.[^\W\d_])+\.?"           # u.s.
+    + r"|" + _ABBREVIATIONS +                 # mr.
+    r"|\d+(?:[.,]\d+)+"                       # 2.50, 10,000
+    r"|[^\W_]+(?:[-/'][^\W_]+)*"               # t-shirt, a/b, o'clock, café
+    r"|\.\.\.|--|[!?]+|[^\s\w]|_")            # punctuation (runs of ! and ? are one)
+
+
 def simple_tokenize(caption: str) -> str:
   """Lower case, punctuation split off and dropped, words joined by single
-  spaces: the PTB tokeniser's result on plain captions, without Java."""
+  spaces: the PTB tokeniser's result without Java, for captions of letters
+  (any script), digits, hyphenated and slashed words, clitics, abbreviations,
+  numbers and punctuation."""
+  text = caption.lower().translate(_TYPOGRAPHY)
   # Clitics become words of their own, as PTB splits them: dog's -> dog 's,
   # can't -> ca n't.
-  text = re.sub(r"n't\b", " n't", caption.lower())
-  words = re.findall(r"n't|'[a-z]+|[a-z0-9]+|[^\sa-z0-9]", text)
+  text = re.sub(r"n't\b", " n't", text)
+  text = re.sub(r"(?<=\w)'(s|re|ve|ll|d|m)\b", r" '\1", text)
+  text = re.sub(r"\b(" + "|".join(_SPLIT_WORDS) + r")\b",
+                lambda m: _SPLIT_WORDS[m.group(1)], text)
   # PTB writes brackets as -lrb- etc. (lower-cased, so coco-caption keeps them).
-  words = [_BRACKETS.get(w, w) for w in words]
+  words = [_BRACKETS.get(w, w) for w in _TOKEN.findall(text)]
   return " ".join(w for w in words if w not in _PUNCTUATION and w.strip())
 
 

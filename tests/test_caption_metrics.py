@@ -21,6 +21,14 @@ REFERENCES = {
 }
 GENERATED = {"v1": "a man is cutting a tomato", "v2": "a dog is running on the sand",
              "v3": "a man is dancing"}
+# Captions where a plain word-and-punctuation split and PTB part ways.
+HARD = ["A man wears a t-shirt.", "It costs $2.50 today", "a/b testing",
+        "at five o'clock", "a café in Paris", "the man\u2019s hat", "he cannot go",
+        "we're gonna dance", "\u201cquoted\u201d words \u2014 and \u2026 more",
+        "a 3-year-old boy", "rock 'n' roll", "U.S. army", "Mr. Smith walks",
+        "10,000 people", "a 5.1 speaker", "the '90s music", "hello!!!", "what?!",
+        "a man in a 'hat'", "Women dance (outside).", "it can't stop, it won't",
+        "I'd say I'm fine", "the cats' toys", "one...two"]
 
 
 def test_bleu_is_the_hand_computed_value():
@@ -44,12 +52,14 @@ def test_a_perfect_caption_scores_one():
 
 @needs_java
 def test_without_java_the_same_numbers_but_meteor():
-  # The fallback tokeniser gives the PTB tokeniser's words on plain captions.
+  # The fallback tokeniser (also the vocabulary's) gives the PTB tokeniser's words,
+  # on plain captions and on the hard cases.
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+  captions = dict(REFERENCES, hard=HARD)
   ptb = PTBTokenizer().tokenize({k: [{"caption": c} for c in v]
-                                 for k, v in REFERENCES.items()})
-  for key, captions in REFERENCES.items():
-    assert [caption_metrics.simple_tokenize(c) for c in captions] == ptb[key]
+                                 for k, v in captions.items()})
+  for key, texts in captions.items():
+    assert [caption_metrics.simple_tokenize(c) for c in texts] == ptb[key]
   with_java = caption_metrics.score(REFERENCES, GENERATED, use_java=True)
   without = caption_metrics.score(REFERENCES, GENERATED, use_java=False)
   assert without.pop("meteor") is None
