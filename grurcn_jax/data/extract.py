@@ -292,7 +292,7 @@ def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
   else:
     flows = frames
   keep = _select_indices(len(flows), settings)
-  return flow_lib.stack_windows(flows, settings.flow_length)[keep], indices[keep]
+  return flow_lib.stack_windows(flows, settings.flow_length, keep), indices[keep]
 
 
 def _crop_for(video: Video, settings: Settings):
@@ -452,7 +452,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 def _decode_settings(settings: Settings) -> Settings:
   """What to decode of a video: the selected frames, or for flow every frame
   (flow is between consecutive frames; windows are then selected from the flow,
-  `network_input`), enough for max_frames windows that do not wrap."""
+  `network_input`), enough for max_frames windows that do not run past the end."""
   if settings.modality != "flow":
     return settings
   return dataclasses.replace(settings, frame_stride=1, fps=None, max_frames=(

@@ -12,11 +12,12 @@ two-stream literature stores it, stacked into the flow network's input.
   (`read_flow_frames`: `flow_x_%05d.jpg` / `flow_y_%05d.jpg`, numbered from 1).
 - Stacking (`stack_windows`): the network sees L consecutive flows at once, 2L
   channels ordered x1, y1, ..., xL, yL; a video of n flows gives one window per
-  flow, windows past the end wrapping to its start (as short clips loop).
+  flow, windows past the end repeating its last flow.
 """
 
 import os
 import re
+from typing import Optional
 
 import numpy as np
 
@@ -96,14 +97,19 @@ def dequantize(stored: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
   return stored.astype(np.float32) * (2 * bound / 255.0) - bound
 
 
-def stack_windows(flows: np.ndarray, length: int) -> np.ndarray:
-  """[n, H, W, 2] -> [n, H, W, 2 * length]: window t holds flows t .. t+length-1
-  (wrapping past the end), channels x_t, y_t, x_{t+1}, y_{t+1}, ..."""
+def stack_windows(flows: np.ndarray, length: int,
+                  starts: Optional[np.ndarray] = None) -> np.ndarray:
+  """[n, H, W, 2] -> [len(starts), H, W, 2 * length]: window t holds flows t ..
+  t+length-1, channels x_t, y_t, x_{t+1}, y_{t+1}, ...; past the video's end its
+  last flow repeats (wrapping to the start would splice the video's first motion
+  onto its last). `starts` (default: every flow) chooses the windows, built alone:
+  a long video's unused windows are never stacked."""
   n = len(flows)
-  rows = (np.arange(n)[:, None] + np.arange(length)[None, :]) % n   # [n, length]
-  windows = flows[rows]                                               # [n, L, H, W, 2]
+  starts = np.arange(n) if starts is None else np.asarray(starts)
+  rows = np.minimum(starts[:, None] + np.arange(length)[None, :], n - 1)  # [k, L]
+  windows = flows[rows]                                                  # [k, L, H, W, 2]
   return np.ascontiguousarray(np.moveaxis(windows, 1, 3).reshape(
-      n, *flows.shape[1:3], 2 * length))
+      len(starts), *flows.shape[1:3], 2 * length))
 
 
 _FLOW_FILE = re.compile(r"flow_([xy])_(\d+)\.jpg$")

@@ -58,12 +58,18 @@ def test_quantisation_round_trips_within_one_step_and_clips_at_the_bound():
       0, 0, 128, 255, 255]
 
 
-def test_windows_stack_x_then_y_per_flow_and_wrap_at_the_end():
+def test_windows_stack_x_then_y_per_flow_and_repeat_the_last_at_the_end():
   flows = np.arange(4 * 1 * 1 * 2).reshape(4, 1, 1, 2)     # flow t: (2t, 2t + 1)
   windows = flow.stack_windows(flows, 3)
   assert windows.shape == (4, 1, 1, 6)
   assert list(windows[0, 0, 0]) == [0, 1, 2, 3, 4, 5]     # x1, y1, x2, y2, x3, y3
-  assert list(windows[3, 0, 0]) == [6, 7, 0, 1, 2, 3]     # flows 3, 0, 1
+  # Past the end the last flow repeats: wrapping would put the video's first
+  # motion after its last.
+  assert list(windows[2, 0, 0]) == [4, 5, 6, 7, 6, 7]     # flows 2, 3, 3
+  assert list(windows[3, 0, 0]) == [6, 7, 6, 7, 6, 7]     # flows 3, 3, 3
+  # Chosen windows alone: the same as those of all of them.
+  np.testing.assert_array_equal(flow.stack_windows(flows, 3, np.array([1, 3])),
+                                windows[[1, 3]])
 
 
 def test_flow_frames_of_the_tsn_layout_import(tmp_path):
