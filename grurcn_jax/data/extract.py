@@ -160,17 +160,27 @@ def level_shapes(settings: Settings) -> Dict[str, Tuple[int, ...]]:
           for level in settings.levels}
 
 
+# Raw frames' bytes over their JPEG's, for camera frames at quality 90.
+JPEG_RATIO = 10
+# The estimate's frame count (beside its bytes per level, the frames' included).
+_NUM_FRAMES = "num_frames"
+
+
 def estimate_bytes(videos: Sequence[Video], settings: Settings) -> Dict[str, int]:
-  """Estimated bytes written per level (and 'total'), from container metadata."""
+  """Estimated bytes written per level (the frames' too), 'total', and the frame
+  count ('num_frames'), from container metadata."""
   frames = [v.estimate_frames() for v in videos]
   total_frames = sum(frames)
   out = {level: int(np.prod(shape)) * (1 if level in settings.int8_levels else 2)
          * total_frames for level, shape in level_shapes(settings).items()}
   if settings.store_frames:
-    out[features_lib.FRAMES] = settings.image_size ** 2 * 3 * total_frames
+    raw = settings.image_size ** 2 * 3 * total_frames
+    # JPEG's size depends on the content: camera frames at quality 90 take about a
+    # tenth of their raw bytes (README, "Features").
+    out[features_lib.FRAMES] = raw // JPEG_RATIO if settings.frames_jpeg_quality else raw
   out["total"] = (sum(out.values()) + len(videos) * _RECORD_OVERHEAD
                   + total_frames * _INDEX_BYTES)
-  out["frames"] = total_frames
+  out[_NUM_FRAMES] = total_frames
   return out
 
 
@@ -182,13 +192,17 @@ def _human(n: float) -> str:
   return f"{n:.1f} TB"
 
 
-def print_estimate(estimate: Dict[str, int], num_videos: int, out=None) -> None:
+def print_estimate(estimate: Dict[str, int], num_videos: int, out=None,
+                   jpeg: bool = False) -> None:
   out = out or sys.stdout   # looked up at the call: a redirected stdout is used
-  print(f"Estimated output for {num_videos} videos, {estimate['frames']} frames:",
+  print(f"Estimated output for {num_videos} videos, {estimate[_NUM_FRAMES]} frames:",
         file=out)
   for level, n in estimate.items():
-    if level not in ("total", "frames"):
+    if level not in ("total", _NUM_FRAMES):
       print(f"  {level:6s} {_human(n):>10s}", file=out)
+  if jpeg:
+    print(f"  (frames as JPEG: about 1/{JPEG_RATIO} of their raw size; it depends on "
+          f"the content)", file=out)
   print(f"  {'total':6s} {_human(estimate['total']):>10s}", file=out)
 
 
@@ -313,7 +327,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
                       "apply to the flow modality")
   summary = Summary()
   summary.estimated_bytes = estimate_bytes(videos, settings)
-  print_estimate(summary.estimated_bytes, len(videos), out)
+  print_estimate(summary.estimated_bytes, len(videos), out,
+                 jpeg=settings.store_frames and bool(settings.frames_jpeg_quality))
   if dry_run:
     return summary
 

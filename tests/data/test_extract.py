@@ -165,6 +165,25 @@ def test_feature_scales_come_from_training_videos(tmp_path, monkeypatch):
   assert seen and set(seen) == {"train"}
 
 
+def test_the_estimate_shows_the_frames_and_their_jpeg_size(tmp_path):
+  # The frames' line was lost: the frame count overwrote the 'frames' level.
+  class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
+  raw = extract.Settings(**{**vars(SMALL), "store_frames": True})
+  jpeg = extract.Settings(**{**vars(raw), "frames_jpeg_quality": 90})
+  frames = sum(v.estimate_frames() for v in videos)
+  side = raw.image_size
+  assert extract.estimate_bytes(videos, raw)["frames"] == side * side * 3 * frames
+  assert extract.estimate_bytes(videos, jpeg)["frames"] == \
+      side * side * 3 * frames // extract.JPEG_RATIO
+  printed = io.StringIO()
+  extract.print_estimate(extract.estimate_bytes(videos, jpeg), len(videos), printed,
+                         jpeg=True)
+  lines = printed.getvalue().splitlines()
+  assert f"{len(videos)} videos, {frames} frames" in lines[0]
+  assert any(line.split()[0] == "frames" for line in lines[1:])
+  assert "about 1/10 of their raw size" in printed.getvalue()
+
+
 def test_resume_records_a_shard_the_metadata_missed_exactly_once(tmp_path):
   class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
   out = str(tmp_path)
