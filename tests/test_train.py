@@ -26,12 +26,37 @@ def data_dir(tiny_demo_dir):
   return tiny_demo_dir
 
 
+# What the finished run's steps returned (every step's loss) and which of them
+# the loop waited for, as dispatched (step indices from 0).
+FINISHED_STEPS = {}
+
+
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory):
+  # Logs every 5 steps, checkpoints every 6: the logs' averages are checked against
+  # the steps' own losses, recorded here.
+  from grurcn_jax import experiment as experiment_lib
   workdir = str(tmp_path_factory.mktemp("run"))
   config = tiny_config(data_dir, num_train_steps=12, checkpoint_every_steps=6,
-                       eval_every_steps=12)
-  metrics = train.train_and_evaluate(config, workdir)
+                       eval_every_steps=12, log_every_steps=5)
+  losses, waited = [], []
+  make_step, block = experiment_lib.Experiment.train_step, jax.block_until_ready
+
+  def recording_step(self):
+    step = make_step(self)
+
+    def run(state, batch):
+      state, metrics = step(state, batch)
+      losses.append(metrics["loss"])
+      return state, metrics
+    return run
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(experiment_lib.Experiment, "train_step", recording_step)
+    patch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or block(x))
+    metrics = train.train_and_evaluate(config, workdir)
+  FINISHED_STEPS.update(
+      losses=[float(loss) for loss in losses],
+      waited=[i for x in waited for i, loss in enumerate(losses) if x is loss])
   return config, workdir, metrics
 
 
@@ -52,7 +77,7 @@ def train_losses(workdir):
 def test_whole_run_learns_checkpoints_and_reports(finished_run):
   config, workdir, metrics = finished_run
   assert jax.device_count() == 8
-  losses = train_losses(workdir)
+  losses = FINISHED_STEPS["losses"]
   assert len(losses) == 12
   assert np.mean(losses[-3:]) < np.mean(losses[:3])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["12", "6"]
@@ -108,20 +133,20 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
                restore_params(config, workdir, 12), restore_params(config, reference_dir, 12))
 
 
-def test_logged_metrics_average_every_step_since_the_last_log(data_dir, finished_run,
-                                                             tmp_path):
+def test_logged_metrics_average_every_step_since_the_last_log(finished_run):
   # Logs every 5 steps, checkpoints every 6: the log at step 10 averages steps 6 to
-  # 10, not only those after the save at step 6. The finished run, the same
-  # training, logged every step.
-  config, finished, _ = finished_run
-  every_step = train_losses(finished)
-  config = config.copy_and_resolve_references()
-  config.log_every_steps = 5
-  train.train_and_evaluate(config, str(tmp_path))
-  logged = train_losses(str(tmp_path))
-  assert len(logged) == 3   # steps 5, 10, 12
-  np.testing.assert_allclose(logged, [np.mean(every_step[0:5]), np.mean(every_step[5:10]),
-                                      np.mean(every_step[10:12])], rtol=1e-5)
+  # 10, not only those after the save at step 6.
+  _, workdir, _ = finished_run
+  every_step = FINISHED_STEPS["losses"]
+  np.testing.assert_allclose(train_losses(workdir),   # steps 5, 10, 12
+                             [np.mean(every_step[0:5]), np.mean(every_step[5:10]),
+                              np.mean(every_step[10:12])], rtol=1e-5)
+
+
+def test_the_loop_runs_at_most_two_steps_ahead_of_the_devices(finished_run):
+  # Each step dispatched waits for the one two back: at most two queued, each
+  # holding its batch in device memory.
+  assert FINISHED_STEPS["waited"] == list(range(10))   # at steps 3 to 12
 
 
 def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finished_run,
@@ -151,33 +176,6 @@ def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finishe
   with caplog.at_level("WARNING"):
     train._warn_if_not_exact(dict(saved, **{"run.process_count": 2}), config)
   assert "hosts 2 -> 1 (data.num_streams=0" in caplog.records[0].getMessage()
-
-
-def test_the_loop_runs_at_most_two_steps_ahead_of_the_devices(data_dir, tmp_path,
-                                                              monkeypatch):
-  # Each step dispatched waits for the one two back: at most two queued, each
-  # holding its batch in device memory.
-  from grurcn_jax import experiment as experiment_lib
-  losses, waited = [], []
-  make_step = experiment_lib.Experiment.train_step
-
-  def recording_step(self):
-    step = make_step(self)
-
-    def run(state, batch):
-      state, metrics = step(state, batch)
-      losses.append(metrics["loss"])
-      return state, metrics
-    return run
-  monkeypatch.setattr(experiment_lib.Experiment, "train_step", recording_step)
-  block = jax.block_until_ready
-  monkeypatch.setattr(jax, "block_until_ready", lambda x: waited.append(x) or block(x))
-  config = tiny_config(data_dir, num_train_steps=5, log_every_steps=5,
-                       checkpoint_every_steps=5, eval_every_steps=5)
-  train.train_and_evaluate(config, str(tmp_path))
-  assert len(losses) == 5
-  steps = [i for x in waited for i, loss in enumerate(losses) if x is loss]
-  assert steps == [0, 1, 2]   # waited for at steps 3, 4 and 5
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
