@@ -6,6 +6,11 @@ attention over the segments writes the caption (Yao et al. 2015); beam width 5.
 
   python -m grurcn_jax.main --config=configs/msvd_bigrurcn_captioning.py \\
       --workdir=DIR --config.data.dir=FEATURES
+  # Training evaluates on the 100 validation clips (choose the step there, as the
+  # paper stops early on validation); then the test clips, once, at that step:
+  python -m grurcn_jax.main --config=configs/msvd_bigrurcn_captioning.py \\
+      --workdir=DIR --config.data.dir=FEATURES --mode=eval \\
+      --config.data.eval_split=test [--eval_step=N]
 
 FEATURES holds pool2..pool5 (and fc7, for the baseline) features of the MSVD clips
 (train: the 1,200 training clips, val: 100, test: the 670 test clips) and their
@@ -43,7 +48,9 @@ def get_config():
 
   data = config.data
   data.clip_length = 10       # frames per segment (the paper: each segment's first 10)
-  data.eval_split = "test"
+  # Validation during training: reading the best step off the test clips would
+  # select on them.
+  data.eval_split = "val"
 
   model = config.model        # the encoder: the paper's Bi-GRU-RCN
   model.variant = "bi"

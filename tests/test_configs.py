@@ -117,3 +117,13 @@ def test_settings_that_would_be_ignored_or_meaningless_are_refused(changes, mess
   _set(config, changes)
   with pytest.raises(ConfigError, match=re.escape(message)):
     config_validation.validate_config(config)
+
+
+def test_msvd_training_evaluates_on_validation_not_test():
+  # The paper stops early on validation; the step chosen on test clips would be
+  # selected on them.
+  from configs import msvd_bigrurcn_captioning
+  from grurcn_jax.data import msvd
+  split = msvd_bigrurcn_captioning.get_config().data.eval_split
+  assert split == "val" and split in msvd.SPLIT_NAMES
+  assert "--config.data.eval_split=test" in msvd_bigrurcn_captioning.__doc__
