@@ -34,10 +34,11 @@ def java_available() -> bool:
 
 
 # Typographic characters as the PTB tokeniser reads them (then drops them: quotes,
-# dashes and ellipses are punctuation to coco-caption).
+# dashes and ellipses are punctuation to coco-caption); the replacement character
+# (bytes that were not text) it drops as untokenisable.
 _TYPOGRAPHY = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"',
                              "\u201d": '"', "\u2014": " -- ", "\u2013": " -- ",
-                             "\u2026": " ... "})
+                             "\u2026": " ... ", "\ufffd": None})
 # Words the PTB tokeniser splits in two.
 _SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta",
                 "wanna": "wan na"}

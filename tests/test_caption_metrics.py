@@ -28,7 +28,8 @@ HARD = ["A man wears a t-shirt.", "It costs $2.50 today", "a/b testing",
         "a 3-year-old boy", "rock 'n' roll", "U.S. army", "Mr. Smith walks",
         "10,000 people", "a 5.1 speaker", "the '90s music", "hello!!!", "what?!",
         "a man in a 'hat'", "Women dance (outside).", "it can't stop, it won't",
-        "I'd say I'm fine", "the cats' toys", "one...two"]
+        "I'd say I'm fine", "the cats' toys", "one...two",
+        "caf\ufffd time"]   # a byte that was not UTF-8, replaced when read
 
 
 def test_bleu_is_the_hand_computed_value():

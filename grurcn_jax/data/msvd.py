@@ -15,6 +15,8 @@ the clip names, so generated captions can be looked up in the corpus; labels are
 import os
 from typing import Dict, List, Sequence, Tuple
 
+from absl import logging
+
 from grurcn_jax.data import ucf101
 from grurcn_jax.errors import SplitFileError
 
@@ -23,11 +25,20 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def _lines(path: str) -> List[Tuple[int, str]]:
+  """Numbered lines of text, blank and '#' lines left out. A byte-order mark is
+  read as none; bytes that are not UTF-8 become U+FFFD (the tokeniser drops it,
+  as PTB does) with one warning naming the lines."""
   if not os.path.isfile(path):
     raise SplitFileError(f"missing file: {path}")
-  with open(path, encoding="utf-8", errors="replace") as f:
-    return [(n, line.strip()) for n, line in enumerate(f, 1)
-            if line.strip() and not line.lstrip().startswith("#")]
+  with open(path, encoding="utf-8-sig", errors="replace") as f:
+    lines = [(n, line.strip()) for n, line in enumerate(f, 1)
+             if line.strip() and not line.lstrip().startswith("#")]
+  replaced = [n for n, line in lines if "\ufffd" in line]
+  if replaced:
+    logging.warning("%s: %d line(s) hold bytes that are not UTF-8 (replaced, then "
+                    "dropped from their words), the first line %d", path,
+                    len(replaced), replaced[0])
+  return lines
 
 
 def read_mapping(path: str) -> Dict[str, int]:

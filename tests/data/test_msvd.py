@@ -128,3 +128,19 @@ def test_extraction_writes_features_references_split_and_vocabulary(msvd_tree, t
   ids = features.video_ids(metadata, "test")
   assert sorted(ids[int(i)] for i in batch["video_index"]) == sorted(CLIPS[3:])
   assert np.all(batch["mask"] == 1)
+
+
+def test_a_byte_order_mark_is_read_as_none_and_bad_bytes_are_dropped_with_a_warning(
+    tmp_path, caplog):
+  from grurcn_jax.data import captions, msvd
+  mapping = tmp_path / "mapping.txt"
+  mapping.write_bytes("\ufeffclip_a vid1\nclip_b vid2\n".encode("utf-8"))
+  assert msvd.read_mapping(str(mapping)) == {"clip_a": 1, "clip_b": 2}
+  descriptions = tmp_path / "descriptions.txt"
+  descriptions.write_bytes(b"clip_a a caf\xe9 scene\nclip_a a dog runs\n")
+  with caplog.at_level("WARNING"):
+    references = msvd.read_descriptions(str(descriptions))
+  assert "1 line(s) hold bytes that are not UTF-8" in caplog.text
+  assert "line 1" in caplog.text
+  vocabulary = captions.build_vocabulary(references["clip_a"])
+  assert "caf" in vocabulary.words and "\ufffd" not in vocabulary.words
