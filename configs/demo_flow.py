@@ -24,7 +24,7 @@ from configs import demo
 def get_config():
   config = demo.get_config()
   data = config.data
-  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_flow_v1")
+  data.dir = os.path.expanduser("~/.cache/grurcn_jax/demo_flow_v2")
   data.clip_length = 7      # 8 frames: 7 flows, one window each (L = 1)
   data.demo.update(modality="flow", flow="dis", flow_length=1, store_frames=False)
   return config

@@ -39,9 +39,11 @@ def preprocess(frames_rgb_uint8: jax.Array) -> jax.Array:
   return frames_rgb_uint8[..., ::-1].astype(jnp.float32) - BGR_MEAN
 
 
-# Stored flow (data/flow.py: 0..255, 127.5 = no motion) centred as the RGB input
-# is (mean subtracted, no scaling), so cross-modality weights see a like range.
-FLOW_CENTRE = 127.5
+# Stored flow (data/flow.py: 0..255) centred as the RGB input is (mean subtracted,
+# no scaling), so cross-modality weights see a like range. No motion is stored as
+# 128 (quantize rounds 127.5 up; TSN's flow JPEGs store it so too): centred on
+# 127.5, every still pixel came in as +0.5.
+FLOW_CENTRE = 128.0
 
 
 def preprocess_flow(stacked_uint8: jax.Array) -> jax.Array:

@@ -99,3 +99,12 @@ def test_bad_settings_and_too_short_videos_are_clear_errors():
     flow.check("dis", 0.0, 10)
   with pytest.raises(VideoDecodeError, match="at least 2 frames"):
     flow.video_flow(np.zeros((1, 8, 8, 3), np.uint8), "dis")
+
+
+def test_no_motion_enters_the_network_as_zero():
+  # quantize stores zero flow as 128 (as TSN's flow JPEGs do); the network's
+  # input centres it there.
+  from grurcn_jax.models import vgg16
+  still = flow.quantize(np.zeros((2, 3, 3, 2), np.float32))
+  assert (still == 128).all()
+  assert (np.asarray(vgg16.preprocess_flow(flow.stack_windows(still, 2))) == 0).all()
