@@ -6,6 +6,8 @@ import math
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import jax
 import numpy as np
@@ -143,6 +145,45 @@ def test_a_file_lost_while_training_is_a_feature_error(tmp_path, loader):
   with pytest.raises(FeatureFormatError, match="reading features failed") as error:
     list(itertools.islice(batches, 9))
   assert "{{" not in str(error.value) and "train-0000" in str(error.value)
+
+
+def test_after_a_failed_read_nothing_is_read_and_every_next_raises(feature_dir,
+                                                                   monkeypatch):
+  """A batch's arrays are handed out again once nothing holds them: after a failure
+  no thread may still write into them, and a caller that goes on gets the error
+  again, not a batch."""
+  monkeypatch.setattr(threaded, "_usable_cores", lambda: 4)   # a task per clip
+  batches = threaded.train_batches(data_config(feature_dir, clip_length=2),
+                                   batch_size=4, seed=5)
+  read_into = batches.reader.read_into
+  lock = threading.Lock()
+  calls, active = [0], [0]
+
+  def slow_or_failing(*args):
+    with lock:
+      calls[0] += 1
+      call = calls[0]
+      active[0] += 1
+    try:
+      time.sleep(0.01 if call == 6 else 0.2)
+      if call == 6:
+        raise OSError("the disk went away")
+      read_into(*args)
+    finally:
+      with lock:
+        active[0] -= 1
+
+  batches.reader.read_into = slow_or_failing
+  with pytest.raises(FeatureFormatError, match="the disk went away"):
+    for _ in range(4):
+      next(batches)
+  assert active[0] == 0
+  calls_at_error = calls[0]
+  for _ in range(2):
+    with pytest.raises(FeatureFormatError, match="the disk went away"):
+      next(batches)
+  time.sleep(0.3)
+  assert calls[0] == calls_at_error
 
 
 def test_the_config_picks_the_loader(feature_dir, tmp_path):
