@@ -10,7 +10,7 @@ attention over the segments writes the caption (Yao et al. 2015); beam width 5.
   # paper stops early on validation); then the test clips, once, at that step:
   python -m grurcn_jax.main --config=configs/msvd_bigrurcn_captioning.py \\
       --workdir=DIR --config.data.dir=FEATURES --mode=eval \\
-      --config.data.eval_split=test [--eval_step=N]
+      --config.data.eval_split=test [--eval_step=N]   # into DIR/eval/test_stepN/
 
 FEATURES holds pool2..pool5 (and fc7, for the baseline) features of the MSVD clips
 (train: the 1,200 training clips, val: 100, test: the 670 test clips) and their

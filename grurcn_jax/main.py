@@ -31,7 +31,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv=None) -> None:
   flags.DEFINE_enum("mode", "train", ["train", "eval"],
                     "train (and evaluate) or eval only.", **kw)
   flags.DEFINE_integer("eval_step", None,
-                       "--mode=eval: checkpoint step (default newest).", **kw)
+                       "--mode=eval: checkpoint step (default newest). Results go to "
+                       "WORKDIR/eval/{split}_step{N}/.", **kw)
   flags.DEFINE_bool("distributed", False,
                     "Multi-host where JAX detects the cluster (Cloud TPU pod slices): "
                     "call jax.distributed.initialize() before anything else.", **kw)
@@ -98,10 +99,17 @@ def run(values: flags.FlagValues) -> None:
     sys.exit(1)
   import jax
   if jax.process_index() == 0:
-    print(_final_report(metrics, values.workdir))
+    if values.mode == "train":
+      print(_final_report(metrics, values.workdir, values.workdir))
+    else:
+      print(_final_report(metrics, values.workdir, evaluate.results_dir(
+          values.workdir, config.data.eval_split, metrics["step"])))
 
 
-def _final_report(metrics, workdir: str) -> str:
+def _final_report(metrics, workdir: str, results: str) -> str:
+  """The run's result and where its files are (`results`: the workdir after
+  training, a subdirectory of it after --mode=eval)."""
+  checkpoints = "checkpoints/, " if results == workdir else ""
   if "cider" in metrics:   # captioning
     meteor = "n/a" if metrics["meteor"] is None else f"{metrics['meteor']:.3f}"
     motion = (f", motion words right {metrics['motion_accuracy']:.3f}"
@@ -109,17 +117,17 @@ def _final_report(metrics, workdir: str) -> str:
     return (f"\nBLEU-4 {metrics['bleu_4']:.3f}, METEOR {meteor}, CIDEr "
             f"{metrics['cider']:.3f}, ROUGE-L {metrics['rouge_l']:.3f}{motion} on "
             f"{metrics['num_videos']} videos at step {metrics['step']}.\n"
-            f"Results in {workdir}:\n"
+            f"Results in {results}:\n"
             f"  eval_captions.json (every video's caption and references),\n"
-            f"  caption_metrics.json, checkpoints/, and TensorBoard logs (sample "
+            f"  caption_metrics.json, {checkpoints}and TensorBoard logs (sample "
             f"captions under Text):\n  tensorboard --logdir={workdir}")
   levels = ", ".join(f"{k} {v:.3f}" for k, v in metrics["per_level_video_accuracy"].items())
   return (f"\nVideo accuracy {metrics['video_accuracy']:.3f} (clip "
           f"{metrics['clip_accuracy']:.3f}; per level: {levels}) on "
           f"{metrics['num_videos']} videos at step {metrics['step']}.\n"
-          f"Results in {workdir}:\n"
+          f"Results in {results}:\n"
           f"  eval_metrics.json, eval_scores.npz (per-video scores for grurcn_jax.fuse),\n"
-          f"  confusion_matrix.png, checkpoints/, and TensorBoard logs:\n"
+          f"  confusion_matrix.png, {checkpoints}and TensorBoard logs:\n"
           f"  tensorboard --logdir={workdir}")
 
 

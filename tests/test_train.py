@@ -99,10 +99,24 @@ def test_whole_run_learns_checkpoints_and_reports(finished_run):
 
 def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
   config, workdir, metrics = finished_run
+  split = config.data.eval_split
+  with open(os.path.join(workdir, "eval_metrics.json"), "rb") as f:
+    trained = f.read()
   again = evaluate.evaluate_checkpoint(config, workdir)
   assert again == metrics
   earlier = evaluate.evaluate_checkpoint(config, workdir, step=6)
   assert earlier["step"] == 6
+  # Each evaluation in a directory of its own; the run's last evaluation stays.
+  for step, result in ((12, again), (6, earlier)):
+    results = evaluate.results_dir(workdir, split, step)
+    assert results == os.path.join(workdir, "eval", f"{split}_step{step}")
+    with open(os.path.join(results, "eval_metrics.json")) as f:
+      assert json.load(f) == {**result, "scores_file": "eval_scores.npz",
+                              "confusion_matrix_file": "confusion_matrix.png"}
+    assert np.load(os.path.join(results, "eval_scores.npz"))["probs"].shape == (8, 8)
+    assert any(name.startswith("events.out") for name in os.listdir(results))
+  with open(os.path.join(workdir, "eval_metrics.json"), "rb") as f:
+    assert f.read() == trained
 
 
 @pytest.mark.long
@@ -222,12 +236,13 @@ def test_settings_of_how_to_compute_restore_any_checkpoint(data_dir, finished_ru
   _, finished, _ = finished_run
   workdir = str(tmp_path / "run")
   shutil.copytree(finished, workdir)
-  status, _, err = main_in_process(
+  status, out, err = main_in_process(
       f"--workdir={workdir}", *overrides_as_flags(data_dir), "--mode=eval",
       "--config.model.dtype=bfloat16", "--config.model.remat=True",
       "--config.model.recurrence=scan")
   assert status == 0, err[-2000:]
-  with open(os.path.join(workdir, "eval_metrics.json")) as f:
+  assert f"Results in {workdir}/eval/test_step12:" in out
+  with open(os.path.join(workdir, "eval", "test_step12", "eval_metrics.json")) as f:
     metrics = json.load(f)
   with open(os.path.join(finished, "eval_metrics.json")) as f:
     reference = json.load(f)
