@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 1000
   config.eval_every_steps = 5000
   config.keep_checkpoints = 3
+  # Compiled programs stored for restarts and --mode=eval (grurcn_jax/compile_cache.py);
+  # "{workdir}" stands for the run's workdir; "" for none.
+  config.compilation_cache_dir = "{workdir}/compilation_cache"
 
   data = config.data = ml_collections.ConfigDict()
   data.dir = ""                   # feature directory (python -m grurcn_jax.data.extract)

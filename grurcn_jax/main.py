@@ -83,9 +83,12 @@ def main(argv):
 def run(values: flags.FlagValues) -> None:
   """Trains or evaluates as the parsed `values` say; an error of the config, the
   data or the run is one line on stderr and exit status 1."""
-  from grurcn_jax import errors, experiment, train
+  from grurcn_jax import compile_cache, errors, experiment, train
   from grurcn_jax.data import prepare
   config = values.config
+  # Before anything compiles (the demo's extraction does).
+  compile_cache.enable(compile_cache.directory_for(config.compilation_cache_dir,
+                                                   values.workdir))
   try:
     experiment.validate(config)   # before a demo's data is built (minutes)
     prepare.ensure_demo(config.data, task=config.task)

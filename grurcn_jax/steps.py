@@ -167,5 +167,11 @@ def create_state(model, config, mesh, shapes: Mapping[str, Sequence[int]], *,
   if given_params:  # outside jit: weights are arguments, not program constants
     params = dict(params, **{k: jax.device_put(v, replicated)
                              for k, v in given_params.items()})
-  return jax.jit(lambda p: TrainState.create(apply_fn=model.apply, params=p, tx=tx),
-                 out_shardings=replicated)(params)
+  def create(p):
+    # An int32 step as a restored state has: a weak-typed Python 0 traced another
+    # train step program, which a resumed run could not load from the compilation
+    # cache that the fresh run filled.
+    return TrainState.create(apply_fn=model.apply, params=p, tx=tx).replace(
+        step=jnp.zeros((), jnp.int32))
+
+  return jax.jit(create, out_shardings=replicated)(params)

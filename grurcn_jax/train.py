@@ -19,7 +19,8 @@ import ml_collections
 import numpy as np
 
 from grurcn_jax import checkpoints as checkpoints_lib
-from grurcn_jax import config_validation, evaluators, experiment as experiment_lib
+from grurcn_jax import compile_cache, config_validation, evaluators
+from grurcn_jax import experiment as experiment_lib
 from grurcn_jax import sharding, writers
 from grurcn_jax.errors import TrainingError
 
@@ -84,6 +85,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         jax.block_until_ready(in_flight.popleft())
       if segment_start is None:  # the first call compiled: time what follows
         segment_start = time.time()
+        logging.info("First step dispatched after %.1f s (its compilation included); %s",
+                     segment_start - run_start, compile_cache.summary())
       step += 1
       report_progress(step)
       pending.append(metrics)

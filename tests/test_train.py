@@ -3,6 +3,7 @@ resume after SIGKILL, evaluation from a checkpoint, and clear errors."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -132,14 +133,27 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, t
         python_without(("tensorflow", "clu"), *module_and_args,
                        "--config=configs/demo.py", f"--workdir={workdir}", *flags),
         capture_output=True, text=True, cwd=REPO, timeout=900,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        # Every program stored, however fast this machine compiles it.
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"))
 
   killed = run("tests.kill_after_checkpoint", "6")
   assert killed.returncode == -9, killed.stderr[-2000:]
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["6"]
+  assert re.search(r"First step .*; 0 of [1-9]\d* programs loaded from the "
+                   r"compilation cache", killed.stderr), killed.stderr[-2000:]
+  assert os.listdir(os.path.join(workdir, "compilation_cache"))
   resumed = run("grurcn_jax.main")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert "from step 6" in resumed.stderr
+  # The restart loaded its compiled programs instead of compiling them again: the
+  # train step too (a restored state traces the fresh state's program; another
+  # program would have been stored beside it).
+  loaded = re.search(r"First step .*; (\d+) of (\d+) programs loaded from the "
+                     r"compilation cache", resumed.stderr)
+  assert loaded and int(loaded[1]) >= 1, resumed.stderr[-2000:]
+  stored = os.listdir(os.path.join(workdir, "compilation_cache"))
+  assert len([name for name in stored if name.startswith("jit_train_step-")]) == 1
   with open(os.path.join(workdir, "eval_metrics.json")) as f:
     metrics = json.load(f)
   np.testing.assert_allclose(metrics["loss"], reference["loss"], rtol=1e-5)
@@ -309,7 +323,8 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
   step = err.split("stopped by SIGTERM at step ")[1].split(";")[0]
   assert os.listdir(workdir / "checkpoints") == [step]
   assert "No TensorBoard files" in "".join(logged)
-  assert sorted(os.listdir(workdir)) == ["checkpoints", "scalars.jsonl"]
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "compilation_cache",
+                                         "scalars.jsonl"]
   with open(workdir / "scalars.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert records[0]["hparams"]["data.loader"] == "auto"

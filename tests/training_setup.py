@@ -164,7 +164,10 @@ def main_in_process(*args):
   stderr). An exception that escapes main fails the test as a traceback would."""
   from absl import flags
   from grurcn_jax import main
-  argv = ["main", f"--config={REPO}/configs/demo.py", *args]
+  # No compilation cache: this process compiled before, so JAX would not use it,
+  # and the setting would outlive the call (tests/test_compile_cache.py tests it).
+  argv = ["main", f"--config={REPO}/configs/demo.py", "--config.compilation_cache_dir=",
+          *args]
   values = flags.FlagValues()
   main.define_flags(values, argv)
   out, err = io.StringIO(), io.StringIO()
