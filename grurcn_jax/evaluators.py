@@ -23,9 +23,10 @@ caption_metrics.json; its texts: a few generated captions beside a reference.
 `for_experiment` picks the evaluator of an experiment's task.
 """
 
+import collections
 import dataclasses
 import io
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List
 
 import jax
 import jax.numpy as jnp
@@ -81,9 +82,8 @@ class ClassificationEvaluator:
                                         levels=self._inputs,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
-    mesh = self.experiment.mesh
-    chunks = [jax.device_get(self._step(params, sharding.global_batch(mesh, batch)))
-              for batch in batches]
+    chunks = run_over_batches(self._step, params, batches, self.experiment.mesh,
+                              config.data.device_prefetch)
     outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     valid = outputs["mask"] > 0
     outputs = {k: v[valid] for k, v in outputs.items()}
@@ -103,6 +103,21 @@ class ClassificationEvaluator:
                f"{metrics['clip_accuracy']:.3f}, loss {metrics['loss']:.4f}; per level: "
                f"{levels}) on {metrics['num_videos']} videos at step {int(step)}")
     return EvalResult(int(step), metrics, scores, figures, summary=summary)
+
+
+def run_over_batches(step, params, host_batches, mesh, prefetch: int) -> List[Any]:
+  """`step(params, global batch)` of every host batch, fetched to the host one step
+  behind: the next batches travel to the devices (`prefetch`, as in training) and
+  the next step is dispatched before an output is waited for, so the devices do
+  not idle while a batch is read, copied or an output comes back."""
+  in_flight = collections.deque()
+  outputs = []
+  for batch in sharding.prefetch_to_device(host_batches, mesh, prefetch):
+    in_flight.append(step(params, batch))
+    if len(in_flight) > 1:
+      outputs.append(jax.device_get(in_flight.popleft()))
+  outputs.extend(jax.device_get(list(in_flight)))
+  return outputs
 
 
 def _make_eval_step(experiment: Experiment):
@@ -221,9 +236,8 @@ class CaptioningEvaluator:
         config.data, segments=config.caption.segments, batch_size=self._host_batch,
         levels=self._inputs, process_index=jax.process_index(),
         process_count=jax.process_count())
-    mesh = self.experiment.mesh
-    chunks = [jax.device_get(self._decode(params, sharding.global_batch(mesh, batch)))
-              for batch in batches]
+    chunks = run_over_batches(self._decode, params, batches, self.experiment.mesh,
+                              config.data.device_prefetch)
     tokens = np.concatenate([c["tokens"] for c in chunks])
     video_index = np.concatenate([c["video_index"] for c in chunks])
     valid = np.concatenate([c["mask"] for c in chunks]) > 0

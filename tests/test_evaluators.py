@@ -84,3 +84,39 @@ def test_captioning_scores_the_videos_read_when_records_are_skipped(tiny_caption
                       lambda *a, **k: _FirstVideoSkipped(real(*a, **k)))
   result = evaluator.evaluate(experiment.init_state().params, 0)
   assert result.metrics["num_videos"] == 3 and result.metrics["skipped_records"] == 1
+
+
+def test_eval_batches_travel_and_steps_run_ahead_of_the_outputs_fetched(monkeypatch):
+  """The devices get the next batches and the next step before an output is waited
+  for: each step is dispatched with `prefetch` batches taken beyond its own, and
+  an output is fetched only once the step after it is dispatched."""
+  import jax
+  from grurcn_jax import sharding
+  mesh = sharding.make_mesh()
+  taken, events = [0], []
+
+  def host_batches():
+    for i in range(5):
+      taken[0] += 1
+      yield {"x": np.full([8], i, np.float32)}
+
+  def step(params, batch):
+    events.append(("step", taken[0]))
+    return {"x": batch["x"] * params}
+
+  device_get = jax.device_get
+
+  def fetched(tree):
+    events.append(("get", len([e for e in events if e[0] == "step"])))
+    return device_get(tree)
+
+  monkeypatch.setattr(jax, "device_get", fetched)
+  outputs = evaluators.run_over_batches(step, 2.0, host_batches(), mesh, prefetch=2)
+  assert [o["x"].tolist() for o in outputs] == [[2.0 * i] * 8 for i in range(5)]
+  steps = [n for kind, n in events if kind == "step"]
+  assert steps == [2, 3, 4, 5, 5]   # own batch + the next one(s) already taken
+  # The output of step k is fetched after step k + 1 was dispatched (the last ones
+  # at the end, together).
+  assert events.index(("get", 2)) > events.index(("step", 3))
+  assert [e for e in events if e[0] == "get"] == [("get", 2), ("get", 3), ("get", 4),
+                                                  ("get", 5), ("get", 5)]
