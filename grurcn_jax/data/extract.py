@@ -25,7 +25,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from absl import app, flags, logging
 import numpy as np
@@ -141,8 +141,32 @@ class FeatureExtractor:
   def __call__(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
     """[N, S, S, 3] uint8 frames (or [N, S, S, 2L] flow windows) -> level ->
     float32 [N, *shape]."""
-    n, b = len(frames), self.settings.batch_size
     outputs: Dict[str, List[np.ndarray]] = {level: [] for level in self.levels}
+    for _, result in self._batches(frames):
+      for level in self.levels:
+        outputs[level].append(result[level])
+    return {level: np.concatenate(v) for level, v in outputs.items()}
+
+  def normalized(self, frames: np.ndarray,
+                 stats: Mapping[str, Mapping]) -> Dict[str, np.ndarray]:
+    """The stored values (`features.normalize` with each level's `stats`): float16
+    [N, *shape], filled batch by batch. A video's float32 activations are never
+    whole: at 224 px they are 2.9 MB a frame, 5 GB for a UCF-101 video of all
+    its 1,776 frames, twice that while concatenated."""
+    out = {level: np.empty((len(frames), *self._shape(level)), np.float16)
+           for level in self.levels}
+    for start, result in self._batches(frames):
+      for level in self.levels:
+        out[level][start:start + len(result[level])] = features_lib.normalize(
+            result[level], stats[level])
+    return out
+
+  def _shape(self, level: str) -> Tuple[int, ...]:
+    return level_shapes(self.settings)[level]
+
+  def _batches(self, frames: np.ndarray):
+    """(first row, level -> float32 activations) of each batch of `frames`."""
+    n, b = len(frames), self.settings.batch_size
     for start in range(0, n, b):
       chunk = frames[start:start + b]
       # Pad to a power of two (at least 8): a handful of compilations, little waste.
@@ -150,9 +174,8 @@ class FeatureExtractor:
       padded = np.concatenate([chunk, np.zeros((size - len(chunk),) + chunk.shape[1:],
                                                chunk.dtype)]) if len(chunk) < size else chunk
       result = self._jax.device_get(self._forward(self._params, padded))
-      for level in self.levels:
-        outputs[level].append(np.asarray(result[level][:len(chunk)], np.float32))
-    return {level: np.concatenate(v) for level, v in outputs.items()}
+      yield start, {level: np.asarray(result[level][:len(chunk)], np.float32)
+                    for level in self.levels}
 
 
 def level_shapes(settings: Settings) -> Dict[str, Tuple[int, ...]]:
@@ -266,10 +289,16 @@ def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -
           f"new --out")
 
 
+# Frames of each calibration video the statistics are taken from, evenly spaced:
+# all of 8 long videos' pool2 maps, in the float64 the statistics are computed in,
+# were tens of GB (8 UCF-101 videos of 186 frames: 4.8 GB an array, several alive).
+CALIBRATION_FRAMES = 16
+
+
 def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: Settings,
                max_videos: int = 8) -> Dict[str, dict]:
   """Per-level normalisation statistics from the first decodable videos (the
-  shards' hashed order makes them a mix of classes)."""
+  shards' hashed order makes them a mix of classes), CALIBRATION_FRAMES of each."""
   samples: Dict[str, List[np.ndarray]] = {level: [] for level in settings.levels}
   for video in videos:
     try:
@@ -279,6 +308,9 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
           indices, settings)
     except VideoDecodeError:
       continue
+    if not len(frames):
+      continue
+    frames = frames[evenly_spaced(len(frames), CALIBRATION_FRAMES)]
     for level, a in extractor(frames).items():
       samples[level].append(a)
     if len(samples[settings.levels[0]]) >= max_videos:
@@ -287,6 +319,13 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
     raise VideoDecodeError("none of the first videos could be decoded: nothing to "
                            "calibrate the feature scales on")
   return {level: features_lib.level_stats(np.concatenate(a)) for level, a in samples.items()}
+
+
+def evenly_spaced(count: int, at_most: int) -> np.ndarray:
+  """Indices of `at_most` evenly spaced items of `count` (all of them if fewer)."""
+  if count <= at_most:
+    return np.arange(count)
+  return np.round(np.linspace(0, count - 1, at_most)).astype(np.int64)
 
 
 def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
@@ -396,13 +435,13 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 
           def run_pending():
             nonlocal frames_done
-            activations = extractor(pending[0][2] if len(pending) == 1 else
-                                    np.concatenate([p[2] for p in pending]))
+            normalized = extractor.normalized(
+                pending[0][2] if len(pending) == 1 else
+                np.concatenate([p[2] for p in pending]), metadata["levels"])
             start = 0
             for video_index, video, frames, indices in pending:
-              stored = {level: features_lib.normalize(a[start:start + len(frames)],
-                                                      metadata["levels"][level])
-                        for level, a in activations.items()}
+              stored = {level: a[start:start + len(frames)]
+                        for level, a in normalized.items()}
               start += len(frames)
               if settings.store_frames:
                 stored[features_lib.FRAMES] = frames

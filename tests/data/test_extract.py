@@ -307,6 +307,39 @@ def test_folder_tree_source(ucf_tree):
   assert len(entries) == 7 and {e.split for e in entries} == {"train"}
 
 
+def test_long_videos_are_calibrated_on_some_frames_and_normalised_batch_by_batch():
+  """Memory stays bounded by what is stored: statistics from CALIBRATION_FRAMES of
+  a video, and the stored float16 values filled a batch at a time, never a whole
+  video's float32 activations (several GB at 224 px)."""
+  import tracemalloc
+  settings = extract.Settings(levels=("pool2", "pool3"), image_size=32, batch_size=8)
+  n = 128
+  frames = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), np.uint8)
+  video = extract.Video("long", 0, "train", lambda: (frames, np.arange(n)), lambda: n)
+  extractor = extract.FeatureExtractor(settings)
+  stats = extract._calibrate([video], extractor, settings)
+  picked = extract.evenly_spaced(n, extract.CALIBRATION_FRAMES)
+  assert len(picked) == 16 and picked[0] == 0 and picked[-1] == n - 1
+  resized = video_lib.resize_and_crop(frames, 32, None)   # as extraction does
+  assert stats == {level: features.level_stats(a)
+                   for level, a in extractor(resized[picked]).items()}
+  whole = extractor(frames)
+  tracemalloc.start()
+  try:
+    stored = extractor.normalized(frames, stats)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  for level in settings.levels:
+    np.testing.assert_array_equal(stored[level],
+                                  features.normalize(whole[level], stats[level]))
+  stored_bytes = sum(a.nbytes for a in stored.values())
+  batch_float32 = 2 * stored_bytes * settings.batch_size // n
+  # The output, and a few float32 batches (the activations and normalize's
+  # temporaries); the whole float32 video would be twice the output, again.
+  assert peak < stored_bytes + 4 * batch_float32, (peak, stored_bytes)
+
+
 # -- the flow stream -------------------------------------------------------------
 
 FLOW = extract.Settings(levels=("pool2",), image_size=32, frame_stride=2,
