@@ -137,6 +137,9 @@ def get_config() -> ml_collections.ConfigDict:
   caption.attention_weight = 0.706  # lambda of the attention regulariser (the
                                     # decoder's public code)
   caption.beam_size = 5           # 1: greedy decoding
+  # Whether decoding may write <unk>, the stand-in for words seen fewer than
+  # extraction's --min_word_count times: it matches no reference word.
+  caption.allow_unk = False
   # An action-recognition run (workdir or checkpoints folder, optionally @STEP)
   # whose GRU-RCN starts the encoder; freeze_encoder keeps it fixed.
   caption.encoder_checkpoint = ""

@@ -292,7 +292,8 @@ def _make_decode_step(experiment):
       return log_probs, (decoder_state, segments, projected)
 
     options = dict(bos=vocabulary.bos, eos=vocabulary.eos,
-                   max_length=caption.max_length)
+                   max_length=caption.max_length,
+                   banned=vocabulary.never_generated(caption.allow_unk))
     carry, size = (state, segments, projected), segments.shape[0]
     if caption.beam_size == 1:
       tokens, _ = decoding.greedy(step, carry, size, **options)

@@ -120,3 +120,28 @@ def test_eval_batches_travel_and_steps_run_ahead_of_the_outputs_fetched(monkeypa
   assert events.index(("get", 2)) > events.index(("step", 3))
   assert [e for e in events if e[0] == "get"] == [("get", 2), ("get", 3), ("get", 4),
                                                   ("get", 5), ("get", 5)]
+
+
+@pytest.mark.parametrize("allow_unk", [False, True])
+def test_generated_captions_hold_no_unk_unless_allowed(tiny_captions_dir, monkeypatch,
+                                                        allow_unk):
+  import jax
+  from grurcn_jax import caption_metrics
+  from tests.training_setup import tiny_captioning_config
+  monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+  config = tiny_captioning_config(tiny_captions_dir, caption__encoder="first_frame",
+                                  caption__allow_unk=allow_unk)
+  experiment = assemble(config)
+  params = jax.device_get(experiment.init_state().params)
+  # A decoder that writes <unk> above all else (then <eos>).
+  unk, eos = experiment.vocabulary.words.index("<unk>"), experiment.vocabulary.eos
+  out_logits = params["decoder"]["out_logits"]
+  out_logits["bias"] = bias = np.array(out_logits["bias"])
+  bias[unk], bias[eos] = 50.0, 25.0
+  result = evaluators.CaptioningEvaluator(experiment).evaluate(params, 0)
+  generated = [c["generated"] for c in result.documents["eval_captions.json"]]
+  assert generated
+  if allow_unk:
+    assert all(caption.split()[0] == "<unk>" for caption in generated)
+  else:
+    assert all("<unk>" not in caption.split() for caption in generated)

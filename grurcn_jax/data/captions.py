@@ -10,7 +10,7 @@ scored.
 
 import collections
 import dataclasses
-from typing import Dict, Iterable, List, Mapping, Sequence
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
@@ -44,6 +44,12 @@ class Vocabulary:
   @property
   def eos(self) -> int:
     return RESERVED.index(EOS)
+
+  def never_generated(self, allow_unk: bool = False) -> Tuple[int, ...]:
+    """Ids a generated caption never holds: <pad> and <bos>, and <unk> (a rare
+    word's stand-in, which matches no reference word) unless `allow_unk`."""
+    banned = (PAD, BOS) if allow_unk else (PAD, BOS, UNK)
+    return tuple(self._ids[w] for w in banned)
 
   def encode(self, caption: str, max_length: int) -> np.ndarray:
     """[max_length] int32: the caption's word ids, at most max_length - 1 of them,

@@ -5,10 +5,10 @@ previous token of every hypothesis ([N] int32) and its decoder state (a pytree o
 [N, ...] arrays) and gives the next token's log-probabilities ([N, V] float32).
 Both loops have a fixed number of iterations (`max_length`), so they compile
 once per shape (`lax.scan`); finished hypotheses only ever extend with `eos` at
-no cost.
+no cost. `banned` tokens are never written (e.g. `<unk>`, `<pad>`, `<bos>`).
 """
 
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import jax
 from jax import lax
@@ -18,10 +18,23 @@ Array = jax.Array
 Step = Callable[[Any, Array], Tuple[Array, Any]]
 
 
+def _without(step: Step, banned: Sequence[int]) -> Step:
+  """`step` whose `banned` tokens have log-probability -inf."""
+  if not len(banned):
+    return step
+
+  def allowed(state, tokens):
+    log_probs, state = step(state, tokens)
+    return log_probs.at[:, jnp.asarray(banned, jnp.int32)].set(-jnp.inf), state
+  return allowed
+
+
 def greedy(step: Step, state: Any, batch: int, *, bos: int, eos: int,
-           max_length: int) -> Tuple[Array, Array]:
+           max_length: int, banned: Sequence[int] = ()) -> Tuple[Array, Array]:
   """The most likely next token at every step: ([B, max_length] tokens after
   `bos`, eos-padded; [B] their total log-probability)."""
+  step = _without(step, banned)
+
   def body(carry, _):
     tokens, state, score, done = carry
     log_probs, state = step(state, tokens)
@@ -39,10 +52,11 @@ def greedy(step: Step, state: Any, batch: int, *, bos: int, eos: int,
 
 
 def beam_search(step: Step, state: Any, batch: int, *, beam: int, bos: int, eos: int,
-                max_length: int) -> Tuple[Array, Array]:
+                max_length: int, banned: Sequence[int] = ()) -> Tuple[Array, Array]:
   """The `beam` best hypotheses by total log-probability, kept at every step:
   ([B, max_length] the best one's tokens, eos-padded; [B] its log-probability).
   `state` is per video ([B, ...]); it is repeated for the beams here."""
+  step = _without(step, banned)
 
   def tile(x):  # [B, ...] -> [B * beam, ...], each video's beams together
     return jnp.repeat(x, beam, axis=0)

@@ -43,3 +43,25 @@ def test_beam_of_one_is_greedy():
   beam = decoding.beam_search(step, bias, 3, beam=1, bos=0, eos=1, max_length=6)
   np.testing.assert_array_equal(greedy[0], beam[0])
   np.testing.assert_allclose(greedy[1], beam[1], rtol=1e-6)
+
+
+def test_banned_tokens_are_never_written():
+  # 'a' is the best word everywhere, then 'b'; banned, 'a' never appears and the
+  # captions are the best ones without it.
+  table = np.full((4, 4), 1e-12)
+  table[BOS, [A, BW]] = 0.7, 0.3
+  table[A, [A, EOS]] = 0.9, 0.1
+  table[BW, [A, BW, EOS]] = 0.6, 0.3, 0.1
+  table[EOS, EOS] = 1.0
+  step, state = _markov(table), jnp.zeros((2, 1))
+  tokens, _ = decoding.greedy(step, state, 2, bos=BOS, eos=EOS, max_length=3)
+  np.testing.assert_array_equal(tokens, [[A, A, A]] * 2)
+  greedy = decoding.greedy(step, state, 2, bos=BOS, eos=EOS, max_length=3,
+                           banned=(A,))
+  np.testing.assert_array_equal(greedy[0], [[BW, BW, BW]] * 2)
+  np.testing.assert_allclose(greedy[1], np.log(0.3 * 0.3 * 0.3), rtol=1e-5)
+  # The beam's best without 'a': 'b eos' (0.03) over 'b b b' (0.027).
+  beam = decoding.beam_search(step, state, 2, beam=2, bos=BOS, eos=EOS, max_length=3,
+                              banned=(A,))
+  np.testing.assert_array_equal(beam[0], [[BW, EOS, EOS]] * 2)
+  np.testing.assert_allclose(beam[1], np.log(0.3 * 0.1), rtol=1e-5)
