@@ -77,13 +77,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   configure_logging()
   _initialize_distributed()
+  from grurcn_jax import multihost
+  multihost.watch()   # one host's failure stops every host (multihost.py)
   run(FLAGS)
 
 
 def run(values: flags.FlagValues) -> None:
   """Trains or evaluates as the parsed `values` say; an error of the config, the
   data or the run is one line on stderr and exit status 1."""
-  from grurcn_jax import compile_cache, errors, experiment, train
+  from grurcn_jax import compile_cache, errors, experiment, multihost, train
   from grurcn_jax.data import prepare
   config = values.config
   # Before anything compiles (the demo's extraction does).
@@ -97,9 +99,16 @@ def run(values: flags.FlagValues) -> None:
     else:
       from grurcn_jax import evaluate
       metrics = evaluate.evaluate_checkpoint(config, values.workdir, values.eval_step)
-  except errors.Error as e:
+  except errors.TrainingError as e:   # every host raises it at the same step
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except errors.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    multihost.fail(str(e))   # with several hosts: all stop now (never returns)
+    sys.exit(1)
+  except Exception as e:  # a bug: its traceback, and on several hosts all stop
+    multihost.fail(f"{type(e).__name__}: {e}", with_traceback=True)
+    raise
   import jax
   if jax.process_index() == 0:
     if values.mode == "train":

@@ -29,10 +29,11 @@ def free_port():
     return s.getsockname()[1]
 
 
-def start_two_processes(data_dir, workdir, logs):
-  """Both processes of one run; their output goes to files under `logs`. (Without
-  TensorFlow: its import alone is seconds per process; the in-process runs test
-  the writer that uses it.)"""
+def start_two_processes(data_dir, workdir, logs, module=("grurcn_jax.main",),
+                        **settings):
+  """Both processes of one run (`module`: the program and its first arguments);
+  their output goes to files under `logs`. (Without TensorFlow: its import alone
+  is seconds per process; the in-process runs test the writer that uses it.)"""
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
              XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -40,9 +41,9 @@ def start_two_processes(data_dir, workdir, logs):
   for i in range(2):
     out, err = (open(os.path.join(logs, f"{i}.{kind}"), "w") for kind in ("out", "err"))
     processes.append(subprocess.Popen(
-        python_without(("tensorflow", "clu"), "grurcn_jax.main",
+        python_without(("tensorflow", "clu"), *module,
                        "--config=configs/demo.py", f"--workdir={workdir}",
-                       *overrides_as_flags(data_dir, **SETTINGS),
+                       *overrides_as_flags(data_dir, **{**SETTINGS, **settings}),
                        "--config.data.num_streams=2",
                        f"--coordinator_address=127.0.0.1:{port}",
                        "--num_processes=2", f"--process_id={i}"),
@@ -103,3 +104,25 @@ def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=tolerance),
                restore_params(config, workdir, 12),
                restore_params(config, reference_dir, 12))
+
+
+@pytest.mark.parametrize("failing", [1, 0])   # 0 also hosts the coordination service
+def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_path,
+                                                           failing):
+  """Alone, the failing host waited at JAX's shutdown barrier and the other in its
+  next collective, both for good; now both exit with status 1, and the other host
+  says which one failed and why."""
+  processes = start_two_processes(
+      tiny_demo_dir, str(tmp_path / "run"), tmp_path,
+      module=("tests.fail_on_host", str(failing), "3"), num_train_steps=100_000,
+      checkpoint_every_steps=100_000, eval_every_steps=100_000)
+  start = time.time()
+  statuses = wait(processes, timeout=240)
+  logs = [read(tmp_path, f"{i}.err") for i in range(2)]
+  assert statuses == [1, 1], logs[1 - failing][-3000:]
+  assert time.time() - start < 120   # the heartbeat timeout alone is 100 s
+  own = "reading features failed: injected on process"
+  assert f"error: {own} {failing}" in logs[failing]
+  assert (f"error: process {failing} failed: {own} {failing}; this process stops too"
+          in logs[1 - failing]), logs[1 - failing][-3000:]
+  assert "Traceback" not in logs[0] + logs[1]
