@@ -10,8 +10,9 @@ process 0 writes (JAX's rule); every host reads, so on several hosts the
 directory must be one they share (a gs:// workdir is). Programs that compile in
 under `jax_persistent_cache_min_compile_time_secs` (1 s) are not stored.
 
-`enable` must run before the process compiles anything: JAX decides at its first
-compilation whether the cache is used. `main` calls it first thing.
+`main` calls `enable` first thing: JAX makes its cache once, in the directory
+set at the time, and keeps it. A `JAX_COMPILATION_CACHE_DIR` (or
+`jax_compilation_cache_dir`) the user set is used instead of the config's.
 """
 
 import threading
@@ -37,11 +38,18 @@ def directory_for(setting: str, workdir: str) -> str:
 
 def enable(directory: str) -> None:
   """Stores and loads this process's compiled programs in `directory` ('' leaves
-  the cache off)."""
+  the cache off), or in the one JAX was already given."""
   global _directory
+  given = jax.config.jax_compilation_cache_dir
+  if given:
+    directory = given
   if not directory:
     return
   jax.config.update("jax_compilation_cache_dir", directory)
+  if "://" in directory:
+    # JAX also points XLA's GPU autotuning cache into the directory, written by
+    # XLA's own file layer, which may not reach remote file systems.
+    jax.config.update("jax_persistent_cache_enable_xla_caches", "none")
   with _lock:
     if _directory is None:
       jax.monitoring.register_event_listener(_on_event)

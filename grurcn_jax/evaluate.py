@@ -1,4 +1,4 @@
-"""--mode=eval: evaluate a checkpoint of a workdir and write the results there.
+"""--mode=eval: evaluate a checkpoint of a workdir and write the results beside it.
 
   python -m grurcn_jax.main --config=CONFIG --workdir=DIR --mode=eval [--eval_step=N]
 

@@ -83,7 +83,7 @@ class ClassificationEvaluator:
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
     chunks = run_over_batches(self._step, params, batches, self.experiment.mesh,
-                              config.data.device_prefetch)
+                              _eval_prefetch(config))
     outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     valid = outputs["mask"] > 0
     outputs = {k: v[valid] for k, v in outputs.items()}
@@ -103,6 +103,13 @@ class ClassificationEvaluator:
                f"{metrics['clip_accuracy']:.3f}, loss {metrics['loss']:.4f}; per level: "
                f"{levels}) on {metrics['num_videos']} videos at step {int(step)}")
     return EvalResult(int(step), metrics, scores, figures, summary=summary)
+
+
+def _eval_prefetch(config) -> int:
+  # One eval batch on its way is enough to overlap copy and compute, and training's
+  # prefetched batches stay in device memory meanwhile: a run tuned close to the
+  # memory limit must not fail at its first evaluation, hours in.
+  return min(config.data.device_prefetch, 1)
 
 
 def run_over_batches(step, params, host_batches, mesh, prefetch: int) -> List[Any]:
@@ -237,7 +244,7 @@ class CaptioningEvaluator:
         levels=self._inputs, process_index=jax.process_index(),
         process_count=jax.process_count())
     chunks = run_over_batches(self._decode, params, batches, self.experiment.mesh,
-                              config.data.device_prefetch)
+                              _eval_prefetch(config))
     tokens = np.concatenate([c["tokens"] for c in chunks])
     video_index = np.concatenate([c["video_index"] for c in chunks])
     valid = np.concatenate([c["mask"] for c in chunks]) > 0

@@ -55,3 +55,32 @@ def test_a_second_process_loads_what_the_first_compiled(tmp_path):
   assert second.endswith("s of compiling)")
   # '' leaves it off.
   assert _run("") == ["no compilation cache"] * 2
+
+
+def test_a_cache_directory_given_to_jax_is_kept(tmp_path):
+  mine = str(tmp_path / "mine")
+  out = subprocess.run(
+      [sys.executable, "-c", _PROGRAM, str(tmp_path / "config_s")], capture_output=True,
+      text=True, cwd=REPO, timeout=300,
+      env=dict(os.environ, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_COMPILATION_CACHE_DIR=mine))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert os.listdir(mine) and not os.path.exists(tmp_path / "config_s")
+
+
+def test_a_remote_directory_keeps_xla_s_own_caches_out_of_it():
+  # (Nothing is compiled: only the settings are read back.)
+  program = ("from grurcn_jax import compile_cache; import jax\n"
+             "for d in ('/local/cache', 'gs://bucket/run/compilation_cache'):\n"
+             "  compile_cache.enable(d)\n"
+             "  print(jax.config.jax_compilation_cache_dir,\n"
+             "        jax.config.jax_persistent_cache_enable_xla_caches)\n"
+             "  jax.config.update('jax_compilation_cache_dir', None)\n")
+  out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                       cwd=REPO, timeout=300,
+                       env={k: v for k, v in os.environ.items()
+                            if k != "JAX_COMPILATION_CACHE_DIR"})
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.splitlines() == [
+      "/local/cache xla_gpu_per_fusion_autotune_cache_dir",
+      "gs://bucket/run/compilation_cache none"]

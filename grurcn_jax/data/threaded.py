@@ -109,7 +109,10 @@ class ThreadedBatches:
     if self._error is not None:
       raise self._error
     while not self._done and len(self._pending) <= self._prefetch:
-      self._start_next()
+      try:
+        self._start_next()
+      except Exception as e:  # the plan's or a batch's extras: fails it for good too
+        self._fail(e)
     if not self._pending:
       raise StopIteration
     batch, reads = self._pending.popleft()

@@ -186,6 +186,32 @@ def test_after_a_failed_read_nothing_is_read_and_every_next_raises(feature_dir,
   assert calls[0] == calls_at_error
 
 
+def test_an_error_making_a_batch_fails_the_iterator_for_good(feature_dir, monkeypatch):
+  extras = threaded._classification_extras
+  calls = [0]
+
+  def failing_third(reader):
+    made = extras(reader)
+
+    def extra(elements):
+      calls[0] += 1
+      if calls[0] == 3:
+        raise FeatureFormatError("no label for this batch")
+      return made(elements)
+    return extra
+
+  monkeypatch.setattr(threaded, "_classification_extras", failing_third)
+  batches = threaded.train_batches(data_config(feature_dir, clip_length=2),
+                                   batch_size=4, seed=5)
+  with pytest.raises(FeatureFormatError, match="no label"):
+    for _ in range(5):
+      next(batches)
+  made = calls[0]
+  with pytest.raises(FeatureFormatError, match="no label"):
+    next(batches)
+  assert calls[0] == made   # no batch was started after the error
+
+
 def test_the_config_picks_the_loader(feature_dir, tmp_path):
   assert loaders.for_config(data_config(feature_dir, loader="tf")) is pipeline
   assert loaders.for_config(data_config(feature_dir, loader="threads")) is threaded
