@@ -1,12 +1,13 @@
-"""Several processes: one host's failure stops every host at once, with its error.
+"""Several processes: one host's failure stops every host within seconds, with its error.
 
 A host that fails alone (a data error on its files, a bug) leaves the others
 waiting for it in the next collective, and its own exit waits at JAX's shutdown
 barrier (up to 5 minutes) for hosts that never come: measured with two CPU
-processes, a data error on one left both running for good. JAX's heartbeats do
-not help while the failed process still lives. So every host watches one key of
+processes, a data error on one left both running past 300 s. JAX's heartbeats
+do not help while the failed process still lives. So every host watches one key of
 JAX's coordination service; a failing host sets it to its error and exits, and
-every other host logs that error and exits at once with status 1.
+every other host logs that error and exits with status 1 (process 0, which
+hosts the service, last).
 
 Errors every host raises together at the same step (preemption, a non-finite
 loss) do not need this: those hosts exit normally, together.
@@ -18,20 +19,22 @@ import sys
 import threading
 import time
 import traceback
-from typing import Optional
 
 from absl import logging
 
 FAILED_KEY = "grurcn_jax/failed"
-_SEEN_DIR = "grurcn_jax/failure_seen/"
-# How long a failing host waits for the others to have read its error before it
-# exits: process 0 hosts the coordination service, which goes with it.
+# Each host's state once a failure is known ("failed": it failed itself; "seen":
+# it read another's error) or once it exits normally ("exiting").
+_STATE_DIR = "grurcn_jax/state/"
+# How long a failing host waits for every host to be accounted for before it exits.
 _ACK_SECONDS = 10.0
-# How long process 0 gives the others to exit after they have all read the error.
+# Process 0 hosts the coordination service, and a host still talking to it when
+# it goes away aborts: process 0 exits this long after every host has its news.
 _EXIT_GRACE_SECONDS = 2.0
-
-# A watcher's wait on the service, renewed until the process ends.
-_POLL_MS = 1000
+# Between a watcher's looks at the key. A look is one request answered at once:
+# requests left waiting on the service (a timed-out blocking get) are kept by it,
+# about 14 KB each, which over days of a pod's run fills process 0's memory.
+_POLL_SECONDS = 1.0
 
 _lock = threading.Lock()
 _stop = threading.Event()
@@ -39,22 +42,18 @@ _failing = False
 _watching = False
 
 
-def _client():
+def _state():
   from jax._src import distributed   # the coordination service's client (orbax uses it too)
-  return distributed.global_state.client
-
-
-def _process() -> int:
-  from jax._src import distributed
-  return distributed.global_state.process_id
+  return distributed.global_state
 
 
 def watch() -> None:
-  """Starts this host's watcher (once); nothing in a single-process run. It stops
-  when the process exits normally, before JAX's own shutdown: a request still
-  waiting on the service when it goes away aborts the process."""
+  """Starts this host's watcher (once); nothing in a single-process run. At a
+  normal exit it stops, and says so to the others, before JAX's own shutdown
+  (JAX registers that when it is imported; this hook, registered later, runs
+  first)."""
   global _watching
-  client = _client()
+  client = _state().client
   with _lock:
     if client is None or _watching:
       return
@@ -65,72 +64,82 @@ def watch() -> None:
 
   def stop():
     _stop.set()
-    thread.join(timeout=2 * _POLL_MS / 1000)
-  atexit.register(stop)   # registered after jax.distributed's: runs before it
+    thread.join(timeout=2 * _POLL_SECONDS)
+    _set_state(client, "exiting")
+  atexit.register(stop)
 
 
 def _watch(client) -> None:
-  while not _stop.is_set():
+  warned = False
+  while not _stop.wait(_POLL_SECONDS):
     try:
-      # The call releases the GIL: training runs on while it waits.
-      message = client.blocking_key_value_get(FAILED_KEY, _POLL_MS)
+      message = client.key_value_try_get(FAILED_KEY)
       break
     except Exception as e:  # noqa: BLE001 (its error types are not exported)
-      if "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e).lower():
-        continue
-      return   # the service is shutting down: the run is ending anyway
+      if "NOT_FOUND" not in str(e) and not warned:
+        logging.warning("Watching the other hosts for failures: %s (retrying)", e)
+        warned = True
   else:
     return
   with _lock:
     if _failing:   # this host's own failure: it exits by itself
       return
-  try:
-    client.key_value_set(f"{_SEEN_DIR}{_process()}", "1")
-  except Exception:  # noqa: BLE001
-    pass
+  _set_state(client, "seen")
   print(f"error: {message}; this process stops too", file=sys.stderr)
-  if _process() == 0:
-    # The coordination service goes with process 0, and a host still talking to
-    # it then aborts: the others (the failing one too, once it has seen every
-    # host read its error) exit first.
-    _wait_for_others(client)
-    time.sleep(_EXIT_GRACE_SECONDS)
-  _exit(1)
+  _exit_after_others(client)
 
 
 def fail(message: str, *, with_traceback: bool = False) -> None:
   """In a run of several processes, tells every host that this one failed with
   `message` (after printing the exception being handled, `with_traceback`), then
-  exits with status 1 (never returns). In a single-process run, returns: the
-  caller exits as it would."""
+  exits with status 1. Returns in a single-process run, and where another host is
+  already exiting normally (the caller then exits as usual: JAX's shutdown
+  barrier is where that host waits)."""
   global _failing
-  client = _client()
+  client = _state().client
   if client is None:
+    return
+  with _lock:
+    _failing = True
+  try:
+    client.key_value_set(FAILED_KEY, f"process {_state().process_id} failed: {message}")
+  except Exception:  # noqa: BLE001 (another host set it first: it is stopping us all)
+    pass
+  _set_state(client, "failed")
+  if "exiting" in _wait_for_every_host(client).values():
     return
   if with_traceback:
     traceback.print_exc()
-  with _lock:
-    _failing = True
-  process = _process()
+  _exit_after_others(client)
+
+
+def _set_state(client, state: str) -> None:
   try:
-    client.key_value_set(FAILED_KEY, f"process {process} failed: {message}")
-  except Exception:  # noqa: BLE001 (another host set it first: it is stopping us all)
+    client.key_value_set(f"{_STATE_DIR}{_state().process_id}", state)
+  except Exception:  # noqa: BLE001 (set already: a host's first state stands)
     pass
-  _wait_for_others(client)
-  _exit(1)
 
 
-def _wait_for_others(client, seconds: Optional[float] = None) -> None:
-  import jax
-  others = jax.process_count() - 1
-  deadline = time.time() + (_ACK_SECONDS if seconds is None else seconds)
-  while time.time() < deadline:
+def _wait_for_every_host(client) -> dict:
+  """Host -> state, once every host has one (or after _ACK_SECONDS)."""
+  hosts = _state().num_processes
+  deadline = time.time() + _ACK_SECONDS
+  states = {}
+  while True:
     try:
-      if len(client.key_value_dir_get(_SEEN_DIR)) >= others:
-        return
+      states = dict(client.key_value_dir_get(_STATE_DIR))
     except Exception:  # noqa: BLE001
-      return
+      return states
+    if len(states) >= hosts or time.time() > deadline:
+      return states
     time.sleep(0.1)
+
+
+def _exit_after_others(client) -> None:
+  if _state().process_id == 0:
+    _wait_for_every_host(client)
+    time.sleep(_EXIT_GRACE_SECONDS)
+  _exit(1)
 
 
 def _exit(status: int) -> None:

@@ -1,7 +1,8 @@
-"""Test-only fault injection: runs `grurcn_jax.main`, and process P's input fails
-with a data error at its Nth batch, as a bad file on one host would.
+"""Test-only fault injection: runs `grurcn_jax.main`, and process P's input (every
+process's with P=both) fails with a data error at its Nth batch, as a bad file on
+one host (or on all) would.
 
-  python -m tests.fail_on_host P N --config=... --workdir=... [main's flags]
+  python -m tests.fail_on_host P|both N --config=... --workdir=... [main's flags]
 """
 
 import runpy
@@ -12,7 +13,7 @@ from grurcn_jax.errors import FeatureFormatError
 
 
 def main():
-  process, batch = int(sys.argv[1]), int(sys.argv[2])
+  failing, batch = sys.argv[1], int(sys.argv[2])
   sys.argv = ["grurcn_jax.main"] + sys.argv[3:]
   prefetch = sharding.prefetch_to_device
 
@@ -21,7 +22,8 @@ def main():
 
     def batches():
       for i, b in enumerate(host_batches):
-        if jax.process_index() == process and i == batch:
+        process = jax.process_index()
+        if failing in ("both", str(process)) and i == batch:
           raise FeatureFormatError(f"reading features failed: injected on process "
                                    f"{process}")
         yield b
