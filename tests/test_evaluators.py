@@ -145,3 +145,24 @@ def test_generated_captions_hold_no_unk_unless_allowed(tiny_captions_dir, monkey
     assert all(caption.split()[0] == "<unk>" for caption in generated)
   else:
     assert all("<unk>" not in caption.split() for caption in generated)
+
+
+def test_a_long_evaluation_says_how_far_it_is(caplog):
+  import logging
+  from grurcn_jax import sharding
+
+  class Batches:
+    num_batches = 3
+
+    def __iter__(self):
+      return iter([{"x": np.full([8], i, np.float32)} for i in range(3)])
+
+  with caplog.at_level(logging.INFO):
+    outputs = evaluators.run_over_batches(lambda p, b: b, None, Batches(),
+                                          sharding.make_mesh(), prefetch=1,
+                                          progress_every_s=0)
+  assert len(outputs) == 3
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eval:")]
+  assert [line.split(",")[0] for line in lines] == [
+      "eval: batch 1/3", "eval: batch 2/3", "eval: batch 3/3"]
+  assert lines[0].endswith(" min") and "batches/s, ETA" in lines[0]
