@@ -47,6 +47,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
   result = evaluators.for_experiment(experiment).evaluate(state.params,
                                                           int(state.step))
   out = results_dir(workdir, config.data.eval_split, result.step)
+  if jax.process_index() == 0:
+    writers.clear_scalars(out)   # a rerun replaces the evaluation, scalars too
   writer = writers.metric_writer(out, just_logging=jax.process_index() != 0)
   with writers.flushing(writer):
     writers.write_eval(out, result, writer)

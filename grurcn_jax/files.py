@@ -4,7 +4,7 @@ so a machine without TensorFlow reads and writes local workdirs and feature
 directories."""
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 
 def is_local(path: str) -> bool:
@@ -38,6 +38,13 @@ def rename(src: str, dst: str) -> None:
     os.replace(src, dst)
   else:
     _gfile().rename(src, dst, overwrite=True)
+
+
+def listdir(path: str) -> List[str]:
+  """The names in directory `path`; none when it is not there."""
+  if not exists(path):
+    return []
+  return os.listdir(path) if is_local(path) else _gfile().listdir(path)
 
 
 def remove(path: str) -> None:

@@ -101,6 +101,15 @@ def report_progress(num_train_steps: int, writer):
   return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer)
 
 
+def clear_scalars(directory: str) -> None:
+  """Removes the scalar files (TensorBoard event files, scalars.jsonl) of an
+  earlier writer in `directory`: an evaluation's directory holding two showed
+  every point twice."""
+  for name in files.listdir(directory):
+    if name.startswith("events.out.tfevents") or name == SCALARS_FILE:
+      files.remove(os.path.join(directory, name))
+
+
 def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   """Writes `result`'s files (process 0) and scalars (`scalar_writer`, from
   `metric_writer`, when given; it decides itself which host writes)."""

@@ -118,6 +118,12 @@ def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
     assert any(name.startswith("events.out") for name in os.listdir(results))
   with open(os.path.join(workdir, "eval_metrics.json"), "rb") as f:
     assert f.read() == trained
+  # Evaluated again, a step's directory holds that evaluation once (TensorBoard
+  # showed each point twice).
+  assert evaluate.evaluate_checkpoint(config, workdir, step=6) == earlier
+  events = [name for name in os.listdir(evaluate.results_dir(workdir, split, 6))
+            if name.startswith("events.out")]
+  assert len(events) == 1
 
 
 @pytest.mark.long
