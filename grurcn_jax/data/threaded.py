@@ -107,7 +107,8 @@ class ThreadedBatches:
 
   def __next__(self):
     if self._error is not None:
-      raise self._error
+      # Not `raise self._error`: each raise of one object adds to its traceback.
+      raise self._error.with_traceback(None)
     while not self._done and len(self._pending) <= self._prefetch:
       try:
         self._start_next()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -179,9 +180,12 @@ def test_after_a_failed_read_nothing_is_read_and_every_next_raises(feature_dir,
       next(batches)
   assert active[0] == 0
   calls_at_error = calls[0]
-  for _ in range(2):
-    with pytest.raises(FeatureFormatError, match="the disk went away"):
+  depths = []
+  for _ in range(3):
+    with pytest.raises(FeatureFormatError, match="the disk went away") as raised:
       next(batches)
+    depths.append(len(traceback.extract_tb(raised.value.__traceback__)))
+  assert depths[0] == depths[1] == depths[2]   # the traceback does not grow
   time.sleep(0.3)
   assert calls[0] == calls_at_error
 
