@@ -510,16 +510,19 @@ def _read(config):
           else tuple(config.model.levels))
 
 
-def _steady_seconds_per_item(items: int, take_one) -> float:
+def _steady_seconds_per_item(items: int, take_one, settle=lambda: None) -> float:
   """Seconds per item over the second half of `items` calls of `take_one`: the
   first half drains what the queues read ahead while the program compiled or
-  warmed up (an input-bound run would read it as free items)."""
+  warmed up (an input-bound run would read it as free items). `settle` runs at
+  the half and at the end (a wait for the device's queued work)."""
   half = items // 2
   for _ in range(half):
     take_one()
+  settle()
   start = time.perf_counter()
   for _ in range(items - half):
     take_one()
+  settle()
   return (time.perf_counter() - start) / (items - half)
 
 
@@ -561,19 +564,17 @@ def bench_end_to_end(config) -> dict:
   step = experiment.train_step()
   count = max(FLAGS.steps, 10)
 
+  metrics = None
+
+  def one_step(batches):
+    nonlocal state, metrics
+    state, metrics = step(state, next(batches))
+
   def run(batches, steps):
-    """Seconds per step over the second half of `steps` (see
-    _steady_seconds_per_item); one wait for the device at the half."""
-    nonlocal state
-    half = steps // 2
-    for _ in range(half):
-      state, metrics = step(state, next(batches))
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps - half):
-      state, metrics = step(state, next(batches))
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / (steps - half)
+    """Seconds per step over the second half of `steps`, the device waited for at
+    the half and the end."""
+    return _steady_seconds_per_item(steps, lambda: one_step(batches),
+                                    lambda: jax.block_until_ready(metrics))
 
   def host_batches():
     return loaders.for_config(config.data, inputs).train_batches(

@@ -153,16 +153,13 @@ class FeatureExtractor:
     [N, *shape], filled batch by batch. A video's float32 activations are never
     whole: at 224 px they are 2.9 MB a frame, 5 GB for a UCF-101 video of all
     its 1,776 frames, twice that while concatenated."""
-    out = {level: np.empty((len(frames), *self._shape(level)), np.float16)
-           for level in self.levels}
+    out = {level: np.empty((len(frames), *shape), np.float16)
+           for level, shape in level_shapes(self.settings).items()}
     for start, result in self._batches(frames):
       for level in self.levels:
         out[level][start:start + len(result[level])] = features_lib.normalize(
             result[level], stats[level])
     return out
-
-  def _shape(self, level: str) -> Tuple[int, ...]:
-    return level_shapes(self.settings)[level]
 
   def _batches(self, frames: np.ndarray):
     """(first row, level -> float32 activations) of each batch of `frames`."""

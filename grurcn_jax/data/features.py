@@ -151,8 +151,8 @@ def write_metadata(directory: str, metadata: Mapping) -> None:
 def write_json(path: str, document: Mapping) -> None:
   """Atomically (temp file + rename) writes a JSON file of the directory."""
   files.makedirs(os.path.dirname(path))
-  files.write_atomically(path, lambda tmp: files.write_bytes(tmp, json.dumps(document,
-                                                                indent=1).encode()))
+  data = json.dumps(document, indent=1).encode()
+  files.write_atomically(path, lambda tmp: files.write_bytes(tmp, data))
 
 
 def read_json(path: str, missing: str) -> dict:
@@ -389,16 +389,18 @@ def write_shard(directory: str, name: str, videos: Iterable[VideoFeatures],
     for level, path in tmp.items():
       files.rename(path, join(directory, level_file(name, level)))
     for level, ends in offsets.items():
-      files.write_atomically(join(directory, index_file(name, level)), lambda path, ends=ends:
-                    files.write_bytes(path, np.asarray(ends, "<i8").tobytes()))
+      data = np.asarray(ends, "<i8").tobytes()
+      files.write_atomically(join(directory, index_file(name, level)),
+                             lambda path, data=data: files.write_bytes(path, data))
   finally:
     for level, path in tmp.items():
       outputs[level].close()
       if exists(path):
         files.remove(path)
   entry = {"name": name, "num_videos": len(table), "num_frames": rows, "videos": table}
-  files.write_atomically(join(directory, table_file(name)), lambda path: files.write_bytes(
-      path, json.dumps(dict(entry, frame_indices=frame_indices)).encode()))
+  data = json.dumps(dict(entry, frame_indices=frame_indices)).encode()
+  files.write_atomically(join(directory, table_file(name)),
+                         lambda path: files.write_bytes(path, data))
   return entry
 
 
