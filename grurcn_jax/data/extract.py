@@ -547,25 +547,52 @@ def flow_frames_videos(entries, settings: Settings) -> List[Video]:
           for e in entries]
 
 
+class _ForwardReader:
+  """A split's examples, encoded, read forward from where the last one was. A
+  `split[i:i+1]` slice per video re-read its tfds shard from the start up to the
+  example (quadratic in the shard's size: UCF-101's train split read ~50 times
+  over); extraction loads a split's videos in order, so here each is the next
+  record. Asking for any other example (a resumed run's first video, the
+  calibration sample) starts a read at it."""
+
+  def __init__(self, builder, split: str):
+    self._builder, self._split = builder, split
+    self._examples, self._next = None, 0
+
+  def example(self, index: int):
+    import tensorflow_datasets as tfds
+    if self._examples is None or index != self._next:
+      self._examples = iter(tfds.as_numpy(self._builder.as_dataset(
+          split=f"{self._split}[{index}:]", shuffle_files=False,
+          decoders={"video": tfds.decode.SkipDecoding()})))
+      self._next = index
+    self._next += 1
+    return next(self._examples)
+
+
 def tfds_videos(name: str, data_dir: Optional[str], settings: Settings):
   """UCF-101 through TensorFlow Datasets (downloads on first use: opt-in). Videos
-  are decoded one at a time, when extraction loads them: listing them reads only
+  are decoded one at a time, when extraction loads them, and of each only the
+  frames kept (--frame_stride, --fps, --max_frames): listing them reads only
   labels and frame counts (all decoded UCF-101 videos would be ~490 GB)."""
   import tensorflow_datasets as tfds
   builder = tfds.builder(name, data_dir=data_dir)
   builder.download_and_prepare()
   class_names = builder.info.features["label"].names
+  frame_feature = builder.info.features["video"].feature   # tfds.features.Image
   selection = _decode_settings(settings)
+  readers = {}
 
   def load(split, i):
-    one = builder.as_dataset(split=f"{split}[{i}:{i + 1}]")   # example i alone
-    example = next(iter(tfds.as_numpy(one)))
-    keep = _select_indices(len(example["video"]), selection)
-    return example["video"][keep], keep
+    encoded = readers.setdefault(split, _ForwardReader(builder, split)).example(i)["video"]
+    keep = _select_indices(len(encoded), selection)
+    if not len(keep):
+      raise VideoDecodeError(f"{split}/{i:06d}: no frames")
+    return np.stack([frame_feature.decode_example(encoded[k]).numpy() for k in keep]), keep
 
   videos = []
   for split in ("train", "test"):
-    listing = builder.as_dataset(split=split,
+    listing = builder.as_dataset(split=split, shuffle_files=False,
                                  decoders={"video": tfds.decode.SkipDecoding()})
     for i, example in enumerate(tfds.as_numpy(listing)):
       count = len(example["video"])   # encoded frames: nothing decoded

@@ -1,5 +1,6 @@
-"""--source=tfds on a tiny dataset generated here (no download): videos are decoded
-one at a time, when extraction loads them, and flow decodes consecutive frames."""
+"""--source=tfds on a tiny dataset generated here (no download): videos are read
+in one forward pass and decoded one at a time, when extraction loads them, only
+their kept frames; flow decodes consecutive frames."""
 
 import numpy as np
 import pytest
@@ -38,22 +39,35 @@ def data_dir(tmp_path_factory):
   return directory
 
 
-def test_videos_are_decoded_one_at_a_time_when_loaded(data_dir, monkeypatch):
-  decoded = []   # examples read with their video decoded
+@pytest.fixture
+def reads(data_dir, monkeypatch):
+  """The split of every dataset extraction opens, and the frames it decodes."""
+  opened, decoded = [], []
   builder = tfds.builder("grurcn_tiny_videos", data_dir=data_dir)
   as_dataset = builder.as_dataset
+  frame_feature = builder.info.features["video"].feature
+  decode = frame_feature.decode_example
 
-  def counting(split, decoders=None, **kwargs):
-    ds = as_dataset(split=split, decoders=decoders, **kwargs)
-    if not decoders:
-      decoded.append(int(ds.cardinality()))
-    return ds
+  def opening(split, **kwargs):
+    opened.append(split)
+    return as_dataset(split=split, **kwargs)
 
-  monkeypatch.setattr(builder, "as_dataset", counting)
+  def decoding(encoded):
+    decoded.append(encoded)
+    return decode(encoded)
+
+  monkeypatch.setattr(builder, "as_dataset", opening)
+  monkeypatch.setattr(frame_feature, "decode_example", decoding)
   monkeypatch.setattr(tfds, "builder", lambda name, data_dir: builder)
+  return opened, decoded
+
+
+def test_videos_are_read_in_one_pass_and_only_kept_frames_decoded(data_dir, reads):
+  opened, decoded = reads
   settings = extract.Settings(frame_stride=2)
   class_names, videos = extract.tfds_videos("grurcn_tiny_videos", data_dir, settings)
   assert class_names == ["a", "b"] and decoded == []
+  assert opened == ["train", "test"]   # the listing: labels and frame counts
   assert {v.video_id: v.estimate_frames() for v in videos} == {
       f"{split}/{i:06d}": len(range(0, n, 2))
       for split, lengths in LENGTHS.items() for i, n in enumerate(lengths)}
@@ -61,11 +75,24 @@ def test_videos_are_decoded_one_at_a_time_when_loaded(data_dir, monkeypatch):
   for split, lengths in LENGTHS.items():
     for i, n in enumerate(lengths):
       video = by_id[f"{split}/{i:06d}"]
+      before = len(decoded)
       frames, indices = video.load()
       np.testing.assert_array_equal(indices, range(0, n, 2))
       np.testing.assert_array_equal(frames[:, 0, 0, 0], 10 * i + indices)
-      assert (video.label, video.split, decoded[-1]) == (i % 2, split, 1)
-  assert decoded == [1] * sum(map(len, LENGTHS.values()))
+      assert frames.shape[1:] == (8, 8, 3) and frames.dtype == np.uint8
+      assert (video.label, video.split, len(decoded) - before) == (i % 2, split, len(indices))
+  # Each split read once, forward: not a slice (a read from its shard's start) per video.
+  assert opened == ["train", "test", "train[0:]", "test[0:]"]
+
+
+def test_a_video_out_of_order_starts_a_read_at_it(data_dir, reads):
+  opened, _ = reads
+  _, videos = extract.tfds_videos("grurcn_tiny_videos", data_dir, extract.Settings())
+  by_id = {v.video_id: v for v in videos}
+  for i in (1, 2, 0, 1):   # a resumed run's first video, then the calibration's first
+    frames, _ = by_id[f"train/{i:06d}"].load()
+    np.testing.assert_array_equal(frames[:, 0, 0, 0], 10 * i + np.arange(LENGTHS["train"][i]))
+  assert opened[2:] == ["train[1:]", "train[0:]"]
 
 
 def test_flow_decodes_consecutive_frames_and_strides_the_windows_once(data_dir):
