@@ -88,10 +88,10 @@ def run(values: flags.FlagValues) -> None:
   from grurcn_jax import compile_cache, errors, experiment, multihost, train
   from grurcn_jax.data import prepare
   config = values.config
-  # Before anything compiles (the demo's extraction does).
-  compile_cache.enable(compile_cache.directory_for(config.compilation_cache_dir,
-                                                   values.workdir))
-  try:
+  try:   # all of it: an error anywhere must reach the other hosts (multihost.fail)
+    # Before anything compiles (the demo's extraction does).
+    compile_cache.enable(compile_cache.directory_for(config.compilation_cache_dir,
+                                                     values.workdir))
     experiment.validate(config)   # before a demo's data is built (minutes)
     prepare.ensure_demo(config.data, task=config.task)
     if values.mode == "train":
@@ -99,6 +99,7 @@ def run(values: flags.FlagValues) -> None:
     else:
       from grurcn_jax import evaluate
       metrics = evaluate.evaluate_checkpoint(config, values.workdir, values.eval_step)
+    _report(metrics, values)
   except errors.TrainingError as e:   # every host raises it at the same step
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -109,13 +110,17 @@ def run(values: flags.FlagValues) -> None:
   except Exception as e:  # a bug: its traceback, and on several hosts all stop
     multihost.fail(f"{type(e).__name__}: {e}", with_traceback=True)
     raise
+
+
+def _report(metrics, values: flags.FlagValues) -> None:
   import jax
   if jax.process_index() == 0:
     if values.mode == "train":
       print(_final_report(metrics, values.workdir, values.workdir))
     else:
+      from grurcn_jax import evaluate
       print(_final_report(metrics, values.workdir, evaluate.results_dir(
-          values.workdir, config.data.eval_split, metrics["step"])))
+          values.workdir, values.config.data.eval_split, metrics["step"])))
 
 
 def _final_report(metrics, workdir: str, results: str) -> str:

@@ -142,3 +142,33 @@ def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_pa
   # Seconds: a poll (1 s), process 0's grace (2 s); JAX's heartbeat timeout alone
   # is 100 s, and the wait for the other hosts' acknowledgements 10 s.
   assert seconds < 9, seconds
+
+
+@pytest.mark.parametrize("where", ["compile_cache", "report"])
+def test_an_error_anywhere_in_a_run_reaches_the_other_hosts(monkeypatch, tmp_path, where):
+  """Setting up the compilation cache and writing the final report are part of the
+  run too: an error there, as in training, is passed to every host."""
+  from grurcn_jax import compile_cache, errors, main, multihost
+  from grurcn_jax.data import prepare
+  from tests.training_setup import main_in_process
+  failed = []
+  monkeypatch.setattr(multihost, "fail",
+                      lambda message, with_traceback=False: failed.append(message))
+  monkeypatch.setattr(prepare, "ensure_demo", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "train_and_evaluate", lambda config, workdir: {"step": 1})
+
+  def raising(error):
+    def fn(*args, **kwargs):
+      raise error
+    return fn
+
+  if where == "compile_cache":
+    monkeypatch.setattr(compile_cache, "enable", raising(errors.ConfigError("no cache")))
+    status, _, err = main_in_process(f"--workdir={tmp_path}")
+    assert status == 1 and "error: no cache" in err
+    assert failed == ["no cache"]
+  else:
+    monkeypatch.setattr(main, "_final_report", raising(KeyError("video_accuracy")))
+    with pytest.raises(KeyError):   # a bug: its traceback
+      main_in_process(f"--workdir={tmp_path}")
+    assert failed == ["KeyError: 'video_accuracy'"]
