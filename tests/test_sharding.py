@@ -171,3 +171,31 @@ def test_asynchronous_collectives_count_the_data_they_produce():
   assert counted["collective-permute"] == 256 * 4
   assert counted["all-reduce"] == 64 * 4
   assert [i.op for i in hlo.all_gathers(program)] == ["all-gather-done"]
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_frames_mode_every_device_runs_vgg16_on_its_own_frames(tiny_demo_dir, trainable):
+  """Frames mode puts VGG-16 in the step: its convolutions must see each device's
+  frames only, as the model's do; a frozen backbone sums no gradients."""
+  from grurcn_jax.data import pipeline
+  from tests.training_setup import tiny_config
+  batch_size, clip_length = 40, 3   # 5 clips, 15 frames of 32 px per device
+  config = tiny_config(tiny_demo_dir, data__input="frames", data__clip_length=clip_length,
+                       model__backbone_trainable=trainable, batch_size=batch_size)
+  experiment = assemble(config)
+  host = next(pipeline.train_batches(config.data, batch_size=8, levels=("frames",)))
+  batch = sharding.batch_sharding(experiment.mesh)
+  clips = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), a.dtype,
+                                                      sharding=batch), host)
+  assert clips["features"]["frames"].shape == (batch_size, clip_length, 32, 32, 3)
+  program = experiment.train_step().lower(experiment.abstract_state(),
+                                          clips).compile().as_text()
+  convolutions = hlo.convolution_shapes(program)
+  global_sizes = {batch_size, batch_size * clip_length}
+  assert [dims for shapes in convolutions for dims in shapes
+          if global_sizes & set(dims)] == []
+  assert [i.shapes for i in hlo.all_gathers(program)] == []
+  assert any(shapes[0] == (15, 32, 32, 3) for shapes in convolutions)   # conv1_1
+  # VGG-16 up to pool3 has 1.7 M parameters: 6.9 MB of float32 gradients.
+  summed = hlo.collective_bytes(program)["all-reduce"]
+  assert (summed > 6_000_000) if trainable else (0 < summed < 1_000_000)
