@@ -220,9 +220,16 @@ def eval_plan(reader: features_lib.ClipReader, data: Mapping, *, batch_size: int
 def segment_rows(num_frames: int, segments: int, frames: int,
                  frame_stride: int) -> np.ndarray:
   """[segments * frames] frame indices: segment k starts at frame floor(k * n /
-  segments) of the video's n and takes `frames` frames `frame_stride` apart
-  (wrapping around a short video)."""
-  starts = (np.arange(segments, dtype=np.int64) * num_frames) // segments
+  segments) of the video's n and takes `frames` frames `frame_stride` apart; where
+  the last segment would run past the end, the starts are spread evenly from 0 to
+  n - span instead (the segments overlap, in order: wrapping would give the last
+  segment the video's first frames). Only a video shorter than one segment's span
+  wraps around."""
+  k = np.arange(segments, dtype=np.int64)
+  starts = (k * num_frames) // segments
+  span = clip_span(frames, frame_stride)
+  if num_frames >= span and starts[-1] + span > num_frames:
+    starts = (k * (num_frames - span)) // max(segments - 1, 1)
   offsets = np.arange(frames, dtype=np.int64) * frame_stride
   return np.mod(starts[:, None] + offsets[None], num_frames).reshape(-1)
 

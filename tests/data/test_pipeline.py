@@ -235,7 +235,13 @@ def test_segment_rows_start_each_segment_at_its_share_of_the_video():
       n, segments, frames, stride).tolist()
   assert rows(10, 3, 2) == [0, 1, 3, 4, 6, 7]
   assert rows(12, 2, 3, stride=2) == [0, 2, 4, 6, 8, 10]
-  assert rows(2, 3, 2) == [0, 1, 0, 1, 1, 0]        # a short video wraps around
+  assert rows(3, 2, 4) == [0, 1, 2, 0, 1, 2, 0, 1]   # a short video wraps around
+  # Where the last segment would run past the end, the starts spread over the
+  # video instead: in order, never its first frames last.
+  assert rows(2, 3, 2) == [0, 1, 0, 1, 0, 1]
+  assert rows(100, 4, 10, stride=5) == [s + 5 * j for s in (0, 18, 36, 54)
+                                        for j in range(10)]
+  assert rows(8, 3, 4) == [0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7]
 
 
 def test_caption_batches_hold_each_segments_frames_and_one_reference(feature_dir):
