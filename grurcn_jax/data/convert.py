@@ -43,6 +43,11 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
   if src.rstrip("/") == dst.rstrip("/"):
     raise ConfigError("--dst must differ from --src")
   source = features_lib.read_metadata(src, versions=(1, features_lib.FORMAT_VERSION))
+  listed = source.get("extraction", {}).get("video_lists", {})
+  for split in {**source["splits"], **listed}:
+    problem = features_lib.unfinished(source, split)
+    if problem:
+      raise ConfigError(f"--src {src}: {problem}")
   frames = source["levels"].get(features_lib.FRAMES)
   unknown = sorted(set(int8_levels) - set(source["levels"]) | (
       set(int8_levels) & {features_lib.FRAMES}))
@@ -97,6 +102,7 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
       features_lib.write_metadata(dst, metadata)
       bar.update(entry["num_videos"])
     metadata["splits"][split]["failed"] = list(entries.get("failed", []))
+  features_lib.mark_complete(metadata)   # every split is there
   features_lib.write_metadata(dst, metadata)
   bar.close()
   print(f"Converted {total} videos from {src} to {dst}"

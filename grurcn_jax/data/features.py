@@ -285,8 +285,34 @@ def record_shard(metadata: dict, split: str, entry: Mapping, *,
     entries[key] = sum(s[key] for s in entries["shards"])
 
 
+def unfinished(metadata: Mapping, split: str) -> Optional[str]:
+  """Why `split` is not all there, or None: an extraction (or conversion) that
+  is still running or was stopped has written only some of the videos it listed
+  (metadata.json exists from its first shard on). A finished extraction is marked
+  complete; without the mark, the videos written and those recorded as
+  undecodable must add up to the listed count (directories from before the lists
+  were recorded are taken as they are)."""
+  if is_complete(metadata):
+    return None
+  listed = metadata.get("extraction", {}).get("video_lists", {}).get(split)
+  if listed is None:
+    return None
+  entries = metadata["splits"].get(split, {})
+  written, failed = entries.get("num_videos", 0), len(entries.get("failed", []))
+  if written + failed >= listed["num_videos"]:
+    return None
+  return (f"split {split!r} holds {written} of the {listed['num_videos']} videos its "
+          f"extraction listed{f' ({failed} undecodable)' if failed else ''}: the "
+          f"extraction is still running or was stopped; rerun the same command to "
+          f"finish it (it resumes)")
+
+
 def split_shards(metadata: Mapping, split: str) -> List[dict]:
-  """[{'name', 'num_videos', 'num_frames', 'videos'}] of a split, in order."""
+  """[{'name', 'num_videos', 'num_frames', 'videos'}] of a split, in order; a split
+  whose extraction has not finished is an error."""
+  problem = unfinished(metadata, split)
+  if problem:
+    raise FeatureFormatError(problem)
   if split not in metadata["splits"]:
     raise FeatureFormatError(f"split {split!r} is not in the features; available: "
                              f"{', '.join(sorted(metadata['splits'])) or 'none'}")

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Mapping, Optional, Tuple
 
 from grurcn_jax import levels as levels_lib
-from grurcn_jax.errors import ConfigError
+from grurcn_jax.errors import ConfigError, FeatureFormatError
 
 FRAMES = levels_lib.FRAMES
 
@@ -73,7 +73,10 @@ class FeatureSpec:
       raise ConfigError(f"model.num_classes={model['num_classes']} but {data['dir']} has "
                         f"{len(metadata['class_names'])} classes")
     for split in splits or (data["train_split"], data["eval_split"]):
-      features_lib.split_shards(metadata, split)
+      try:
+        features_lib.split_shards(metadata, split)
+      except FeatureFormatError as e:
+        raise FeatureFormatError(f"{data['dir']}: {e}") from None
     levels = {l: metadata["levels"][l] for l in model["levels"]}
     shapes = {l: tuple(info["shape"]) for l, info in levels.items()}
     class_names = tuple(metadata["class_names"])

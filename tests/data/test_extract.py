@@ -212,6 +212,62 @@ def test_resume_records_a_shard_the_metadata_missed_exactly_once(tmp_path):
   assert {f: os.stat(os.path.join(out, f)).st_mtime_ns for f in os.listdir(out)} == before
 
 
+def test_an_unfinished_extraction_is_refused_until_it_is_finished(tmp_path, monkeypatch):
+  """metadata.json exists from the first shard on: a run or a conversion started
+  while the extraction still writes (or after it stopped) must not read part of a
+  split as the whole."""
+  from grurcn_jax.data import convert, prepare
+  from grurcn_jax.errors import FeatureFormatError
+  from tests.training_setup import tiny_config
+  class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
+  out = str(tmp_path / "feats")
+  write_shard, written = features.write_shard, []
+
+  def stopping_after_one(*args, **kwargs):
+    if written:
+      raise KeyboardInterrupt
+    written.append(write_shard(*args, **kwargs))
+    return written[-1]
+  monkeypatch.setattr(features, "write_shard", stopping_after_one)
+  with pytest.raises(KeyboardInterrupt):
+    run_small(videos, class_names, out)
+  monkeypatch.setattr(features, "write_shard", write_shard)
+
+  metadata = features.read_metadata(out)
+  listed = metadata["extraction"]["video_lists"]
+  done = next(split for split in metadata["splits"])
+  other = next(split for split in listed if split != done)
+  assert features.unfinished(metadata, done) == (
+      f"split {done!r} holds 4 of the {listed[done]['num_videos']} videos its extraction "
+      f"listed: the extraction is still running or was stopped; rerun the same command "
+      f"to finish it (it resumes)")
+  assert f"holds 0 of the {listed[other]['num_videos']} videos" in features.unfinished(
+      metadata, other)
+  config = tiny_config(out)
+  config.model.levels, config.model.hidden = ("pool2",), (4,)
+  with pytest.raises(FeatureFormatError, match=f"^{re.escape(out)}: split 'train' holds "):
+    prepare.FeatureSpec.from_directory(config.data, config.model)
+  with pytest.raises(FeatureFormatError, match="the extraction is still running"):
+    features.ClipReader(out, metadata, done, ["pool2"])   # every loader's reader
+  with pytest.raises(ConfigError, match=f"--src {re.escape(out)}: split "):
+    convert.convert(out, str(tmp_path / "converted"), progress=False, out=io.StringIO())
+
+  run_small(videos, class_names, out)   # finishes it
+  finished = features.read_metadata(out)
+  assert features.is_complete(finished)
+  assert prepare.FeatureSpec.from_directory(config.data, config.model).level_shapes == {
+      "pool2": (8, 8, 128)}
+  converted = convert.convert(out, str(tmp_path / "converted"), int8_levels=["pool2"],
+                              progress=False, out=io.StringIO())
+  assert features.is_complete(converted)
+  assert all(features.unfinished(converted, split) is None for split in listed)
+  # A finished extraction is whole even where its counts cannot show it (a shard
+  # recovered after a crash has lost its undecodable videos' list).
+  finished["splits"]["train"]["failed"] = []
+  finished["extraction"]["video_lists"]["train"]["num_videos"] += 1
+  assert features.unfinished(finished, "train") is None
+
+
 def test_frames_stored_as_jpeg_are_the_frames_within_jpeg_error(tmp_path):
   # The demo's rendered videos: flat shapes on a plain background, as real frames
   # are smooth (JPEG is meant for them).
