@@ -141,12 +141,13 @@ class ThreadedBatches:
       self._done = True
       self._pool.shutdown(wait=False)
       return
+    extras = self._extras(elements)   # before any read: if it fails, none runs on
     arrays = self._buffers.take()
     chunk = -(-len(elements) // self._tasks_per_batch)
     reads = [self._pool.submit(self._read_clips, arrays, start,
                                elements[start:start + chunk])
              for start in range(0, len(elements), chunk)]
-    batch = {"features": dict(arrays), **self._extras(elements)}
+    batch = {"features": dict(arrays), **extras}
     self._pending.append((batch, reads))
 
   def _read_clips(self, arrays, start, elements) -> None:
@@ -218,7 +219,8 @@ def _stream_elements(layout: sampling.StreamLayout, stream: int, seed: int,
 
 def _train_plan(reader, data, *, batch_size, seed, start_step, process_index,
                 process_count, draws, rows_of) -> Iterator[List[Element]]:
-  """This host's batches of elements: its streams' shares, in stream order."""
+  """This host's batches of elements: its streams' shares, in stream order. The
+  layout is checked now, as tf.data's loader checks it, not at the first batch."""
   layout = sampling.stream_layout(
       len(reader.videos["video_index"]), data["train_split"],
       num_streams=data["num_streams"], batch_size=batch_size,
@@ -226,9 +228,12 @@ def _train_plan(reader, data, *, batch_size, seed, start_step, process_index,
   first_epoch, skip = sampling.resume_point(start_step, layout)
   streams = [_stream_elements(layout, stream, seed, first_epoch, skip, draws)
              for stream in layout.streams]
-  while True:
-    yield [(video, rows_of(video, draw), draw) for stream in streams
-           for video, draw in itertools.islice(stream, layout.share)]
+
+  def batches():
+    while True:
+      yield [(video, rows_of(video, draw), draw) for stream in streams
+             for video, draw in itertools.islice(stream, layout.share)]
+  return batches()
 
 
 def train_batches(data: Mapping, *, batch_size: int, seed: int = 0,

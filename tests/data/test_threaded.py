@@ -1,6 +1,7 @@
 """The threaded loader: tf.data's batches without TensorFlow, batch arrays reused
 only when nothing holds them, errors."""
 
+import concurrent.futures
 import itertools
 import math
 import os
@@ -192,18 +193,25 @@ def test_after_a_failed_read_nothing_is_read_and_every_next_raises(feature_dir,
 
 def test_an_error_making_a_batch_fails_the_iterator_for_good(feature_dir, monkeypatch):
   extras = threaded._classification_extras
-  calls = [0]
+  calls, submitted, at_call = [0], [0], []
+  submit = concurrent.futures.ThreadPoolExecutor.submit
+
+  def counting(pool, *args, **kwargs):
+    submitted[0] += 1
+    return submit(pool, *args, **kwargs)
 
   def failing_third(reader):
     made = extras(reader)
 
     def extra(elements):
       calls[0] += 1
+      at_call.append(submitted[0])
       if calls[0] == 3:
         raise FeatureFormatError("no label for this batch")
       return made(elements)
     return extra
 
+  monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", counting)
   monkeypatch.setattr(threaded, "_classification_extras", failing_third)
   batches = threaded.train_batches(data_config(feature_dir, clip_length=2),
                                    batch_size=4, seed=5)
@@ -214,6 +222,19 @@ def test_an_error_making_a_batch_fails_the_iterator_for_good(feature_dir, monkey
   with pytest.raises(FeatureFormatError, match="no label"):
     next(batches)
   assert calls[0] == made   # no batch was started after the error
+  # Nor was any read of the batch that failed: a batch's labels come before its
+  # reads, which would write into arrays nobody waits for.
+  tasks = at_call[1] - at_call[0]
+  assert tasks > 0 and at_call == [0, tasks, 2 * tasks]
+  assert submitted[0] == 2 * tasks
+
+
+@pytest.mark.parametrize("loader", [threaded, pipeline])
+def test_a_stream_layout_that_does_not_fit_is_an_error_before_the_first_batch(
+    feature_dir, loader):
+  with pytest.raises(FeatureFormatError, match="does not split over this host's 3 data"):
+    loader.train_batches(data_config(feature_dir, clip_length=2, num_streams=3),
+                         batch_size=4)
 
 
 def test_the_config_picks_the_loader(feature_dir, tmp_path):
