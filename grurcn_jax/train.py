@@ -150,13 +150,16 @@ EXACT_RESUME_FIELDS = ("seed", "batch_size", "num_train_steps", "learning_rate",
                        "schedule", "warmup_steps", "step_boundaries", "step_decay",
                        "optimizer", "momentum", "weight_decay", "grad_clip_norm",
                        "data.num_streams", "data.clip_length", "data.frame_stride",
-                       "data.train_split")
+                       "data.train_split", "data.skip_bad_records", "caption.segments",
+                       "caption.max_length")
 
 
 def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> None:
   now = config_validation.flatten(config)
   as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
-  changed = [f"{k} {saved.get(k)!r} -> {as_saved(now[k])!r}" for k in EXACT_RESUME_FIELDS
+  fields = [k for k in EXACT_RESUME_FIELDS
+            if config.task == "captioning" or not k.startswith("caption.")]
+  changed = [f"{k} {saved.get(k)!r} -> {as_saved(now[k])!r}" for k in fields
              if saved.get(k) != as_saved(now[k])]
   hosts = saved.get(checkpoints_lib.RUN_PROCESS_COUNT)
   if not config.data.num_streams and hosts not in (None, jax.process_count()):

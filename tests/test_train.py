@@ -210,6 +210,17 @@ def test_a_resume_with_other_data_or_schedule_settings_says_so(data_dir, finishe
   with caplog.at_level("WARNING"):
     train._warn_if_not_exact(dict(saved, **{"run.process_count": 2}), config)
   assert "hosts 2 -> 1 (data.num_streams=0" in caplog.records[0].getMessage()
+  caplog.clear()
+  # Shards left out change the batches; captioning's settings do only in captioning.
+  changed = dict(saved, **{"caption.segments": 4, "data.skip_bad_records": True})
+  with caplog.at_level("WARNING"):
+    train._warn_if_not_exact(changed, config)
+    captioning = config.copy_and_resolve_references()
+    captioning.task = "captioning"
+    train._warn_if_not_exact(changed, captioning)
+  first, second = (r.getMessage() for r in caplog.records)
+  assert "(data.skip_bad_records True -> False)" in first
+  assert "(data.skip_bad_records True -> False; caption.segments 4 -> 8)" in second
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(data_dir, tmp_path):
