@@ -16,7 +16,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from grurcn_jax import config_validation
+from grurcn_jax import config_validation, files
 from grurcn_jax.errors import CheckpointMismatchError, ConfigError
 
 
@@ -71,7 +71,7 @@ class Checkpoints:
   def __init__(self, directory: str, *, max_to_keep: int = 3):
     _write_each_array_from_one_replica()
     self._manager = ocp.CheckpointManager(
-        directory,
+        files.absolute(directory),
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                              enable_async_checkpointing=True),
         item_names=("state", "config"))
@@ -162,7 +162,7 @@ def read_params(directory: str, subtree: str,
   """
   import numpy as np
   from etils import epath
-  path = epath.Path(directory)
+  path = epath.Path(files.absolute(directory))
   if (path / SUBDIR).is_dir():
     path = path / SUBDIR
   if not path.is_dir():

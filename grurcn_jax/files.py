@@ -11,6 +11,12 @@ def is_local(path: str) -> bool:
   return "://" not in path
 
 
+def absolute(path: str) -> str:
+  """A local `path` absolute, `~` expanded (a shell leaves it as is after `=`);
+  a remote one as it is. Orbax refuses relative checkpoint paths."""
+  return os.path.abspath(os.path.expanduser(path)) if is_local(path) else path
+
+
 def _gfile():
   from grurcn_jax.host_tf import tf
   return tf.io.gfile

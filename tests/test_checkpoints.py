@@ -79,3 +79,17 @@ def test_orbax_leaves_the_preemption_sync_point_to_the_training_loop(tmp_path, m
     manager.save(step, {"w": jnp.arange(3.0)}, default.get_config().to_dict())
   manager.close()
   assert calls == []
+
+
+@pytest.mark.parametrize("given", ["run", "~/run"])
+def test_a_relative_or_home_directory_saves_and_restores(tmp_path, monkeypatch, given):
+  # Orbax refuses relative paths, and a shell leaves ~ as it is after '=':
+  # `--workdir=run` and `--workdir=~/run` trained until the first save failed.
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  manager = saved(given, default.get_config().to_dict())
+  contract = {"model": default.get_config().model.to_dict(), "data": {"input": "features"}}
+  state = manager.restore(target(), contract)
+  np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
+  manager.close()
+  assert (tmp_path / "run").is_dir()

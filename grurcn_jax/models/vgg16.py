@@ -294,8 +294,11 @@ CHECKPOINT_WEIGHTS = "checkpoint:"
 def _checkpoint_location(weights: str):
   """'checkpoint:DIR[@STEP]' -> (DIR, STEP or None)."""
   location = weights[len(CHECKPOINT_WEIGHTS):]
-  match = re.fullmatch(r"(.+)@(\d+)", location)
+  match = re.fullmatch(r"(.+)@([^/@]*)", location)
   if match:
+    if not match.group(2).isdigit():
+      raise ConfigError(f"weights {weights!r}: the step after '@' must be a number "
+                        f"(checkpoint:DIR@STEP)")
     return match.group(1), int(match.group(2))
   if not location:
     raise ConfigError("weights 'checkpoint:' needs a directory: checkpoint:DIR or "

@@ -70,7 +70,7 @@ def test_checkpoint_weights_are_the_trained_backbone(finetuned):
       f"checkpoint:{os.path.join(workdir, 'checkpoints')}@2", LEVELS), trained)
 
 
-def test_checkpoint_weights_errors(finetuned, tiny_demo_dir, tmp_path):
+def test_checkpoint_weights_errors(finetuned, tiny_demo_dir, tmp_path, monkeypatch):
   workdir, _, _ = finetuned
   with pytest.raises(ConfigError, match=r"computed levels \['pool3'\] and has no "
                                         r"layer\(s\) block4_conv1"):
@@ -81,6 +81,14 @@ def test_checkpoint_weights_errors(finetuned, tiny_demo_dir, tmp_path):
     vgg16.load_weights(f"checkpoint:{tmp_path / 'nothing'}", LEVELS)
   with pytest.raises(ConfigError, match="needs a directory"):
     vgg16.load_weights("checkpoint:", LEVELS)
+  with pytest.raises(ConfigError, match="the step after '@' must be a number"):
+    vgg16.load_weights(f"checkpoint:{workdir}@last", LEVELS)
+  # A relative DIR is the run's, as the shell gives it.
+  with monkeypatch.context() as patch:
+    patch.chdir(os.path.dirname(workdir))
+    relative = vgg16.load_weights(f"checkpoint:{os.path.basename(workdir)}", LEVELS)
+  jax.tree.map(np.testing.assert_array_equal, relative,
+               vgg16.load_weights(f"checkpoint:{workdir}", LEVELS))
   # A features-mode run has no VGG-16 to give.
   features_run = str(tmp_path / "features_run")
   _save(tiny_config(tiny_demo_dir), features_run)
