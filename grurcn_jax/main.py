@@ -11,6 +11,7 @@ messages show only with an explicit --verbosity.
 
 import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -89,17 +90,18 @@ def run(values: flags.FlagValues) -> None:
   from grurcn_jax.data import prepare
   config = values.config
   try:   # all of it: an error anywhere must reach the other hosts (multihost.fail)
+    workdir = _workdir(values.workdir, values.mode)
     # Before anything compiles (the demo's extraction does).
     compile_cache.enable(compile_cache.directory_for(config.compilation_cache_dir,
-                                                     values.workdir))
+                                                     workdir))
     experiment.validate(config)   # before a demo's data is built (minutes)
     prepare.ensure_demo(config.data, task=config.task)
     if values.mode == "train":
-      metrics = train.train_and_evaluate(config, values.workdir)
+      metrics = train.train_and_evaluate(config, workdir)
     else:
       from grurcn_jax import evaluate
-      metrics = evaluate.evaluate_checkpoint(config, values.workdir, values.eval_step)
-    _report(metrics, values)
+      metrics = evaluate.evaluate_checkpoint(config, workdir, values.eval_step)
+    _report(metrics, values.mode, workdir, config)
   except errors.TrainingError as e:   # every host raises it at the same step
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
@@ -112,15 +114,41 @@ def run(values: flags.FlagValues) -> None:
     raise
 
 
-def _report(metrics, values: flags.FlagValues) -> None:
+def _workdir(given: str, mode: str) -> str:
+  """--workdir, absolute (`~` expanded); one that cannot hold a run is a
+  ConfigError, found before anything is trained."""
+  from grurcn_jax import files
+  from grurcn_jax.errors import ConfigError
+  if not given.strip():
+    raise ConfigError("--workdir is empty: give the run's directory")
+  workdir = files.absolute(given)
+  if not files.is_local(workdir):
+    return workdir
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f"--workdir {workdir} is a file, not a directory")
+  if mode == "eval":
+    if not os.path.isdir(workdir):
+      raise ConfigError(f"--workdir {workdir} does not exist: --mode=eval evaluates "
+                        f"the checkpoints of a run there")
+    return workdir
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"--workdir {workdir} cannot be created: {e.strerror}") from None
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ConfigError(f"--workdir {workdir} is not writable")
+  return workdir
+
+
+def _report(metrics, mode: str, workdir: str, config) -> None:
   import jax
   if jax.process_index() == 0:
-    if values.mode == "train":
-      print(_final_report(metrics, values.workdir, values.workdir))
+    if mode == "train":
+      print(_final_report(metrics, workdir, workdir))
     else:
       from grurcn_jax import evaluate
-      print(_final_report(metrics, values.workdir, evaluate.results_dir(
-          values.workdir, values.config.data.eval_split, metrics["step"])))
+      print(_final_report(metrics, workdir, evaluate.results_dir(
+          workdir, config.data.eval_split, metrics["step"])))
 
 
 def _final_report(metrics, workdir: str, results: str) -> str:
@@ -152,10 +180,20 @@ def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
   """absl's flag parsing, with config overrides that name no field (or give a value
   of the wrong type) reported as one line instead of a traceback."""
   try:
-    return flag_values(argv)
+    argv = flag_values(argv)
+    if "config" in flag_values:
+      flag_values.config.get   # a config file that fails to load fails here, not later
+    return argv
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
+  except OSError as e:   # config_flags' report of a file it could not read
+    reason = re.findall(r"\[Errno \d+\] (.*)", str(e))
+    print(f"error: --config: {reason[-1] if reason else str(e).splitlines()[0]}",
+          file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
+    if "has no attribute 'get_config'" in str(e):
+      print("error: --config: the file defines no get_config()", file=sys.stderr)
+      sys.exit(1)
     message = str(e.args[0] if e.args else e)
     message = message.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     print(f"error: a --config override does not fit the config: {message}", file=sys.stderr)

@@ -1,12 +1,15 @@
 """Whole runs of the demo config on 8 simulated devices: training, checkpoints,
 resume after SIGKILL, evaluation from a checkpoint, and clear errors."""
 
+import contextlib
+import io
 import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -302,6 +305,48 @@ def test_bad_settings_are_reported_before_a_demo_is_built(tmp_path):
                                    "--config.model.variant=stakced")
   assert status == 1 and one_error(err) and "model.variant='stakced'" in err
   assert not data_dir.exists() or not any(data_dir.iterdir())
+
+
+def test_a_workdir_that_cannot_hold_a_run_is_one_clear_error(data_dir, tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("")
+  for workdir, mode, message in (
+      ("", "train", "--workdir is empty"),
+      (str(afile), "train", f"--workdir {afile} is a file, not a directory"),
+      (str(afile / "run"), "train", f"--workdir {afile / 'run'} cannot be created: "),
+      (str(tmp_path / "none"), "eval", f"--workdir {tmp_path / 'none'} does not exist: "
+                                       f"--mode=eval evaluates the checkpoints")):
+    status, _, err = main_in_process(f"--workdir={workdir}", *overrides_as_flags(data_dir),
+                                     f"--mode={mode}")
+    assert status == 1 and one_error(err) and message in err, err[-2000:]
+  assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("name,contents,message", [
+    ("missing.py", None, "No such file or directory"),
+    ("folder", "", "Is a directory"),
+    ("noget.py", "x = 1\n", "the file defines no get_config()")])
+def test_a_config_file_that_does_not_load_is_one_clear_error(tmp_path, monkeypatch, name,
+                                                             contents, message):
+  from absl import flags
+  from grurcn_jax import main
+  # ml_collections loads every config file into one module: a config loaded
+  # before in this process would lend this one its get_config.
+  monkeypatch.delitem(sys.modules, "config_config", raising=False)
+  path = tmp_path / name
+  if contents == "":
+    path.mkdir()
+  elif contents:
+    path.write_text(contents)
+  argv = ["main", f"--config={path}", f"--workdir={tmp_path}"]
+  values = flags.FlagValues()
+  main.define_flags(values, argv)
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exited:
+    main.parse_flags(argv, values)
+  assert exited.value.code == 1
+  assert one_error(err.getvalue()) and "error: --config: " in err.getvalue()
+  assert message in err.getvalue()
 
 
 def test_levels_missing_from_the_features_are_a_clear_error(data_dir, tmp_path):
