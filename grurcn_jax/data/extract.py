@@ -36,7 +36,7 @@ from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import captions as captions_lib
 from grurcn_jax.data import flow as flow_lib
 from grurcn_jax.data import msvd, ucf101, video as video_lib
-from grurcn_jax.errors import ConfigError, VideoDecodeError
+from grurcn_jax.errors import ConfigError, SplitFileError, VideoDecodeError
 
 SOURCES = ("ucf101", "folders", "tfds", "msvd", "flow_frames")
 # Bytes of a shard's table per video (id, label, rows) and per frame (its source
@@ -698,6 +698,16 @@ def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:
   if not 0 <= values.frames_jpeg_quality <= 100:
     raise ConfigError(f"--frames_jpeg_quality={values.frames_jpeg_quality}: give 1-100 "
                       f"(0: raw frames)")
+  for flag, minimum in (("frame_stride", 1), ("max_frames", 1), ("videos_per_shard", 1),
+                        ("batch_size", 1), ("min_word_count", 1)):
+    value = values[flag].value
+    if value is not None and value < minimum:
+      raise ConfigError(f"--{flag}={value}: give {minimum} or more")
+  if values.fps is not None and not values.fps > 0:
+    raise ConfigError(f"--fps={values.fps}: give a rate above 0 frames a second")
+  if not values.levels:
+    raise ConfigError(f"--levels is empty: give one or more of "
+                      f"{', '.join(levels_lib.LEVELS)}")
   for level in values.levels:
     if level not in levels_lib.LEVELS:
       raise ConfigError(f"--levels: unknown level {level!r}; valid: "
@@ -755,6 +765,11 @@ def run(values: flags.FlagValues = FLAGS) -> Summary:
           values.videos, values.captions, values.mapping, _split_sizes(values))
     elif values.source in ("ucf101", "flow_frames"):
       class_names, entries = ucf101.ucf101_entries(values.videos, values.splits, values.split)
+      if values.source == "ucf101" and not any(os.path.exists(e.path) for e in entries):
+        raise SplitFileError(
+            f"none of the {len(entries)} videos the split files list is under "
+            f"--videos={values.videos} (the first: {entries[0].path}): --videos is "
+            f"the folder that holds UCF-101's class folders")
     else:
       class_names, entries = ucf101.folder_entries(values.videos)
     videos = (flow_frames_videos(entries, settings) if values.source == "flow_frames"
@@ -775,8 +790,6 @@ def run(values: flags.FlagValues = FLAGS) -> Summary:
 
 
 def _split_sizes(values: flags.FlagValues) -> Tuple[int, ...]:
-  if values.min_word_count < 1:
-    raise ConfigError(f"--min_word_count={values.min_word_count}: give 1 or more")
   if not all(n.strip().isdigit() for n in values.msvd_split):
     raise ConfigError(f"--msvd_split={','.join(values.msvd_split)}: give three clip "
                       f"counts, train,val,test")

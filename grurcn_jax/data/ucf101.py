@@ -12,7 +12,8 @@ from typing import List, Tuple
 
 from grurcn_jax.errors import SplitFileError
 
-VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg")
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".m4v", ".mkv", ".webm", ".mov", ".mpg", ".mpeg",
+                    ".flv", ".3gp", ".wmv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,5 +90,12 @@ def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
         if name.lower().endswith(VIDEO_EXTENSIONS):
           entries.append(VideoEntry(f"{class_name}/{name}", os.path.join(class_dir, name),
                                     label, split_name))
+  if not entries:
+    # A --videos one level too high (its folders hold the class folders) or videos
+    # of another extension: nothing to extract is an error, not an empty output.
+    raise SplitFileError(
+        f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in the class folders of "
+        f"{videos_dir} ({', '.join(class_names[:3])}{', ...' if len(class_names) > 3 else ''}): "
+        f"--videos is the folder that holds one folder of videos per class")
   return class_names, entries
 

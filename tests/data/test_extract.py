@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import demo, extract, features, ucf101, video as video_lib
-from grurcn_jax.errors import ConfigError, VideoDecodeError
+from grurcn_jax.errors import ConfigError, SplitFileError, VideoDecodeError
 from tests.data.fake import encode_video
 
 CLASSES = ["JumpRope", "Rowing"]
@@ -135,7 +135,13 @@ def test_bad_flags_exit_1_with_one_line_and_no_traceback(ucf_tree, tmp_path):
       (["--frames_jpeg_quality=90"], "--frames_jpeg_quality sets how --store_frames"),
       (["--source=flow_frames"], "--source=flow_frames imports flow: give --modality=flow"),
       (["--modality=flow", "--fps=5"], "--fps with --modality=flow"),
-      (["--modality=flow", "--flow_length=0"], "--flow_length=0: give 1 or more")):
+      (["--modality=flow", "--flow_length=0"], "--flow_length=0: give 1 or more"),
+      (["--max_frames=-1"], "--max_frames=-1: give 1 or more"),
+      (["--frame_stride=0"], "--frame_stride=0: give 1 or more"),
+      (["--videos_per_shard=0"], "--videos_per_shard=0: give 1 or more"),
+      (["--batch_size=0"], "--batch_size=0: give 1 or more"),
+      (["--fps=-1"], "--fps=-1.0: give a rate above 0"),
+      (["--levels="], "--levels is empty: give one or more of pool2")):
     with pytest.raises(ConfigError, match=re.escape(message)):
       extract.settings_from_flags(parsed(*COMMON, *paths, *extra))
   with pytest.raises(app.UsageError, match="--splits is required with --source=flow_frames"):
@@ -361,6 +367,19 @@ def test_folder_tree_source(ucf_tree):
   class_names, entries = ucf101.folder_entries(videos)
   assert class_names == CLASSES
   assert len(entries) == 7 and {e.split for e in entries} == {"train"}
+  # One level too high: its folders hold class folders, not videos.
+  with pytest.raises(SplitFileError, match=r"no videos \(.avi, .mp4, .* in the class "
+                                           r"folders of .* \(splits, videos\): --videos is"):
+    ucf101.folder_entries(os.path.dirname(videos))
+
+
+def test_split_files_naming_no_video_under_videos_is_a_clear_error(ucf_tree, tmp_path):
+  videos, splits = ucf_tree
+  with pytest.raises(SplitFileError, match=r"none of the 7 videos the split files list "
+                                           r"is under --videos=.*: --videos is the folder"):
+    extract.run(parsed(*COMMON, f"--videos={os.path.dirname(videos)}", f"--splits={splits}",
+                       f"--out={tmp_path / 'x'}"))
+  assert not os.path.exists(tmp_path / "x")
 
 
 def test_long_videos_are_calibrated_on_some_frames_and_normalised_batch_by_batch():
