@@ -278,8 +278,15 @@ def load_keras_weights(path_or_name: str, levels: Sequence[str]):
     import keras  # deferred: TensorFlow/Keras only when weights are downloaded
     fname, origin, md5 = KERAS_IMAGENET_WEIGHTS[
         any(levels_lib.is_vector_level(level) for level in levels)]
-    path_or_name = keras.utils.get_file(fname, origin, cache_subdir="models",
-                                        file_hash=md5)
+    try:
+      path_or_name = keras.utils.get_file(fname, origin, cache_subdir="models",
+                                          file_hash=md5)
+    except Exception as e:  # noqa: BLE001 (Keras raises plain Exception: no network, ...)
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ConfigError(
+          f"weights 'imagenet': Keras could not download {fname} ({reason}). On a "
+          f"machine without network, download {origin} elsewhere and give its "
+          f"path: --weights=PATH") from None
   return _read_weights_file(path_or_name, levels)
 
 

@@ -262,6 +262,16 @@ def test_imagenet_downloads_notop_file_without_fc7(files, monkeypatch):
   params = vgg16.load_keras_weights("imagenet", ["pool2", "fc7"])
   assert asked[-1][0] == vgg16.FULL_WEIGHTS_FILE and "fc1" in params
 
+  def offline(fname, origin, cache_subdir, file_hash):
+    raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or "
+                    f"service not known")
+  monkeypatch.setattr(keras.utils, "get_file", offline)
+  with pytest.raises(ConfigError, match=re.escape(
+      f"weights 'imagenet': Keras could not download {vgg16.NO_TOP_WEIGHTS_FILE} (URL "
+      f"fetch failure on {keras_vgg16.WEIGHTS_PATH_NO_TOP}") + ".* download "
+      + re.escape(keras_vgg16.WEIGHTS_PATH_NO_TOP) + " elsewhere and give its path"):
+    vgg16.load_keras_weights("imagenet", POOLS)
+
 
 def test_flow_network_takes_stacked_flows_and_starts_from_rgb_by_channel_mean():
   import jax
