@@ -14,7 +14,7 @@ would make every figure one of fewer videos than its run reported);
 import io
 import json
 import sys
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence
 
 from absl import app, flags
 import numpy as np
@@ -24,13 +24,40 @@ from grurcn_jax.errors import FusionError
 
 
 def load_scores(path: str) -> Dict[str, np.ndarray]:
+  """An evaluation's eval_scores.npz, its arrays' shapes checked."""
   if not files.exists(path):
     raise FusionError(f"cannot read scores from {path}: there is no such file")
   try:
-    data = np.load(io.BytesIO(files.read_bytes(path)))
-    return {k: data[k] for k in ("video_id", "label", "probs", "class_names")}
+    raw = files.read_bytes(path)
+  except OSError as e:
+    raise FusionError(f"cannot read scores from {path}: {e}") from None
+  if not raw.startswith(b"PK"):   # .npz files are zip archives
+    raise FusionError(f"{path} is not an eval_scores.npz file (the .npz archive an "
+                      f"evaluation writes)")
+  try:
+    data = np.load(io.BytesIO(raw))
+    scores = {k: data[k] for k in ("video_id", "label", "probs", "class_names")}
   except (OSError, KeyError, ValueError) as e:
     raise FusionError(f"cannot read scores from {path}: {e}") from None
+  n, classes = len(scores["video_id"]), len(scores["class_names"])
+  if scores["probs"].shape != (n, classes) or scores["label"].shape != (n,):
+    raise FusionError(
+        f"{path} is inconsistent: {n} video ids and {classes} classes, but probs "
+        f"{list(scores['probs'].shape)} and labels {list(scores['label'].shape)}")
+  return scores
+
+
+def parse_weights(given: Sequence[str]) -> List[float]:
+  """--weights: finite, none negative, not all zero."""
+  try:
+    weights = [float(w) for w in given]
+  except ValueError:
+    raise FusionError(f"--weights={','.join(given)}: give numbers, one per score "
+                      f"file") from None
+  if not all(np.isfinite(w) and w >= 0 for w in weights) or not any(weights):
+    raise FusionError(f"--weights={','.join(given)}: give finite weights of 0 or more, "
+                      f"not all 0")
+  return weights
 
 
 def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float],
@@ -92,10 +119,10 @@ def main(argv):
   if not FLAGS.scores:
     raise app.UsageError("--scores is required")
   try:
-    weights = [float(w) for w in (FLAGS.weights or [1.0] * len(FLAGS.scores))]
+    weights = parse_weights(FLAGS.weights or ["1"] * len(FLAGS.scores))
     result = fuse([load_scores(p) for p in FLAGS.scores], weights,
                   allow_partial=FLAGS.allow_partial)
-  except (FusionError, ValueError) as e:
+  except FusionError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   for path, acc, left_out in zip(FLAGS.scores, result["stream_video_accuracy"],
@@ -105,8 +132,11 @@ def main(argv):
   print(f"fused (weights {result['weights']}): video accuracy "
         f"{result['fused_video_accuracy']:.4f} on {result['num_videos']} videos")
   if FLAGS.out:
-    with files.open_file(FLAGS.out, "w") as f:
-      json.dump(result, f, indent=1)
+    try:
+      files.write_bytes(FLAGS.out, json.dumps(result, indent=1).encode())
+    except OSError as e:
+      print(f"error: cannot write --out={FLAGS.out}: {e.strerror or e}", file=sys.stderr)
+      sys.exit(1)
 
 
 if __name__ == "__main__":

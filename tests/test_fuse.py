@@ -52,6 +52,27 @@ def test_mismatches_are_clear():
     fuse.load_scores("/nonexistent/scores.npz")
 
 
+def test_files_that_are_not_scores_are_named(tmp_path):
+  text, npy, bad = tmp_path / "eval_metrics.json", tmp_path / "p.npy", tmp_path / "bad.npz"
+  text.write_text('{"video_accuracy": 0.9}')
+  np.save(npy, np.zeros((2, 2)))
+  with open(bad, "wb") as f:   # 3 ids, 2 classes, probs of 2 videos
+    np.savez(f, **dict(scores(["v1", "v2", "v3"], [0, 1, 1], [[1, 0], [0, 1]])))
+  for path in (text, npy):
+    with pytest.raises(FusionError, match=f"{path} is not an eval_scores.npz file"):
+      fuse.load_scores(str(path))
+  with pytest.raises(FusionError, match=r"inconsistent: 3 video ids and 2 classes, but "
+                                        r"probs \[2, 2\] and labels \[3\]"):
+    fuse.load_scores(str(bad))
+
+
+@pytest.mark.parametrize("given", [["nan", "1"], ["1", "-1"], ["0", "0"], ["1", "x"]])
+def test_weights_must_be_finite_non_negative_numbers(given):
+  with pytest.raises(FusionError, match=r"^--weights=" + ",".join(given)):
+    fuse.parse_weights(given)
+  assert fuse.parse_weights(["0", "1.5"]) == [0.0, 1.5]
+
+
 def test_same_videos_in_another_order_fuse_without_being_asked():
   rgb = scores(["v1", "v2"], [0, 1], [[0.6, 0.4], [0.6, 0.4]])
   flow = scores(["v2", "v1"], [1, 0], [[0.0, 1.0], [0.9, 0.1]])
@@ -77,3 +98,7 @@ def test_the_program_refuses_partial_scores_unless_asked(tmp_path):
   fused = run("--allow_partial")
   assert fused.returncode == 0, fused.stderr
   assert "(1 of its videos left out)" in fused.stdout and "on 1 videos" in fused.stdout
+  unwritable = run("--allow_partial", f"--out={paths[0]}/result.json")
+  assert unwritable.returncode == 1
+  assert unwritable.stderr.startswith(f"error: cannot write --out={paths[0]}/result.json: ")
+  assert "Traceback" not in unwritable.stderr
