@@ -7,6 +7,7 @@ Every error lists what is allowed.
 """
 
 import functools
+import math
 from typing import Any, Dict, Mapping
 
 import ml_collections
@@ -70,6 +71,11 @@ def check_fields(config: Mapping, subtree: str = "") -> None:
   walk(config, schema(subtree), f"{subtree}." if subtree else "")
 
 
+def _finite_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 def _positive_int(config, name, where=""):
   value = config[name]
   if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -105,13 +111,17 @@ def validate_config(config: Mapping) -> None:
   if config["schedule"] not in SCHEDULES:
     raise ConfigError(f"schedule={config['schedule']!r} is not valid; choose one of: "
                       f"{', '.join(SCHEDULES)}")
-  if not config["learning_rate"] > 0:
+  if not (_finite_number(config["learning_rate"]) and config["learning_rate"] > 0):
     raise ConfigError(f"learning_rate={config['learning_rate']} must be positive")
-  if config["warmup_steps"] < 0 or config["weight_decay"] < 0 or config["grad_clip_norm"] < 0:
-    raise ConfigError("warmup_steps, weight_decay and grad_clip_norm must be >= 0")
+  for name in ("warmup_steps", "weight_decay", "grad_clip_norm"):
+    if not (_finite_number(config[name]) and config[name] >= 0):   # nan included
+      raise ConfigError(f"{name}={config[name]!r} must be a number >= 0")
+  if not (_finite_number(config["momentum"]) and 0 <= config["momentum"] < 1):
+    raise ConfigError(f"momentum={config['momentum']!r} must be in [0, 1)")
   boundaries = tuple(config["step_boundaries"])
-  if (not all(0 <= f <= 1 for f in boundaries) or list(boundaries) != sorted(boundaries)
-      or not config["step_decay"] > 0):
+  if (not all(_finite_number(f) and 0 <= f <= 1 for f in boundaries)
+      or list(boundaries) != sorted(boundaries)
+      or not (_finite_number(config["step_decay"]) and config["step_decay"] > 0)):
     raise ConfigError(f"step_boundaries={boundaries} must be increasing fractions of "
                       f"num_train_steps in [0, 1], and step_decay="
                       f"{config['step_decay']} positive")
@@ -138,7 +148,7 @@ def _validate_caption(config: Mapping) -> None:
     raise ConfigError("caption.max_length must leave room for a word and <eos>")
   if not 0.0 <= caption["dropout_rate"] < 1.0:
     raise ConfigError(f"caption.dropout_rate={caption['dropout_rate']} must be in [0, 1)")
-  if caption["attention_weight"] < 0:
+  if not (_finite_number(caption["attention_weight"]) and caption["attention_weight"] >= 0):
     raise ConfigError("caption.attention_weight must be >= 0")
   if caption["eval_samples"] < 0:
     raise ConfigError("caption.eval_samples must be >= 0")

@@ -108,6 +108,13 @@ def test_captioning_settings_are_checked(changes, message):
     (dict(step_boundaries=(0.75, 0.5)), "must be increasing fractions"),
     (dict(step_boundaries=(0.5, 1.5)), "must be increasing fractions"),
     (dict(step_decay=0.0), "step_decay=0.0 positive"),
+    # nan compares false with everything: it passed `< 0` checks, and training then
+    # stopped on a non-finite loss that blamed the learning rate.
+    (dict(weight_decay=float("nan")), "weight_decay=nan must be a number >= 0"),
+    (dict(grad_clip_norm=-1.0), "grad_clip_norm=-1.0 must be a number >= 0"),
+    (dict(learning_rate=float("inf")), "learning_rate=inf must be positive"),
+    (dict(momentum=1.0), "momentum=1.0 must be in [0, 1)"),
+    (dict(step_boundaries=(0.5, "abc")), "must be increasing fractions"),
 ])
 def test_settings_that_would_be_ignored_or_meaningless_are_refused(changes, message):
   from configs import default
