@@ -38,6 +38,12 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   if not levels:
     raise ConfigError("model.levels is empty; choose from: "
                       f"{', '.join(levels_lib.LEVELS)}")
+  if any(isinstance(level, str) and set(level) & set("(),") for level in levels):
+    # What the command line makes of an unquoted tuple: one name, commas and all.
+    raise ConfigError(
+        f"model.levels={levels} reads as one name: on the command line, quote each "
+        f"name, --config.model.levels=\"('pool2','pool5')\" (or one level alone: "
+        f"--config.model.levels=pool5)")
   for level in levels:
     _one_of("levels", level, levels_lib.LEVELS)
   if len(set(levels)) != len(levels):

@@ -45,6 +45,10 @@ def model_config(**overrides):
                                     "that recompute; it needs model.remat=True"),
     (dict(remat=True, remat_levels=("pool2", "fc7")),
      "model.remat_levels names 'fc7', which is not in model.levels"),
+    # --config.model.levels=(pool2,pool5), unquoted, as the command line gives it.
+    (dict(levels=("(pool2,pool5)",), hidden=(8,)),
+     "model.levels=('(pool2,pool5)',) reads as one name: on the command line, quote "
+     "each name, --config.model.levels=\"('pool2','pool5')\""),
 ])
 def test_bad_config_fails_at_once_listing_valid_values(overrides, message):
   with pytest.raises(ConfigError) as error:
