@@ -140,6 +140,10 @@ def read_metadata(directory: str, versions: Sequence[int] = (FORMAT_VERSION,)) -
             if version == 1 else "")
     raise FeatureFormatError(f"{path} has format_version {version}, expected "
                              f"{' or '.join(map(str, versions))}{hint}")
+  missing = [k for k in ("levels", "class_names", "splits") if k not in metadata]
+  if missing:
+    raise FeatureFormatError(f"{path} lacks {', '.join(missing)}: it is damaged or "
+                             f"was not written by this package's extraction")
   return metadata
 
 
@@ -159,11 +163,16 @@ def read_json(path: str, missing: str) -> dict:
   """A JSON file of the directory; FeatureFormatError(`missing`) when absent."""
   if not exists(path):
     raise FeatureFormatError(missing)
-  with files.open_file(path) as f:
-    try:
-      return json.load(f)
-    except json.JSONDecodeError as e:
-      raise FeatureFormatError(f"{path} is not valid JSON: {e}") from None
+  try:
+    document = json.loads(files.read_bytes(path).decode("utf-8"))
+  except OSError as e:
+    raise FeatureFormatError(f"cannot read {path}: {e.strerror or e}") from None
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise FeatureFormatError(f"{path} is not valid JSON: {e}") from None
+  if not isinstance(document, dict):
+    raise FeatureFormatError(f"{path} is not valid: a JSON object was expected, "
+                             f"found a {type(document).__name__}")
+  return document
 
 
 def level_stats(activations: np.ndarray) -> dict:

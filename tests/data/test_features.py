@@ -2,6 +2,7 @@
 exactly the rows asked for, atomic shards, clear errors."""
 
 import json
+import re
 import os
 
 import numpy as np
@@ -189,6 +190,22 @@ def test_missing_metadata_unknown_split_and_format_1_are_clear(tmp_path):
   path.write_text(json.dumps(dict(metadata, format_version=1)))
   with pytest.raises(FeatureFormatError,
                      match="format_version 1.*python -m grurcn_jax.data.convert"):
+    features.read_metadata(str(tmp_path))
+
+
+def test_damaged_metadata_is_a_feature_error_naming_the_file(tmp_path):
+  path = tmp_path / features.METADATA_FILE
+  for contents, message in ((b"\xff\xfe\x00binary", "is not valid JSON"),
+                            (b'{"format_version": 2, "levels"', "is not valid JSON"),
+                            (b"[]", "a JSON object was expected, found a list"),
+                            (b'{"format_version": 2}',
+                             "lacks levels, class_names, splits: it is damaged")):
+    path.write_bytes(contents)
+    with pytest.raises(FeatureFormatError, match=f"^{re.escape(str(path))} .*{message}"):
+      features.read_metadata(str(tmp_path))
+  path.unlink()
+  path.mkdir()
+  with pytest.raises(FeatureFormatError, match=f"^cannot read {re.escape(str(path))}"):
     features.read_metadata(str(tmp_path))
 
 
