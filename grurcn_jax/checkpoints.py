@@ -17,7 +17,7 @@ from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
 from grurcn_jax import config_validation, files
-from grurcn_jax.errors import CheckpointMismatchError, ConfigError
+from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
 
 
 # A run's checkpoints live in this folder of its workdir.
@@ -119,7 +119,10 @@ class Checkpoints:
     if step is None or step not in self._manager.all_steps():
       raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
                         f"available: {self.all_steps() or 'none'}")
-    saved = self.saved_config(step)
+    try:
+      saved = self.saved_config(step)
+    except (OSError, KeyError, ValueError) as e:
+      raise self._unreadable(step, e) from None
 
     def differences(wanted: Mapping) -> str:
       wanted = _flatten(wanted)
@@ -134,15 +137,25 @@ class Checkpoints:
     try:
       return self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
-    except ValueError as e:
+    except (OSError, ValueError) as e:
       if "do not match" not in str(e):
-        raise
+        raise self._unreadable(step, e) from None
       differ = differences(config) if config is not None else ""
       raise CheckpointMismatchError(
           f"the checkpoint at step {step} in {self._manager.directory} holds a train "
           f"state of another structure than this config builds (settings that differ: "
           f"{differ or 'none found'}); use a fresh --workdir or the same settings"
       ) from None
+
+  def _unreadable(self, step: int, error: Exception) -> CheckpointReadError:
+    others = [s for s in self.all_steps() if s != step]
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointReadError(
+        f"the checkpoint at step {step} in {self._manager.directory} cannot be read "
+        f"({type(error).__name__}: {reason[:300]}): its files are damaged or partly "
+        f"deleted. Other steps there: {others or 'none'}; move step {step}'s "
+        f"directory away to resume from the newest of them, or evaluate one with "
+        f"--eval_step")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

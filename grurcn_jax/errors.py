@@ -18,6 +18,10 @@ class CheckpointMismatchError(ConfigError):
   """The checkpoint was trained with a model config other than the current one."""
 
 
+class CheckpointReadError(Error, RuntimeError):
+  """A checkpoint whose files cannot be read (damaged, or partly deleted)."""
+
+
 class TrainingError(Error, RuntimeError):
   """Training cannot go on (non-finite loss, preemption); the message says what to do."""
 

@@ -1,5 +1,7 @@
 """A restore checks the fields that shape the state: the model, and data.input."""
 
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 
 from configs import default
 from grurcn_jax import checkpoints, sharding
-from grurcn_jax.errors import CheckpointMismatchError
+from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError
 
 
 def saved(tmp_path, config_dict):
@@ -93,3 +95,29 @@ def test_a_relative_or_home_directory_saves_and_restores(tmp_path, monkeypatch, 
   np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
   manager.close()
   assert (tmp_path / "run").is_dir()
+
+
+@pytest.mark.parametrize("damage", ["config", "state"])
+def test_a_damaged_checkpoint_is_one_error_naming_the_other_steps(tmp_path, damage):
+  config = default.get_config().to_dict()
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  for step in (1, 2):
+    manager.save(step, {"w": jnp.arange(3.0) * step}, config)
+  manager.close()
+  if damage == "config":   # a partly deleted copy
+    shutil.rmtree(tmp_path / "2" / "config")
+  else:   # a truncated copy: every data file of the state cut short
+    data = [p for p in (tmp_path / "2" / "state").rglob("*")
+            if p.is_file() and p.parent.name == "d"]
+    assert data
+    for path in data:
+      path.write_bytes(path.read_bytes()[:16])
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  contract = {"model": config["model"], "data": {"input": "features"}}
+  with pytest.raises(CheckpointReadError, match=r"the checkpoint at step 2 in .* cannot be "
+                                                r"read \(.*\): its files are damaged .* "
+                                                r"Other steps there: \[1\]"):
+    manager.restore(target(), contract, step=2)
+  state = manager.restore(target(), contract, step=1)
+  np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
+  manager.close()
