@@ -618,11 +618,24 @@ def main(argv):
   benches = {"train_step": bench_train_step, "scaling": bench_scaling,
              "pipeline": bench_pipeline, "end_to_end": bench_end_to_end}
   try:
+    _check_flags(config)
     result = benches[FLAGS.what](config)
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(json.dumps(_without_nan(result), allow_nan=False))
+
+
+def _check_flags(config) -> None:
+  """Flag values no benchmark can run with, as one error each."""
+  from grurcn_jax.errors import ConfigError
+  for flag, minimum in (("batch", 1), ("steps", 0), ("synthetic_videos", 0),
+                        ("synthetic_frames", 1), ("profile_steps", 1)):
+    if FLAGS[flag].value < minimum:
+      raise ConfigError(f"--{flag}={FLAGS[flag].value}: give {minimum} or more")
+  if FLAGS.what in ("pipeline", "end_to_end") and not config.data.dir:
+    raise ConfigError(f"--what={FLAGS.what} reads features: give --config.data.dir (a "
+                      f"feature directory, or where --synthetic_videos=N writes one)")
 
 
 def _without_nan(value):
@@ -637,4 +650,5 @@ def _without_nan(value):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  from grurcn_jax.main import parse_flags   # config file and override errors: one line
+  app.run(main, flags_parser=parse_flags)

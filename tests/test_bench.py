@@ -206,14 +206,21 @@ def test_synthetic_videos_feed_end_to_end_and_the_pipeline(tmp_path):
   assert (info["encoding"], info["quality"]) == ("jpeg", 90)
 
 
-def test_bad_config_is_one_line_error():
+@pytest.mark.parametrize("args,message", [
+    (["--config.model.recurrence=unrolled", "--steps=0"], "model.recurrence='unrolled'"),
+    (["--batch=0"], "--batch=0: give 1 or more"),
+    (["--config=configs/default.py", "--what=pipeline"],
+     "--what=pipeline reads features: give --config.data.dir"),
+    (["--config=configs/missing.py"], "--config: No such file or directory"),
+])
+def test_bad_config_or_flags_are_one_line_error(args, message):
   result = subprocess.run(
-      [sys.executable, "-m", "grurcn_jax.bench", "--config=configs/demo.py",
-       "--config.model.recurrence=unrolled", "--steps=0"],
+      [sys.executable, "-m", "grurcn_jax.bench", "--config=configs/demo.py", *args],
       capture_output=True, text=True, cwd=REPO, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
   assert result.returncode == 1
   assert "error: " in result.stderr and "Traceback" not in result.stderr
+  assert message in result.stderr, result.stderr[-2000:]
 
 
 def test_input_rates_leave_out_what_was_read_ahead():
