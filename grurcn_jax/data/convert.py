@@ -40,7 +40,7 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
   """Writes `src`'s videos into `dst`; returns `dst`'s metadata. Frames stay as
   `src` stores them (JPEG bytes are copied, never re-encoded); raw frames become
   JPEG of `frames_jpeg_quality` when it is given (1-100)."""
-  if src.rstrip("/") == dst.rstrip("/"):
+  if _absolute(src) == _absolute(dst):
     raise ConfigError("--dst must differ from --src")
   source = features_lib.read_metadata(src, versions=(1, features_lib.FORMAT_VERSION))
   listed = source.get("extraction", {}).get("video_lists", {})
@@ -75,6 +75,7 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
   extraction = dict(source["extraction"], converted_from=_absolute(src),
                     int8_levels=list(int8_levels),
                     frames_jpeg_quality=frames_jpeg_quality)
+  features_lib.check_output_directory(dst, "--dst")
   if features_lib.exists(features_lib.join(dst, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(dst)
     _check_resumable(metadata, extraction, src, dst)

@@ -367,6 +367,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
                  jpeg=settings.store_frames and bool(settings.frames_jpeg_quality))
   if dry_run:
     return summary
+  features_lib.check_output_directory(out_dir, "--out")
 
   shapes = level_shapes(settings)
   # Shards get videos in hashed order: real datasets are listed class by class, and

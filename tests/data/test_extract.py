@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import demo, extract, features, ucf101, video as video_lib
-from grurcn_jax.errors import ConfigError, SplitFileError, VideoDecodeError
+from grurcn_jax.errors import (ConfigError, FeatureFormatError, SplitFileError,
+                               VideoDecodeError)
 from tests.data.fake import encode_video
 
 CLASSES = ["JumpRope", "Rowing"]
@@ -223,7 +224,6 @@ def test_an_unfinished_extraction_is_refused_until_it_is_finished(tmp_path, monk
   while the extraction still writes (or after it stopped) must not read part of a
   split as the whole."""
   from grurcn_jax.data import convert, prepare
-  from grurcn_jax.errors import FeatureFormatError
   from tests.training_setup import tiny_config
   class_names, videos = demo.demo_videos(0, 1, 1, num_frames=2, image_size=32)
   out = str(tmp_path / "feats")
@@ -313,6 +313,11 @@ def test_library_errors_are_errors_not_exits(tmp_path):
   other = extract.Settings(**{**vars(SMALL), "seed": 1})
   with pytest.raises(ConfigError, match=r"other settings \(--seed: 0 there, 1 now\)"):
     run_small(videos, class_names, str(tmp_path / "ok"), other)
+  (tmp_path / "afile").write_text("")
+  for out, message in ((tmp_path / "afile", "is a file, not a directory"),
+                       (tmp_path / "afile" / "out", "cannot be created: ")):
+    with pytest.raises(FeatureFormatError, match=f"--out {out} {message}"):
+      run_small(videos, class_names, str(out))
 
 
 def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
