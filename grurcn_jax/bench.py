@@ -650,5 +650,5 @@ def _without_nan(value):
 
 if __name__ == "__main__":
   define_flags()
-  from grurcn_jax.main import parse_flags   # config file and override errors: one line
-  app.run(main, flags_parser=parse_flags)
+  from grurcn_jax import flag_parsing   # config file and override errors: one line
+  app.run(main, flags_parser=flag_parsing.parse)

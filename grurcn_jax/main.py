@@ -11,7 +11,6 @@ messages show only with an explicit --verbosity.
 
 import logging as std_logging
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -177,27 +176,9 @@ def _final_report(metrics, workdir: str, results: str) -> str:
 
 
 def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
-  """absl's flag parsing, with config overrides that name no field (or give a value
-  of the wrong type) reported as one line instead of a traceback."""
-  try:
-    argv = flag_values(argv)
-    if "config" in flag_values:
-      flag_values.config.get   # a config file that fails to load fails here, not later
-    return argv
-  except flags.Error as e:
-    print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
-  except OSError as e:   # config_flags' report of a file it could not read
-    reason = re.findall(r"\[Errno \d+\] (.*)", str(e))
-    print(f"error: --config: {reason[-1] if reason else str(e).splitlines()[0]}",
-          file=sys.stderr)
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    if "has no attribute 'get_config'" in str(e):
-      print("error: --config: the file defines no get_config()", file=sys.stderr)
-      sys.exit(1)
-    message = str(e.args[0] if e.args else e)
-    message = message.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    print(f"error: a --config override does not fit the config: {message}", file=sys.stderr)
-  sys.exit(1)
+  """absl's flag parsing with config errors as one line (`flag_parsing.parse`)."""
+  from grurcn_jax import flag_parsing
+  return flag_parsing.parse(argv, flag_values)
 
 
 if __name__ == "__main__":
