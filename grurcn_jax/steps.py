@@ -26,7 +26,8 @@ def learning_rate_schedule(config) -> optax.Schedule:
     # from the end of the warmup, so the decay is handed the run's own step.
     boundaries = {}
     for f in config.step_boundaries:
-      boundaries[int(f * steps)] = boundaries.get(int(f * steps), 1.0) * config.step_decay
+      at = round(f * steps)   # 0.29 * 100 is 28.999...: int() would decay a step early
+      boundaries[at] = boundaries.get(at, 1.0) * config.step_decay
     piecewise = optax.piecewise_constant_schedule(lr, boundaries)
     decay = lambda count: piecewise(count + warmup)
   else:

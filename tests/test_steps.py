@@ -20,3 +20,13 @@ def test_step_schedule_decays_at_its_fractions_of_the_run(warmup):
                              [1.0, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
   if warmup:
     np.testing.assert_allclose([at(0), at(5), at(warmup)], [0.0, 0.5, 1.0], rtol=1e-6)
+
+
+def test_step_boundaries_land_on_the_nearest_step():
+  # 0.29 * 100 and 0.57 * 100 are 28.999... and 56.999... in floating point.
+  config = default.get_config()
+  config.update(schedule="step", num_train_steps=100, learning_rate=1.0,
+                step_boundaries=(0.29, 0.57), step_decay=0.1, warmup_steps=0)
+  schedule = steps.learning_rate_schedule(config)
+  np.testing.assert_allclose([float(schedule(s)) for s in (28, 29, 56, 57)],
+                             [1.0, 0.1, 0.1, 0.01], rtol=1e-6)
