@@ -70,6 +70,12 @@ def simple_tokenize(caption: str) -> str:
   return " ".join(w for w in words if w not in _PUNCTUATION and w.strip())
 
 
+def check_installed() -> None:
+  """Raises ConfigError where the scorers are not installed: a run finds out at
+  its start, not at its first evaluation, hours in."""
+  _scorers()
+
+
 def _scorers():
   try:
     from pycocoevalcap.bleu.bleu import Bleu

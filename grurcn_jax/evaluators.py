@@ -248,6 +248,8 @@ class CaptioningEvaluator:
   def __init__(self, experiment):
     self.experiment = experiment
     config = experiment.config
+    from grurcn_jax import caption_metrics
+    caption_metrics.check_installed()   # now, not at the first evaluation
     self._host_batch = sharding.host_batch_size(config.eval_batch_size, "eval_batch_size")
     self._inputs = tuple(experiment.spec.input_shapes)
     metadata = features_lib.read_metadata(config.data.dir)

@@ -151,7 +151,8 @@ EXACT_RESUME_FIELDS = ("seed", "batch_size", "num_train_steps", "learning_rate",
                        "optimizer", "momentum", "weight_decay", "grad_clip_norm",
                        "data.num_streams", "data.clip_length", "data.frame_stride",
                        "data.train_split", "data.skip_bad_records", "caption.segments",
-                       "caption.max_length")
+                       "caption.max_length", "caption.dropout_rate",
+                       "caption.attention_weight")
 
 
 def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> None:

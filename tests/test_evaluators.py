@@ -166,3 +166,16 @@ def test_a_long_evaluation_says_how_far_it_is(caplog):
   assert [line.split(",")[0] for line in lines] == [
       "eval: batch 1/3", "eval: batch 2/3", "eval: batch 3/3"]
   assert lines[0].endswith(" min") and "batches/s, ETA" in lines[0]
+
+
+def test_captioning_without_its_scorers_fails_when_built_not_at_the_first_evaluation(
+    tiny_captions_dir, monkeypatch):
+  import sys
+  from grurcn_jax.errors import ConfigError
+  from tests.training_setup import tiny_captioning_config
+  monkeypatch.setitem(sys.modules, "pycocoevalcap.bleu.bleu", None)   # not installed
+  experiment = assemble(tiny_captioning_config(tiny_captions_dir,
+                                               caption__encoder="first_frame"))
+  with pytest.raises(ConfigError, match=r"caption metrics need pycocoevalcap: pip "
+                                        r"install 'grurcn_jax\[captioning\]'"):
+    evaluators.CaptioningEvaluator(experiment)
