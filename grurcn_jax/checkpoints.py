@@ -115,6 +115,43 @@ class Checkpoints:
     default. `config`, the run's whole config, names the settings that differ when
     the saved state has another structure all the same (an optimizer setting that
     adds or drops optimizer state, say)."""
+    step, differences = self._checked(step, contract)
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))["state"]
+    except (OSError, ValueError) as e:
+      if "do not match" not in str(e):
+        raise self._unreadable(step, e) from None
+      differ = differences(config) if config is not None else ""
+      raise CheckpointMismatchError(
+          f"the checkpoint at step {step} in {self._manager.directory} holds a train "
+          f"state of another structure than this config builds (settings that differ: "
+          f"{differ or 'none found'}); use a fresh --workdir or the same settings"
+      ) from None
+
+  def restore_params(self, abstract_params: Any, contract: Mapping,
+                     step: Optional[int] = None) -> Tuple[Any, int]:
+    """The parameters of checkpoint `step` (default: newest) alone, into the
+    shapes and shardings of `abstract_params`, after the same check of `contract`
+    as `restore`; and the step. For evaluation: the optimiser state is not read
+    (Adam's is twice the parameters), so settings of how to train do not matter."""
+    step, _ = self._checked(step, contract)
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape,
+                                       dtype=a.dtype), abstract_params)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore({"params": abstract_params},
+                                       restore_args={"params": restore_args},
+                                       partial_restore=True)))["state"]
+    except (OSError, KeyError, ValueError) as e:
+      raise self._unreadable(step, e) from None
+    return restored["params"], step
+
+  def _checked(self, step: Optional[int], contract: Mapping):
+    """(step, differences): `step` (default: newest) after checking that it exists
+    and was trained with the config fields of `contract`; `differences(wanted)`
+    names the settings of `wanted` that the checkpoint's config does not share."""
     step = self.latest_step() if step is None else step
     if step is None or step not in self._manager.all_steps():
       raise ConfigError(f"no checkpoint for step {step} in {self._manager.directory}; "
@@ -134,18 +171,7 @@ class Checkpoints:
       raise CheckpointMismatchError(
           f"the checkpoint at step {step} in {self._manager.directory} was trained with "
           f"another config ({differ}); use a fresh --workdir or the same settings")
-    try:
-      return self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
-    except (OSError, ValueError) as e:
-      if "do not match" not in str(e):
-        raise self._unreadable(step, e) from None
-      differ = differences(config) if config is not None else ""
-      raise CheckpointMismatchError(
-          f"the checkpoint at step {step} in {self._manager.directory} holds a train "
-          f"state of another structure than this config builds (settings that differ: "
-          f"{differ or 'none found'}); use a fresh --workdir or the same settings"
-      ) from None
+    return step, differences
 
   def _unreadable(self, step: int, error: Exception) -> CheckpointReadError:
     others = [s for s in self.all_steps() if s != step]

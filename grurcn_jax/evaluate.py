@@ -3,7 +3,8 @@
   python -m grurcn_jax.main --config=CONFIG --workdir=DIR --mode=eval [--eval_step=N]
 
 The model config must be the one the checkpoint was trained with (checked before
-anything is restored). Results go to DIR/eval/{split}_step{N}/ (`results_dir`),
+anything is restored); only the parameters are read, so settings of how to train
+(optimiser, clipping) need not match. Results go to DIR/eval/{split}_step{N}/ (`results_dir`),
 not to the workdir's own files: those are the training run's last evaluation,
 and an older step, or another split (MSVD's test clips after validating on its
 val clips), must not replace them. What is written: see `writers.py`
@@ -41,11 +42,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     if checkpoints.latest_step() is None:
       raise ConfigError(f"no checkpoint in {workdir}/{experiment_lib.CHECKPOINT_SUBDIR} "
                         f"to evaluate")
-    state = experiment.restore(checkpoints, step)
+    params, step = experiment.restore_params(checkpoints, step)
   finally:
     checkpoints.close()
-  result = evaluators.for_experiment(experiment).evaluate(state.params,
-                                                          int(state.step))
+  result = evaluators.for_experiment(experiment).evaluate(params, step)
   out = results_dir(workdir, config.data.eval_split, result.step)
   if jax.process_index() == 0:
     writers.clear_scalars(out)   # a rerun replaces the evaluation, scalars too

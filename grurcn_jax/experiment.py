@@ -88,6 +88,13 @@ class Experiment:
     return checkpoints.restore(self.abstract_state(), self._contract(), step,
                                config=self.config.to_dict())
 
+  def restore_params(self, checkpoints: checkpoints_lib.Checkpoints,
+                     step: Optional[int] = None):
+    """(parameters, step) of checkpoint `step` (default: newest), checked as
+    `restore` checks it; the optimiser state is not read (evaluation)."""
+    return checkpoints.restore_params(self.abstract_state().params, self._contract(),
+                                      step)
+
   def _contract(self):
     # The task, the model, and whether it reads frames (a frames-mode state holds
     # VGG-16). Not the model fields that only say how to compute (a run that ran

@@ -121,3 +121,20 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_other_steps(tmp_path, dama
   state = manager.restore(target(), contract, step=1)
   np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])
   manager.close()
+
+
+def test_restore_params_reads_the_parameters_alone(tmp_path):
+  config = default.get_config().to_dict()
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  manager.save(4, {"params": {"w": jnp.arange(3.0)}, "opt_state": {"mu": jnp.ones(5)}},
+               config)
+  manager.close()
+  manager = checkpoints.Checkpoints(str(tmp_path))
+  contract = {"model": config["model"], "data": {"input": "features"}}
+  params, step = manager.restore_params(target(), contract)
+  assert step == 4 and params["w"].sharding.is_fully_replicated
+  np.testing.assert_array_equal(jax.device_get(params["w"]), [0.0, 1.0, 2.0])
+  contract["model"] = dict(config["model"], hidden=[7])
+  with pytest.raises(CheckpointMismatchError, match="model.hidden"):
+    manager.restore_params(target(), contract)
+  manager.close()
