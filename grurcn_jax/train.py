@@ -61,6 +61,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   report_progress = writers.report_progress(config.num_train_steps, writer)
 
   eval_metrics: Optional[Dict] = None
+  if _evaluation_missed(start_step, config, workdir):
+    # Stopped after saving an eval step but before its evaluation was written (a
+    # SIGTERM there stops before evaluating; a kill may come during it): evaluate
+    # it now, as the uninterrupted run did.
+    logging.info("The evaluation of step %d was not written before the run stopped: "
+                 "evaluating it now", start_step)
+    with writers.flushing(writer):
+      eval_metrics = _evaluate(evaluator, state, workdir, writer)
   # Metrics of the steps since the last log (host) and since the last check for
   # non-finite values (device); seconds spent training (not compiling the first
   # step, saving or evaluating) since the last log.
@@ -142,6 +150,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       eval_metrics = _evaluate(evaluator, state, workdir, writer)
   checkpoints.close()
   return eval_metrics
+
+
+def _evaluation_missed(start_step: int, config, workdir: str) -> bool:
+  """Whether a run resuming at `start_step`, an eval step before the last, lacks
+  that step's evaluation; process 0 reads the workdir and every host is told (the
+  evaluation is collective)."""
+  if not (0 < start_step < config.num_train_steps
+          and start_step % config.eval_every_steps == 0):
+    return False
+  missed = writers.evaluated_step(workdir) != start_step
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))
+  return missed
 
 
 # Settings that decide the batches a step reads or how it updates: a run resumed

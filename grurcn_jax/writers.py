@@ -110,6 +110,18 @@ def clear_scalars(directory: str) -> None:
       files.remove(os.path.join(directory, name))
 
 
+def evaluated_step(workdir: str):
+  """The step of the evaluation whose metrics `workdir` holds (eval_metrics.json),
+  or None: none, or a file that cannot be read."""
+  path = os.path.join(workdir, METRICS_FILE)
+  try:
+    with files.open_file(path) as f:
+      step = json.load(f).get("step")
+  except (OSError, ValueError, AttributeError):
+    return None
+  return step if isinstance(step, int) else None
+
+
 def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   """Writes `result`'s files (process 0) and scalars (`scalar_writer`, from
   `metric_writer`, when given; it decides itself which host writes)."""

@@ -411,6 +411,37 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
   assert all(np.isfinite(r["train/loss"]) for r in records[1:])
 
 
+def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tmp_path,
+                                                                    monkeypatch):
+  # A SIGTERM noticed at an eval step saves and stops before evaluating; the
+  # resumed run starts after that step, and skipped its evaluation.
+  from grurcn_jax import checkpoints as checkpoints_lib
+  config = tiny_config(data_dir, num_train_steps=6, checkpoint_every_steps=3,
+                       eval_every_steps=3, log_every_steps=3)
+  evaluated = []
+  evaluate = train._evaluate
+  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args: (
+      evaluated.append(int(state.step)), evaluate(evaluator, state, *args))[1])
+  reached = checkpoints_lib.Preemption.reached
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpoints_lib.Preemption, "reached",
+                  lambda self, step: step == 3 or reached(self, step))
+    with pytest.raises(TrainingError, match="stopped by SIGTERM at step 3"):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == []
+  train.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6]   # as the uninterrupted run
+  # A resume at an eval step whose evaluation is written does not repeat it.
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
+  evaluated.clear()
+  with open(tmp_path / "eval_metrics.json") as f:
+    metrics = json.load(f)
+  with open(tmp_path / "eval_metrics.json", "w") as f:
+    json.dump(dict(metrics, step=3), f)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [6]
+
+
 # -- captioning: the same loop, the task's model, batches and evaluator ----------
 
 @pytest.mark.long
