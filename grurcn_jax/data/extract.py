@@ -607,9 +607,9 @@ def tfds_videos(name: str, data_dir: Optional[str], settings: Settings):
 def _select_indices(num_frames: int, settings: Settings, rate: float = 25.0) -> np.ndarray:
   """Indices of decoded frames kept by --frame_stride / --fps / --max_frames."""
   keep = []
+  selection = video_lib.FrameSelection(frame_stride=settings.frame_stride, fps=settings.fps)
   for i in range(num_frames):
-    if video_lib.select_frame(i, i / rate, frame_stride=settings.frame_stride,
-                              fps=settings.fps, taken=len(keep)):
+    if selection.take(i, i / rate):
       keep.append(i)
       if settings.max_frames and len(keep) >= settings.max_frames:
         break
@@ -652,7 +652,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
          f"Levels to store, from {', '.join(levels_lib.LEVELS)}.")
   define("integer", "image_size", 224, "Frame side fed to VGG-16.")
   define("integer", "frame_stride", 1, "Keep every N-th frame (ignored with --fps).")
-  define("float", "fps", None, "Keep frames at this rate instead of --frame_stride.")
+  define("float", "fps", None, "Keep the first frame of each 1/fps s instead of "
+         "--frame_stride (a video slower than that keeps every frame).")
   define("integer", "max_frames", None, "At most this many frames per video.")
   define("string", "weights", "random", "random (seeded, no network) | imagenet "
          "(Keras' standard file, downloaded once by Keras) | path to a Keras "
