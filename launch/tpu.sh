@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train on a Cloud TPU VM or pod slice: create (or reuse) it, install the package on
-# every worker, run python -m grurcn_jax.main on all workers, stream the logs.
+# every worker, start python -m grurcn_jax.main on all workers detached from ssh
+# (output in ~/grurcn_jax/run.log on each), follow worker 0's log, report every
+# worker's exit status. Run again to follow a run that is still going.
 #
 #   launch/tpu.sh --name=grurcn --zone=us-central2-b --project=my-project \
 #       --accelerator=v4-32 --config=configs/ucf101_grurcn.py \
@@ -19,10 +21,13 @@
 #   --project=PROJECT      default: $CLOUDSDK_CORE_PROJECT             [required]
 #   --accelerator=TYPE     e.g. v4-8, v4-32, v5litepod-16 (default v4-8);
 #                          also gcloud's --accelerator-type=TYPE (or --accelerator_type)
-#   --runtime=VERSION      TPU software version (default tpu-ubuntu2204-base);
-#                          also gcloud's --version=VERSION
+#   --runtime=VERSION      TPU software version (default: the accelerator's,
+#                          v2-alpha-tpuv6e, v2-alpha-tpuv5 for v5p,
+#                          v2-alpha-tpuv5-lite for v5litepod, tpu-ubuntu2204-base
+#                          for v2-v4); also gcloud's --version=VERSION
 #   --config=FILE          experiment config (default configs/ucf101_grurcn.py)
-#   --workdir=DIR          checkpoints and metrics; gs:// required on multi-host
+#   --workdir=DIR          checkpoints and metrics; gs:// required on multi-host,
+#                          with --spot and with --queued (a replaced VM loses its disk)
 #   --data_dir=DIR         feature directory (config.data.dir); gs:// on multi-host
 #   --spot                 spot (preemptible) capacity
 #   --queued               create through a queued resource (waits for capacity)
@@ -37,7 +42,7 @@
 set -euo pipefail
 
 name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="${CLOUDSDK_CORE_PROJECT:-}"
-accelerator="v4-8" runtime="tpu-ubuntu2204-base" config="configs/ucf101_grurcn.py"
+accelerator="v4-8" runtime="" config="configs/ucf101_grurcn.py"
 workdir="" data_dir="" spot=0 queued=0 delete=0 dry_run=0 queued_timeout=43200
 poll_s="${TPU_QUEUED_POLL_S:-30}"
 extra=()  # may stay empty: expanded as ${extra[@]+"${extra[@]}"}, since an empty
@@ -106,11 +111,23 @@ command -v gcloud >/dev/null 2>&1 || die "gcloud is not on PATH: install the Goo
 [[ "$queued_timeout" =~ ^[0-9]+$ ]] || die "--queued_timeout=$queued_timeout: a number of seconds"
 [[ "$poll_s" =~ ^[0-9]+$ ]] || die "TPU_QUEUED_POLL_S=$poll_s: a number of seconds"
 
-# Hosts in the slice: the type's number counts TensorCores (v2-v5p) or chips
-# (v5litepod, v6e); either way one VM serves 8 of them.
+# Hosts in the slice: the type's number counts TensorCores (v2-v5p: 8 a VM) or
+# chips (v5litepod, v6e: up to 8 on one VM, 4 a VM in slices of several).
 size="${accelerator##*-}"
 [[ "$size" =~ ^[0-9]+$ ]] || die "cannot read the slice size of --accelerator=$accelerator"
-hosts=$(( (size + 7) / 8 ))
+case "$accelerator" in
+  v5litepod-*|v5e-*|v6e-*) hosts=$(( size <= 8 ? 1 : size / 4 )) ;;
+  *) hosts=$(( (size + 7) / 8 )) ;;
+esac
+# Each TPU generation has its own software version; the v2-v4 one does not run v5+.
+if [[ -z "$runtime" ]]; then
+  case "$accelerator" in
+    v6e-*) runtime="v2-alpha-tpuv6e" ;;
+    v5p-*) runtime="v2-alpha-tpuv5" ;;
+    v5litepod-*|v5e-*) runtime="v2-alpha-tpuv5-lite" ;;
+    *) runtime="tpu-ubuntu2204-base" ;;
+  esac
+fi
 
 run() {
   # Prints the command; runs it unless --dry-run.
@@ -131,14 +148,25 @@ if [[ "$delete" -eq 1 ]]; then
 fi
 
 [[ -n "$workdir" ]] || die "--workdir is required"
+if [[ "$workdir" != gs://* && ( "$spot" -eq 1 || "$queued" -eq 1 ) ]]; then
+  die "--workdir=$workdir: with --spot or --queued a preempted VM is replaced, and its disk with the checkpoints: give a gs:// workdir"
+fi
 if [[ "$hosts" -gt 1 ]]; then
   [[ "$workdir" == gs://* ]] || die "--workdir=$workdir: a $hosts-host slice needs a gs:// workdir that every worker can write"
   [[ -z "$data_dir" || "$data_dir" == gs://* ]] || die "--data_dir=$data_dir: a $hosts-host slice needs gs:// features"
 fi
 [[ -f "$config" ]] || die "no config file $config (run from the repository root)"
+# The workers get the committed tree (git archive HEAD), not this working tree.
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+git -C "$repo" ls-files --error-unmatch "$config" >/dev/null 2>&1 ||
+  die "$config is not committed: the workers get the committed tree; commit it first"
+if [[ -n "$(git -C "$repo" status --porcelain --untracked-files=no 2>/dev/null)" ]]; then
+  echo "tpu.sh: warning: uncommitted changes in $repo are not sent to the workers" \
+       "(they get the committed tree, HEAD): commit them to use them" >&2
+fi
 
 # The Python every worker needs, from the one place that states it.
-setup_cfg="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/setup.cfg"
+setup_cfg="$repo/setup.cfg"
 py_min=$(sed -n 's/^python_requires[[:space:]]*=[[:space:]]*>=[[:space:]]*\([0-9]*\.[0-9]*\).*/\1/p' \
            "$setup_cfg" 2>/dev/null || true)
 [[ "$py_min" =~ ^3\.[0-9]+$ ]] || die "cannot read 'python_requires = >=3.N' from $setup_cfg"
@@ -210,7 +238,9 @@ qr_wait() {
 capacity=()
 [[ "$spot" -eq 1 ]] && capacity=(--spot)
 
+created=0  # 1 once this run made the TPU: nothing can be running on it yet
 qr_create() {
+  created=1
   run "${qr[@]}" create "$name" --node-id="$name" "${where[@]}" \
     --accelerator-type="$accelerator" --runtime-version="$runtime" ${capacity[@]+"${capacity[@]}"}
   qr_wait active
@@ -226,6 +256,7 @@ vm_create_or_reuse() {  # CREATE_COMMAND: a preempted VM is deleted, then create
 }
 
 vm_create() {
+  created=1
   run "${gtpu[@]}" create "$name" "${where[@]}" --accelerator-type="$accelerator" \
     --version="$runtime" ${capacity[@]+"${capacity[@]}"}
 }
@@ -265,17 +296,35 @@ fi
 # from apt (Ubuntu 22.04: python3 is 3.10, universe has python3.11). One line per
 # shell command; the lines are joined with spaces, so each ends in ';', '&&', '||',
 # 'then', 'else' or 'do'.
-archive="/tmp/grurcn_jax_${name}.tar.gz"
-if [[ "$dry_run" -eq 0 ]]; then
-  git archive --format=tar.gz -o "$archive" HEAD
-else
-  echo "+ git archive --format=tar.gz -o $archive HEAD"
+# The run lives on the workers, detached from this script's ssh sessions (a dropped
+# connection, a closed laptop or Ctrl-C here must not end a days-long run): each
+# worker writes its output to ~/grurcn_jax/run.log and its exit status to
+# ~/grurcn_jax/run.status; its pid is in ~/grurcn_jax/run.pid. A TPU this run did
+# not create may still be running one: then nothing is installed or started under
+# it, and this script follows it instead.
+running=""
+# shellcheck disable=SC2016  # expanded on the worker
+check_running='cd ~/grurcn_jax 2>/dev/null && [ -f run.pid ] && kill -0 "$(cat run.pid)" 2>/dev/null && echo "RUNNING $(cat run.pid)"; true'
+if [[ "$created" -eq 0 ]]; then
+  if [[ "$dry_run" -eq 0 ]]; then
+    running=$("${gtpu[@]}" ssh "$name" "${where[@]}" --worker=0 --command="$check_running" | grep '^RUNNING' || true)
+  else
+    run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=0 --command="$check_running"
+  fi
 fi
-run "${gtpu[@]}" scp "$archive" "$name:grurcn_jax.tar.gz" "${where[@]}" --worker=all
-py_candidates="python3"  # then the oldest admitted first: the versions CI and wheels cover
-for (( minor = ${py_min#3.}; minor <= ${py_min#3.} + 4; minor++ )); do py_candidates+=" python3.$minor"; done
-# (read, not $(cat <<EOF): bash 3.2 misparses a here-document inside $(...))
-read -r -d '' install <<'EOF' || true
+
+install_and_start() {
+  archive="/tmp/grurcn_jax_${name}.tar.gz"
+  if [[ "$dry_run" -eq 0 ]]; then
+    git -C "$repo" archive --format=tar.gz -o "$archive" HEAD
+  else
+    echo "+ git -C $repo archive --format=tar.gz -o $archive HEAD"
+  fi
+  run "${gtpu[@]}" scp "$archive" "$name:grurcn_jax.tar.gz" "${where[@]}" --worker=all
+  py_candidates="python3"  # then the oldest admitted first: the versions CI and wheels cover
+  for (( minor = ${py_min#3.}; minor <= ${py_min#3.} + 4; minor++ )); do py_candidates+=" python3.$minor"; done
+  # (read, not $(cat <<EOF): bash 3.2 misparses a here-document inside $(...))
+  read -r -d '' install <<'EOF' || true
 mkdir -p ~/grurcn_jax && tar -xzf ~/grurcn_jax.tar.gz -C ~/grurcn_jax && cd ~/grurcn_jax || exit 1;
 py_ok() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] < (@PY_TUPLE@))' >/dev/null 2>&1; };
 if ! py_ok .venv/bin/python; then
@@ -292,16 +341,41 @@ if ! py_ok .venv/bin/python; then
 fi;
 .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -U "jax[tpu]" -e .
 EOF
-install="${install//@PY_TUPLE@/${py_min/./, }}"
-install="${install//@PY_MIN@/$py_min}"
-install="${install//@PY_CANDIDATES@/$py_candidates}"
-install=$(printf '%s' "$install" | sed 's/^ *//' | tr '\n' ' ')
-run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$install"
+  install="${install//@PY_TUPLE@/${py_min/./, }}"
+  install="${install//@PY_MIN@/$py_min}"
+  install="${install//@PY_CANDIDATES@/$py_candidates}"
+  install=$(printf '%s' "$install" | sed 's/^ *//' | tr '\n' ' ')
+  run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$install"
 
-# Run on all workers; ssh streams every worker's output here.
-main_args=(--config="$config" --workdir="$workdir")
-[[ -n "$data_dir" ]] && main_args+=(--config.data.dir="$data_dir")
-[[ "$hosts" -gt 1 ]] && main_args+=(--distributed)
-main_args+=(${extra[@]+"${extra[@]}"})
-command_line="cd ~/grurcn_jax && .venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}")"
-run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$command_line"
+  # Start on all workers, in a session of its own (setsid, nohup): it outlives ssh.
+  main_args=(--config="$config" --workdir="$workdir")
+  [[ -n "$data_dir" ]] && main_args+=(--config.data.dir="$data_dir")
+  [[ "$hosts" -gt 1 ]] && main_args+=(--distributed)
+  main_args+=(${extra[@]+"${extra[@]}"})
+  command_line="cd ~/grurcn_jax && .venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); echo \$? > ~/grurcn_jax/run.status"
+  start="cd ~/grurcn_jax || exit 1; rm -f run.status; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
+  run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$start"
+}
+
+if [[ -n "$running" ]]; then
+  echo "A run is still going on $name (worker 0, pid ${running#RUNNING }): following it; nothing is installed or started"
+else
+  install_and_start
+fi
+
+# Follow worker 0's log until its run ends (process 0 ends last), then ask every
+# worker how its run ended.
+# shellcheck disable=SC2016  # expanded on the worker
+follow='cd ~/grurcn_jax && tail -n +1 -F --pid="$(cat run.pid)" run.log'
+[[ -z "$running" ]] || follow="${follow/-n +1/-n 200}"
+if ! run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=0 --command="$follow"; then
+  fail "lost the connection to worker 0 of $name; the run goes on there (or the TPU was" \
+       "preempted): run the same command again to follow it, or to resume a preempted run"
+fi
+# shellcheck disable=SC2016  # expanded on the worker
+status='cd ~/grurcn_jax && s=$(cat run.status 2>/dev/null); echo "$(hostname): exit status ${s:-none (killed?)}"; [ "${s:-1}" = 0 ]'
+if ! run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$status"; then
+  fail "the run ended with an error on a worker (statuses above). Each worker's output:" \
+       "${gtpu[*]} ssh $name ${where[*]} --worker=N --command='tail -n 100 ~/grurcn_jax/run.log'." \
+       "Run the same command again to resume from the newest checkpoint"
+fi

@@ -33,6 +33,9 @@ case "$*" in
     printf '%s\\n' ${QR_AFTER_CREATE:-ACTIVE} > "$QR_FILE"; exit 0 ;;
   "compute tpus queued-resources delete "*) rm -f "$QR_FILE"; exit 0 ;;
   *" describe "*) [ -n "${TPU_STATE:-}" ] && echo "$TPU_STATE" && exit 0; missing nodes ;;
+  *" ssh "*"kill -0"*) [ -n "${FAKE_RUNNING:-}" ] && echo "RUNNING $FAKE_RUNNING"; exit 0 ;;
+  *" ssh "*"tail -n"*) [ -z "${FAKE_DROPPED:-}" ] || exit 255; exit 0 ;;
+  *" ssh "*"exit status"*) exit "${FAKE_RUN_STATUS:-0}" ;;
 esac
 exit 0
 """
@@ -78,7 +81,8 @@ def test_dry_run_prints_every_command_and_runs_none(gcloud):
   out = result.stdout
   assert "+ gcloud compute tpus tpu-vm create grurcn --zone=us-central2-b --project=proj --accelerator-type=v4-32 --version=tpu-ubuntu2204-base --spot" in out
   assert "scp" in out and "--worker=all" in out
-  assert out.count("--worker=all") == 3  # copy, install, run
+  assert out.count("--worker=all") == 4  # copy, install, start, statuses
+  assert out.count("--worker=0") == 1    # following worker 0's log (the TPU is new)
   assert "python -m grurcn_jax.main --config=configs/ucf101_grurcn.py --workdir=gs://bucket/run --config.data.dir=gs://bucket/feats --distributed --config.batch_size=128" in out.replace("\\", "")
 
 
@@ -86,19 +90,25 @@ def test_create_install_run_and_delete(gcloud):
   result, calls = gcloud(*BASE)
   assert result.returncode == 0, result.stderr
   verbs = [c.split()[3] for c in calls]
-  assert verbs == ["describe", "create", "scp", "ssh", "ssh"]
+  assert verbs == ["describe", "create", "scp", "ssh", "ssh", "ssh", "ssh"]
   assert all("--zone=us-central2-b" in c and "--project=proj" in c for c in calls)
-  install, train = calls[3], calls[4]
+  install, start, follow, statuses = calls[3:]
   assert "--worker=all" in install and "py_ok .venv/bin/python" in install
   assert "jax[tpu]" in install
-  assert "--worker=all" in train and "grurcn_jax.main" in train and "--distributed" in train
+  assert "--worker=all" in start and "grurcn_jax.main" in start and "--distributed" in start
+  assert "setsid nohup bash -c" in start   # detached: it outlives the ssh session
+  assert "--worker=0" in follow and "tail -n +1 -F" in follow
+  assert "--worker=all" in statuses and "run.status" in statuses
 
-  # The same command again reuses the VM (and resumes training).
+  # The same command again reuses the VM (and resumes training), after making sure
+  # no run is still going there.
   result, calls = gcloud(*BASE, TPU_STATE="READY")
-  assert [c.split()[3] for c in calls] == ["describe", "scp", "ssh", "ssh"]
+  assert [c.split()[3] for c in calls] == ["describe", "ssh", "scp", "ssh", "ssh", "ssh", "ssh"]
+  assert "--worker=0" in calls[1] and "kill -0" in calls[1]
   # A preempted spot VM is replaced.
   result, calls = gcloud(*BASE, TPU_STATE="PREEMPTED")
-  assert [c.split()[3] for c in calls] == ["describe", "delete", "create", "scp", "ssh", "ssh"]
+  assert [c.split()[3] for c in calls] == ["describe", "delete", "create", "scp", "ssh",
+                                           "ssh", "ssh", "ssh"]
 
   result, calls = gcloud(*BASE[:3], "--delete")
   assert result.returncode == 0
@@ -117,7 +127,10 @@ def verbs_of(calls):
 
 QR_DESCRIBE, QR_CREATE, QR_DELETE = ("queued-resources describe", "queued-resources create",
                                      "queued-resources delete")
-INSTALL_AND_RUN = ["tpu-vm scp", "tpu-vm ssh", "tpu-vm ssh"]
+# Copy, install, start, follow worker 0's log, the workers' exit statuses; a TPU the
+# run did not create is first asked whether a run is still going (CHECK).
+INSTALL_AND_RUN = ["tpu-vm scp"] + ["tpu-vm ssh"] * 4
+CHECK = ["tpu-vm ssh"]
 
 
 @pytest.mark.parametrize("qr,node", [
@@ -143,14 +156,14 @@ def test_queued_rerun_replaces_a_dead_queued_resource(gcloud, qr, node):
 def test_queued_rerun_waits_for_a_pending_queued_resource(gcloud, qr):
   result, calls = gcloud(*BASE, "--queued", qr=f"{qr} {qr} PROVISIONING ACTIVE")
   assert result.returncode == 0, result.stderr
-  assert verbs_of(calls) == ["tpu-vm describe"] + [QR_DESCRIBE] * 4 + INSTALL_AND_RUN
+  assert verbs_of(calls) == ["tpu-vm describe"] + [QR_DESCRIBE] * 4 + CHECK + INSTALL_AND_RUN
   assert result.stdout.count("waiting for the queued resource grurcn") == 2
 
 
 def test_queued_active_with_a_node_is_reused(gcloud):
   result, calls = gcloud(*BASE, "--queued", qr="ACTIVE", TPU_STATE="READY")
   assert result.returncode == 0, result.stderr
-  assert verbs_of(calls) == ["tpu-vm describe", QR_DESCRIBE] + INSTALL_AND_RUN
+  assert verbs_of(calls) == ["tpu-vm describe", QR_DESCRIBE] + CHECK + INSTALL_AND_RUN
 
 
 def test_queued_fresh_create_waits_until_active(gcloud):
@@ -409,11 +422,87 @@ def test_help_lists_the_synonyms(gcloud):
   assert all(line.startswith("#") for line in result.stdout.splitlines())
 
 
-def test_single_host_may_use_a_local_workdir(gcloud):
+def test_single_host_may_use_a_local_workdir_unless_the_vm_can_be_replaced(gcloud):
   args = [a for a in BASE if not a.startswith(("--workdir", "--accelerator"))]
   result, _ = gcloud(*args, "--accelerator=v4-8", "--workdir=/tmp/run", "--dry-run")
   assert result.returncode == 0, result.stderr
   assert "--distributed" not in result.stdout
+  # A preempted spot or queued VM is deleted and created again, its disk with it.
+  for capacity in ("--spot", "--queued"):
+    result, calls = gcloud(*args, "--accelerator=v4-8", "--workdir=/tmp/run", capacity)
+    assert result.returncode == 2 and calls == []
+    assert "with --spot or --queued a preempted VM is replaced" in result.stderr
+
+
+@pytest.mark.parametrize("accelerator,runtime,hosts", [
+    ("v4-8", "tpu-ubuntu2204-base", 1), ("v4-32", "tpu-ubuntu2204-base", 4),
+    ("v5p-16", "v2-alpha-tpuv5", 2), ("v5litepod-8", "v2-alpha-tpuv5-lite", 1),
+    ("v5litepod-16", "v2-alpha-tpuv5-lite", 4), ("v6e-8", "v2-alpha-tpuv6e", 1),
+    ("v6e-32", "v2-alpha-tpuv6e", 8)])
+def test_each_generation_gets_its_software_version_and_host_count(gcloud, accelerator,
+                                                                 runtime, hosts):
+  args = [a for a in BASE if not a.startswith("--accelerator")]
+  result, _ = gcloud(*args, f"--accelerator={accelerator}", "--dry-run")
+  assert result.returncode == 0, result.stderr
+  assert f"--accelerator-type={accelerator} --version={runtime}" in result.stdout
+  assert ("--distributed" in result.stdout) == (hosts > 1)
+  result, _ = gcloud(*args, f"--accelerator={accelerator}", "--workdir=/tmp/run")
+  assert (result.returncode == 2) == (hosts > 1)
+  if hosts > 1:
+    assert f"a {hosts}-host slice needs a gs:// workdir" in result.stderr
+  given, _ = gcloud(*args, f"--accelerator={accelerator}", "--runtime=mine", "--dry-run")
+  assert f"--version=mine" in given.stdout
+
+
+def test_a_run_still_going_is_followed_not_restarted(gcloud):
+  # Rerunning after a dropped connection: nothing is copied, installed or started
+  # under the running job; its log is followed from its last lines.
+  result, calls = gcloud(*BASE, TPU_STATE="READY", FAKE_RUNNING="4242")
+  assert result.returncode == 0, result.stderr
+  assert [c.split()[3] for c in calls] == ["describe", "ssh", "ssh", "ssh"]
+  assert "A run is still going on grurcn (worker 0, pid 4242)" in result.stdout
+  assert "tail -n 200 -F" in calls[2] and "run.status" in calls[3]
+
+
+def test_a_dropped_connection_or_a_failed_worker_says_what_to_do(gcloud):
+  result, calls = gcloud(*BASE, TPU_STATE="READY", FAKE_DROPPED="1")
+  assert result.returncode == 1
+  assert "lost the connection to worker 0 of grurcn; the run goes on there" in result.stderr
+  assert "run.status" not in calls[-1]
+  result, _ = gcloud(*BASE, TPU_STATE="READY", FAKE_RUN_STATUS="1")
+  assert result.returncode == 1
+  assert "the run ended with an error on a worker" in result.stderr
+  assert "--worker=N --command='tail -n 100 ~/grurcn_jax/run.log'" in result.stderr
+
+
+def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcloud,
+                                                                            tmp_path):
+  """The worker-side commands, run here: start (detached), the running check,
+  following the log until the run ends, and the exit status."""
+  result, calls = gcloud(*BASE, TPU_STATE="READY")
+  commands = [c.split("--command=", 1)[1] for c in calls if " ssh " in c]
+  check, _, start, follow, statuses = commands
+  home = tmp_path / "worker"
+  venv = home / "grurcn_jax" / ".venv" / "bin"
+  venv.mkdir(parents=True)
+  (venv / "python").write_text('#!/bin/bash\necho "main $*"; sleep 1; echo done; '
+                               'exit "${EXIT:-0}"\n')
+  (venv / "python").chmod(0o755)
+  sh = lambda command, **env: subprocess.run(
+      ["bash", "-c", command], capture_output=True, text=True, timeout=30,
+      env={"PATH": os.environ["PATH"], "HOME": str(home), **env})
+  for exit_status in ("0", "3"):
+    started = sh(start, EXIT=exit_status)   # returns at once: the run is detached
+    assert started.returncode == 0, started.stderr
+    assert sh(check).stdout.startswith("RUNNING ")
+    followed = sh(follow)   # ends when the run does
+    assert followed.returncode == 0
+    assert "main --config=configs/ucf101_grurcn.py" in followed.stdout
+    assert followed.stdout.rstrip().endswith("done")
+    assert sh(check).stdout == ""
+    ended = sh(statuses)
+    assert (ended.returncode == 0) == (exit_status == "0")
+    assert ended.stdout.rstrip().endswith(f"exit status {exit_status}")
 
 
 def test_missing_gcloud_is_a_clear_error(tmp_path):
@@ -433,6 +522,24 @@ def test_gpu_launcher_sets_devices_and_memory():
   assert "CUDA_VISIBLE_DEVICES=0,1" in result.stdout
   assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in result.stdout
   assert "+ python -m grurcn_jax.main --config=configs/demo.py --workdir=/tmp/w" in result.stdout
+
+
+def test_gpu_launcher_keeps_the_memory_settings_of_the_environment(tmp_path):
+  env = dict(os.environ, XLA_PYTHON_CLIENT_MEM_FRACTION="0.5",
+             XLA_PYTHON_CLIENT_PREALLOCATE="false")
+  run = lambda *args: subprocess.run(["bash", GPU, *args, "--dry-run"], capture_output=True,
+                                     text=True, cwd=REPO, env=env).stdout
+  assert ("XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 XLA_PYTHON_CLIENT_PREALLOCATE=false"
+          in run())
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.7 " in run("--mem_fraction=0.7")
+  # Where there is no `python` (a bare Ubuntu), python3 runs it.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "python3").symlink_to(sys.executable)
+  bare = subprocess.run([shutil.which("bash"), GPU, "--dry-run"], capture_output=True,
+                        text=True, cwd=REPO, env={"PATH": str(bin_dir)})   # builtins do
+  assert bare.returncode == 0, bare.stderr
+  assert "+ python3 -m grurcn_jax.main" in bare.stdout
 
 
 @pytest.mark.parametrize("form", [["--gpus", "0,1"], ["--gpus=0,1"]])
@@ -506,3 +613,37 @@ def test_a_describe_that_fails_otherwise_than_not_found_changes_nothing(gcloud):
   assert result.returncode == 1
   assert "could not tell the state of grurcn (ERROR: (gcloud) UNAVAILABLE" in result.stderr
   assert [c for c in calls if " describe " not in f" {c} "] == []
+
+
+def test_the_workers_get_the_committed_tree_and_the_launcher_says_so(gcloud, tmp_path):
+  """git archive HEAD is what the workers run: an uncommitted config is refused
+  before anything is created, and other uncommitted changes are warned about."""
+  clone = tmp_path / "clone"
+  subprocess.run(["git", "clone", "-q", "--local", REPO, str(clone)], check=True,
+                 timeout=60)
+  script = clone / "launch" / "tpu.sh"
+  shutil.copy(TPU, script)   # this checkout's launcher, committed there
+  subprocess.run(["git", "-C", str(clone), "-c", "user.name=test", "-c",
+                  "user.email=test@example.com", "commit", "-q", "--allow-empty", "-am",
+                  "the launcher under test"], check=True, timeout=60)
+
+  def launch(*args):
+    env = {"PATH": os.pathsep.join([str(tmp_path / "bin"), "/usr/local/bin", "/usr/bin",
+                                    "/bin"]),
+           "GCLOUD_LOG": str(tmp_path / "clone_gcloud.log"), "HOME": str(tmp_path)}
+    return subprocess.run(["bash", str(script), *BASE, *args, "--dry-run"],
+                          capture_output=True, text=True, cwd=clone, env=env, timeout=30)
+
+  clean = launch()
+  assert clean.returncode == 0, clean.stderr
+  assert "warning" not in clean.stderr
+  assert f"+ git -C {clone} archive" in clean.stdout
+  (clone / "configs" / "mine.py").write_text((clone / "configs" / "demo.py").read_text())
+  untracked = launch("--config=configs/mine.py")
+  assert untracked.returncode == 2
+  assert "configs/mine.py is not committed: the workers get the committed tree" in untracked.stderr
+  with open(clone / "configs" / "demo.py", "a") as f:
+    f.write("\n# an edit\n")
+  dirty = launch()
+  assert dirty.returncode == 0
+  assert "warning: uncommitted changes in" in dirty.stderr
