@@ -44,6 +44,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS, argv=None) -> None:
 
 
 def _initialize_distributed():
+  if not FLAGS.coordinator_address and (FLAGS.num_processes is not None
+                                        or FLAGS.process_id is not None):
+    # Without it each process would run alone as process 0, all in one workdir.
+    raise app.UsageError("--num_processes and --process_id need --coordinator_address "
+                         "(host:port of process 0)")
   import jax
   if FLAGS.distributed and not FLAGS.coordinator_address:
     jax.distributed.initialize()

@@ -11,13 +11,17 @@
 #
 # Options (the rest goes to python -m grurcn_jax.main unchanged):
 #   --gpus=LIST            GPUs to use, e.g. 0 or 0,1,2,3 (default: all visible)
-#   --mem_fraction=F       share of each GPU's memory XLA preallocates (default 0.9)
-#   --no_preallocate       allocate on demand instead (slower; for shared GPUs)
+#   --mem_fraction=F       share of each GPU's memory XLA preallocates (default
+#                          $XLA_PYTHON_CLIENT_MEM_FRACTION, else 0.9)
+#   --no_preallocate       allocate on demand instead (slower; for shared GPUs;
+#                          XLA_PYTHON_CLIENT_PREALLOCATE=false does the same)
 #   --dry-run              print the command and environment, run nothing
 # A value may also be the next word: --gpus 0,1, --mem_fraction 0.5.
 set -euo pipefail
 
-gpus="" mem_fraction="0.9" preallocate="true" dry_run=0
+# Memory settings the environment already has are kept unless an option is given.
+gpus="" mem_fraction="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+preallocate="${XLA_PYTHON_CLIENT_PREALLOCATE:-true}" dry_run=0
 args=()
 die() { echo "gpu.sh: error: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
@@ -46,7 +50,10 @@ export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 # ${a[@]+"${a[@]}"}: an empty array under set -u is an error on bash < 4.4 (macOS).
-command_line=(python -m grurcn_jax.main ${args[@]+"${args[@]}"})
+# python where there is one (a venv, conda), else python3 (a bare Ubuntu has only that).
+python="python"
+command -v python >/dev/null 2>&1 || python="python3"
+command_line=("$python" -m grurcn_jax.main ${args[@]+"${args[@]}"})
 if [[ "$dry_run" -eq 1 ]]; then
   echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<all>} XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction XLA_PYTHON_CLIENT_PREALLOCATE=$preallocate"
   printf '+'; printf ' %q' "${command_line[@]}"; printf '\n'

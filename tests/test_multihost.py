@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 
 import jax
@@ -172,3 +173,15 @@ def test_an_error_anywhere_in_a_run_reaches_the_other_hosts(monkeypatch, tmp_pat
     with pytest.raises(KeyError):   # a bug: its traceback
       main_in_process(f"--workdir={tmp_path}")
     assert failed == ["KeyError: 'video_accuracy'"]
+
+
+def test_process_flags_without_a_coordinator_are_a_usage_error(tmp_path):
+  # Each process would otherwise run alone as process 0, all in one workdir.
+  result = subprocess.run(
+      [sys.executable, "-m", "grurcn_jax.main", "--config=configs/demo.py",
+       f"--workdir={tmp_path}", "--num_processes=2", "--process_id=1"],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 1
+  assert result.stderr.strip().endswith("--num_processes and --process_id need "
+                                        "--coordinator_address (host:port of process 0)")
+  assert not os.listdir(tmp_path)
