@@ -29,6 +29,8 @@
 #   --workdir=DIR          checkpoints and metrics; gs:// required on multi-host,
 #                          with --spot and with --queued (a replaced VM loses its disk)
 #   --data_dir=DIR         feature directory (config.data.dir); gs:// on multi-host
+#   --env=KEY=VALUE        an environment variable for the run on every worker
+#                          (repeatable), e.g. --env=LIBTPU_INIT_ARGS=--xla_tpu_...
 #   --spot                 spot (preemptible) capacity
 #   --queued               create through a queued resource (waits for capacity)
 #   --queued_timeout=SECS  stop waiting for the queued resource after SECS seconds
@@ -44,6 +46,7 @@ set -euo pipefail
 name="" zone="${CLOUDSDK_COMPUTE_ZONE:-}" project="${CLOUDSDK_CORE_PROJECT:-}"
 accelerator="v4-8" runtime="" config="configs/ucf101_grurcn.py"
 workdir="" data_dir="" spot=0 queued=0 delete=0 dry_run=0 queued_timeout=43200
+run_env=()  # KEY=VALUE for the run on the workers (--env); may stay empty
 poll_s="${TPU_QUEUED_POLL_S:-30}"
 extra=()  # may stay empty: expanded as ${extra[@]+"${extra[@]}"}, since an empty
           # "${extra[@]}" under set -u is an error on bash < 4.4 (macOS's /bin/bash)
@@ -77,6 +80,7 @@ while [[ $# -gt 0 ]]; do
     --workdir) var=workdir ;;
     --data_dir) var=data_dir ;;
     --queued_timeout|--queued-timeout) var=queued_timeout ;;
+    --env) var="env" ;;
     --spot|--queued|--delete|--dry-run|--dry_run|--help|-h|--) ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -88,7 +92,12 @@ while [[ $# -gt 0 ]]; do
       value="$2"
       shift
     fi
-    set_opt "$var" "$opt" "$value"
+    if [[ "$var" == env ]]; then
+      [[ "$value" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env=$value: give KEY=VALUE"
+      run_env+=("$value")
+    else
+      set_opt "$var" "$opt" "$value"
+    fi
   else
     [[ "$inline" -eq 0 ]] || die "$opt takes no value: $1"
     case "$opt" in
@@ -195,7 +204,19 @@ state_of() {
   fi
   printf -v "$var" '%s' "$out"
 }
-vm_state() { state_of vm state "${gtpu[@]}"; }  # vm=the TPU VM's state
+# vm=the TPU VM's state; a VM of another accelerator type under this name is an
+# error (reused, it would run this config on another slice, or single-host).
+vm_state() {
+  local type
+  state_of vm "state,acceleratorType" "${gtpu[@]}"
+  type="${vm#*$'\t'}"
+  [[ "$vm" == *$'\t'* ]] || type=""
+  vm="${vm%%$'\t'*}"
+  if [[ -n "$type" && "$type" != "$accelerator" ]]; then
+    fail "TPU $name exists as a $type, not the $accelerator asked for: give" \
+         "--accelerator=$type, another --name, or delete it first (--delete)"
+  fi
+}
 
 # Queued resources (--queued): CREATING, ACCEPTED, WAITING_FOR_RESOURCES and
 # PROVISIONING lead to ACTIVE; FAILED and SUSPENDED (a preempted node) never do.
@@ -339,7 +360,7 @@ if ! py_ok .venv/bin/python; then
   fi;
   rm -rf .venv && "$py" -m venv .venv || exit 1;
 fi;
-.venv/bin/pip install -q -U pip && .venv/bin/pip install -q -U "jax[tpu]" -e .
+.venv/bin/pip install -q -U pip && .venv/bin/pip install -q "jax[tpu]" -e .
 EOF
   install="${install//@PY_TUPLE@/${py_min/./, }}"
   install="${install//@PY_MIN@/$py_min}"
@@ -352,7 +373,9 @@ EOF
   [[ -n "$data_dir" ]] && main_args+=(--config.data.dir="$data_dir")
   [[ "$hosts" -gt 1 ]] && main_args+=(--distributed)
   main_args+=(${extra[@]+"${extra[@]}"})
-  command_line="cd ~/grurcn_jax && .venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); echo \$? > ~/grurcn_jax/run.status"
+  local with_env=""
+  [[ -z ${run_env[*]+x} ]] || with_env="env$(printf ' %q' ${run_env[@]+"${run_env[@]}"}) "
+  command_line="cd ~/grurcn_jax && $with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); echo \$? > ~/grurcn_jax/run.status"
   start="cd ~/grurcn_jax || exit 1; rm -f run.status; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
   run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$start"
 }

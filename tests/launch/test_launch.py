@@ -294,7 +294,9 @@ def worker(gcloud, tmp_path):
   return run, f"{major}.{minor}"
 
 
-PIP = ["pip install -q -U pip", "pip install -q -U jax[tpu] -e ."]
+# jax[tpu] is not upgraded on a worker that has it: a run relaunched on its VM
+# resumes on the jax it began with.
+PIP = ["pip install -q -U pip", "pip install -q jax[tpu] -e ."]
 
 
 @pytest.mark.parametrize("shell", ["bash", "sh"])
@@ -454,6 +456,18 @@ def test_each_generation_gets_its_software_version_and_host_count(gcloud, accele
   assert f"--version=mine" in given.stdout
 
 
+def test_a_tpu_of_another_type_under_the_name_is_an_error(gcloud):
+  result, calls = gcloud(*BASE, TPU_STATE="READY\tv4-8")   # BASE asks for v4-32
+  assert result.returncode == 1
+  assert "TPU grurcn exists as a v4-8, not the v4-32 asked for" in result.stderr
+  assert [c.split()[3] for c in calls] == ["describe"]
+  result, calls = gcloud(*BASE, TPU_STATE="READY\tv4-32")
+  assert result.returncode == 0, result.stderr
+  assert "Reusing TPU grurcn (READY)" in result.stdout
+  bad, calls = gcloud(*BASE, "--env=not an assignment")
+  assert bad.returncode == 2 and "--env=not an assignment: give KEY=VALUE" in bad.stderr
+
+
 def test_a_run_still_going_is_followed_not_restarted(gcloud):
   # Rerunning after a dropped connection: nothing is copied, installed or started
   # under the running job; its log is followed from its last lines.
@@ -479,14 +493,17 @@ def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcl
                                                                             tmp_path):
   """The worker-side commands, run here: start (detached), the running check,
   following the log until the run ends, and the exit status."""
-  result, calls = gcloud(*BASE, TPU_STATE="READY")
+  result, calls = gcloud(*BASE, "--env=LIBTPU_INIT_ARGS=--xla_a=1 --xla_b=2",
+                         "--env", "TPU_STDERR_LOG_LEVEL=0", TPU_STATE="READY")
+  assert result.returncode == 0, result.stderr
   commands = [c.split("--command=", 1)[1] for c in calls if " ssh " in c]
   check, _, start, follow, statuses = commands
   home = tmp_path / "worker"
   venv = home / "grurcn_jax" / ".venv" / "bin"
   venv.mkdir(parents=True)
-  (venv / "python").write_text('#!/bin/bash\necho "main $*"; sleep 1; echo done; '
-                               'exit "${EXIT:-0}"\n')
+  (venv / "python").write_text('#!/bin/bash\necho "main $*"; '
+                               'echo "env [$LIBTPU_INIT_ARGS] [$TPU_STDERR_LOG_LEVEL]"; '
+                               'sleep 1; echo done; exit "${EXIT:-0}"\n')
   (venv / "python").chmod(0o755)
   sh = lambda command, **env: subprocess.run(
       ["bash", "-c", command], capture_output=True, text=True, timeout=30,
@@ -498,6 +515,7 @@ def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcl
     followed = sh(follow)   # ends when the run does
     assert followed.returncode == 0
     assert "main --config=configs/ucf101_grurcn.py" in followed.stdout
+    assert "env [--xla_a=1 --xla_b=2] [0]" in followed.stdout   # --env reached it
     assert followed.stdout.rstrip().endswith("done")
     assert sh(check).stdout == ""
     ended = sh(statuses)
