@@ -302,12 +302,11 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
       frames, indices = video.load()
       frames, _ = network_input(
           video, video_lib.resize_and_crop(frames, settings.image_size, None),
-          indices, settings)
+          indices, settings, at_most=CALIBRATION_FRAMES)
     except VideoDecodeError:
       continue
     if not len(frames):
       continue
-    frames = frames[evenly_spaced(len(frames), CALIBRATION_FRAMES)]
     for level, a in extractor(frames).items():
       samples[level].append(a)
     if len(samples[settings.levels[0]]) >= max_videos:
@@ -326,23 +325,33 @@ def evenly_spaced(count: int, at_most: int) -> np.ndarray:
 
 
 def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
-                  settings: Settings) -> Tuple[np.ndarray, np.ndarray]:
+                  settings: Settings, at_most: Optional[int] = None
+                  ) -> Tuple[np.ndarray, np.ndarray]:
   """What VGG-16 reads, with the source frame index of each: the frames (rgb), or
   (flow) windows of flow_length stacked flows, the flow computed between
   consecutive decoded frames here or imported as stored, a window starting at
-  every flow step --frame_stride selects (at most --max_frames of them)."""
+  every flow step --frame_stride selects (at most --max_frames of them).
+  `at_most`: only that many of them, evenly spaced (calibration). Flow is
+  computed only where a window takes it."""
   if settings.modality != "flow":
     if video.content != "rgb":
       raise ConfigError(f"{video.video_id}: imported flow needs --modality=flow")
+    if at_most:
+      chosen = evenly_spaced(len(frames), at_most)
+      return frames[chosen], indices[chosen]
     return frames, indices
-  if video.content == "rgb":
-    flows = flow_lib.quantize(flow_lib.video_flow(frames, settings.flow),
-                              settings.flow_bound)
-    indices = indices[:-1]          # flow t goes from frame t to frame t+1
-  else:
-    flows = frames
-  keep = _select_indices(len(flows), settings)
-  return flow_lib.stack_windows(flows, settings.flow_length, keep), indices[keep]
+  num_flows = len(frames) - 1 if video.content == "rgb" else len(frames)
+  keep = _select_indices(max(num_flows, 0), settings)
+  if at_most:
+    keep = keep[evenly_spaced(len(keep), at_most)]
+  if video.content != "rgb":
+    return flow_lib.stack_windows(frames, settings.flow_length, keep), indices[keep]
+  steps = np.unique(flow_lib.window_steps(num_flows, settings.flow_length, keep))
+  flows = flow_lib.quantize(flow_lib.video_flow(frames, settings.flow, steps),
+                            settings.flow_bound)
+  # Flow t goes from frame t to frame t+1: its index is frame t's.
+  return (flow_lib.stack_computed(flows, steps, num_flows, settings.flow_length, keep),
+          indices[:-1][keep])
 
 
 def _crop_for(video: Video, settings: Settings):

@@ -74,15 +74,24 @@ def to_gray(frames: np.ndarray) -> np.ndarray:
   return np.clip(np.round(luma), 0, 255).astype(np.uint8)
 
 
-def video_flow(frames: np.ndarray, algorithm: str) -> np.ndarray:
+def video_flow(frames: np.ndarray, algorithm: str,
+               steps: Optional[np.ndarray] = None) -> np.ndarray:
   """Flow between consecutive frames: [N, H, W, 3] RGB uint8 -> [N-1, H, W, 2]
-  float32 pixels (x: rightwards, y: downwards) from frame t to frame t+1."""
+  float32 pixels (x: rightwards, y: downwards) from frame t to frame t+1; with
+  `steps`, only those flows t ([len(steps), H, W, 2]: TV-L1 takes about 0.5 s a
+  flow at 224 px, so the ones no window uses are not computed)."""
   if len(frames) < 2:
     raise VideoDecodeError(f"optical flow needs at least 2 frames; the video has "
                            f"{len(frames)}")
   estimate = _estimator(algorithm)
-  gray = to_gray(frames)
-  return np.stack([estimate(gray[t], gray[t + 1]) for t in range(len(gray) - 1)]
+  steps = np.arange(len(frames) - 1) if steps is None else np.asarray(steps)
+  gray = {}
+
+  def gray_frame(t):
+    if t not in gray:
+      gray[t] = to_gray(frames[t:t + 1])[0]
+    return gray[t]
+  return np.stack([estimate(gray_frame(t), gray_frame(t + 1)) for t in steps]
                   ).astype(np.float32)
 
 
@@ -106,7 +115,22 @@ def stack_windows(flows: np.ndarray, length: int,
   a long video's unused windows are never stacked."""
   n = len(flows)
   starts = np.arange(n) if starts is None else np.asarray(starts)
-  rows = np.minimum(starts[:, None] + np.arange(length)[None, :], n - 1)  # [k, L]
+  return stack_computed(flows, np.arange(n), n, length, starts)
+
+
+def window_steps(num_flows: int, length: int, starts: np.ndarray) -> np.ndarray:
+  """[k, length] flow indices of the windows starting at `starts` (past the end,
+  the last flow)."""
+  return np.minimum(np.asarray(starts)[:, None] + np.arange(length)[None, :],
+                    num_flows - 1)
+
+
+def stack_computed(flows: np.ndarray, steps: np.ndarray, num_flows: int, length: int,
+                   starts: np.ndarray) -> np.ndarray:
+  """`stack_windows` of a video of `num_flows` flows of which only `steps` (sorted)
+  were computed, `flows` holding them in that order; every window's flows must be
+  among them (`window_steps`)."""
+  rows = np.searchsorted(steps, window_steps(num_flows, length, starts))   # [k, L]
   windows = flows[rows]                                                  # [k, L, H, W, 2]
   return np.ascontiguousarray(np.moveaxis(windows, 1, 3).reshape(
       len(starts), *flows.shape[1:3], 2 * length))

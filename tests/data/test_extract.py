@@ -493,3 +493,38 @@ def test_flow_frames_made_elsewhere_import_from_the_tsn_layout(ucf_tree, tmp_pat
   stored = {v.video_id: v.num_frames for s in ("train", "test")
             for v in features.read_videos(out, s)}
   assert stored == {v: len(range(0, n, 2)) for v, n in counts.items()}
+
+
+def test_flow_is_computed_only_where_a_window_takes_it(monkeypatch):
+  """TV-L1 takes about 0.5 s a flow at 224 px: at --frame_stride=10 with windows
+  of 2 flows, 8 of a 40-frame video's 39 flows are needed; calibration needs only
+  its evenly spaced windows' flows."""
+  from grurcn_jax.data import flow as flow_lib
+  frames = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+  indices = np.arange(100, 140)
+  video = extract.Video("v", 0, "train", load=None, estimate_frames=None)
+  settings = extract.Settings(modality="flow", flow="dis", flow_length=2, frame_stride=10)
+  every = flow_lib.quantize(flow_lib.video_flow(frames, "dis"))
+  estimator, computed = flow_lib._estimator, []
+
+  def counting(algorithm):
+    estimate = estimator(algorithm)
+    return lambda a, b: (computed.append(1), estimate(a, b))[1]
+  monkeypatch.setattr(flow_lib, "_estimator", counting)
+  windows, kept = extract.network_input(video, frames, indices, settings)
+  assert len(computed) == 8
+  np.testing.assert_array_equal(windows, flow_lib.stack_windows(every, 2, [0, 10, 20, 30]))
+  np.testing.assert_array_equal(kept, [100, 110, 120, 130])
+  # Windows past the end repeat the last flow, computed once.
+  computed.clear()
+  last = extract.Settings(**{**vars(settings), "frame_stride": 38})
+  windows, _ = extract.network_input(video, frames, indices, last)
+  np.testing.assert_array_equal(windows, flow_lib.stack_windows(every, 2, [0, 38]))
+  assert len(computed) == 3   # flows 0, 1 and 38
+  computed.clear()
+  dense = extract.Settings(**{**vars(settings), "frame_stride": 1})
+  windows, kept = extract.network_input(video, frames, indices, dense, at_most=4)
+  starts = [0, 13, 25, 38]
+  np.testing.assert_array_equal(windows, flow_lib.stack_windows(every, 2, starts))
+  np.testing.assert_array_equal(kept, [100 + s for s in starts])
+  assert len(computed) == 7   # 4 windows of 2 flows, the last one's repeated
