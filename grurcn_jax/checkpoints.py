@@ -10,7 +10,7 @@ anything that must see it).
 import logging
 import signal
 import threading
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -107,14 +107,16 @@ class Checkpoints:
     return {**_flatten(config_validation.schema()), **saved}
 
   def restore(self, abstract_state: Any, contract: Mapping,
-              step: Optional[int] = None, config: Optional[Mapping] = None) -> Any:
+              step: Optional[int] = None, config: Optional[Mapping] = None,
+              state_fields: Sequence[str] = ()) -> Any:
     """Restores `step` (default: newest) into the shapes and shardings of
     `abstract_state` (a pytree of jax.ShapeDtypeStruct), after checking that the
     checkpoint was trained with the config fields of `contract` (e.g. {'model':
     ..., 'data': {'input': ...}}). A field a checkpoint predates counts as its
     default. `config`, the run's whole config, names the settings that differ when
     the saved state has another structure all the same (an optimizer setting that
-    adds or drops optimizer state, say)."""
+    adds or drops optimizer state, say): those of `state_fields` (dotted names)
+    that differ, or where none does, every one that differs."""
     step, differences = self._checked(step, contract)
     try:
       return self._manager.restore(step, args=ocp.args.Composite(
@@ -122,7 +124,11 @@ class Checkpoints:
     except (OSError, ValueError) as e:
       if "do not match" not in str(e):
         raise self._unreadable(step, e) from None
-      differ = differences(config) if config is not None else ""
+      differ = ""
+      if config is not None:
+        flat = _flatten(config)
+        differ = (differences({k: flat[k] for k in state_fields if k in flat})
+                  or differences(config))
       raise CheckpointMismatchError(
           f"the checkpoint at step {step} in {self._manager.directory} holds a train "
           f"state of another structure than this config builds (settings that differ: "

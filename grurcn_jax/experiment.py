@@ -86,7 +86,8 @@ class Experiment:
     """The state of checkpoint `step` (default: newest), after checking that it was
     trained with this model config."""
     return checkpoints.restore(self.abstract_state(), self._contract(), step,
-                               config=self.config.to_dict())
+                               config=self.config.to_dict(),
+                               state_fields=steps.OPTIMIZER_STATE_FIELDS)
 
   def restore_params(self, checkpoints: checkpoints_lib.Checkpoints,
                      step: Optional[int] = None):

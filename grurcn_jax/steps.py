@@ -37,6 +37,13 @@ def learning_rate_schedule(config) -> optax.Schedule:
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
+# Settings that add or drop optimiser state (not the model's: those are checked
+# before a restore): which optimiser, clipping on or off, SGD's weight decay on or
+# off, a frozen captioning encoder.
+OPTIMIZER_STATE_FIELDS = ("optimizer", "grad_clip_norm", "weight_decay",
+                          "caption.freeze_encoder")
+
+
 def create_optimizer(config, frozen: Sequence[str] = ()) -> optax.GradientTransformation:
   """The optimiser; parameters under the top-level keys `frozen` are never changed
   (no update, no weight decay)."""

@@ -66,6 +66,18 @@ def test_a_state_of_another_structure_names_the_settings_that_differ(tmp_path):
   with pytest.raises(CheckpointMismatchError,
                      match=r"another structure .*grad_clip_norm: checkpoint 0.0, config 1.0"):
     manager.restore(bigger, contract, config=config.to_dict())
+  # Settings that cannot shape the state (data.dir, the seed) are left out of the
+  # message where one that can differs; where none does, all that differ are named.
+  config.data.dir, config.seed = "/elsewhere", 7
+  with pytest.raises(CheckpointMismatchError) as named:
+    manager.restore(bigger, contract, config=config.to_dict(),
+                    state_fields=("optimizer", "grad_clip_norm"))
+  assert "(settings that differ: grad_clip_norm: checkpoint 0.0, config 1.0)" in str(
+      named.value)
+  with pytest.raises(CheckpointMismatchError) as named:
+    manager.restore(bigger, contract, config=config.to_dict(), state_fields=("optimizer",))
+  assert "data.dir: checkpoint '', config '/elsewhere'" in str(named.value)
+  assert "seed: checkpoint 0, config 7" in str(named.value)
   manager.close()
 
 
