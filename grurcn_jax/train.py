@@ -48,7 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     state = experiment.init_state()
   start_step = int(state.step)
 
-  writer = writers.metric_writer(workdir, just_logging=not is_chief)
+  writer = writers.metric_writer(workdir, just_logging=not is_chief, start_step=start_step)
   if start_step == 0:
     writer.write_hparams({k: str(v) for k, v in config_validation.flatten(config).items()})
   step_flops = experiment.train_step_flops(config.batch_size)

@@ -22,6 +22,7 @@ import contextlib
 import io
 import json
 import os
+from typing import Optional
 
 from absl import logging
 import jax
@@ -34,8 +35,11 @@ SCORES_FILE = "eval_scores.npz"
 SCALARS_FILE = "scalars.jsonl"
 
 
-def metric_writer(workdir: str, *, just_logging: bool):
-  """clu's default writer, or `ScalarLog` where clu or TensorFlow is missing."""
+def metric_writer(workdir: str, *, just_logging: bool, start_step: Optional[int] = None):
+  """clu's default writer, or `ScalarLog` where clu or TensorFlow is missing.
+  `start_step`: a training run's first step (it resumes there); what an earlier,
+  interrupted writer recorded after it is redone, so ScalarLog drops it
+  (TensorBoard drops such points itself when a run goes back to an earlier step)."""
   try:
     from grurcn_jax import host_tf  # noqa: F401  (TensorFlow set up before clu starts it)
     from clu import metric_writers
@@ -43,7 +47,7 @@ def metric_writer(workdir: str, *, just_logging: bool):
     if not just_logging:
       logging.warning("No TensorBoard files (clu needs TensorFlow: %s); scalars go to "
                       "the log and %s", e, os.path.join(workdir, SCALARS_FILE))
-    return ScalarLog(workdir, just_logging=just_logging)
+    return ScalarLog(workdir, just_logging=just_logging, start_step=start_step)
   return metric_writers.create_default_writer(workdir, just_logging=just_logging)
 
 
@@ -52,8 +56,27 @@ class ScalarLog:
   `just_logging`, scalars appended to workdir/scalars.jsonl as {"step": s, name:
   value, ...} (hyperparameters as {"hparams": {...}})."""
 
-  def __init__(self, workdir: str, *, just_logging: bool):
+  def __init__(self, workdir: str, *, just_logging: bool,
+               start_step: Optional[int] = None):
     self._path = None if just_logging else os.path.join(workdir, SCALARS_FILE)
+    if self._path is not None and start_step is not None and files.exists(self._path):
+      self._keep_up_to(start_step)
+
+  def _keep_up_to(self, step: int) -> None:
+    """Drops the records of steps after `step` (and, from step 0, the
+    hyperparameters too): the steps a resumed run takes again would be there twice."""
+    with files.open_file(self._path) as f:
+      lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue   # a line cut off by the kill
+      if ("hparams" in record and step > 0) or record.get("step", step + 1) <= step:
+        kept.append(json.dumps(record) + "\n")
+    data = "".join(kept).encode()
+    files.write_atomically(self._path, lambda tmp: files.write_bytes(tmp, data))
 
   def _append(self, record) -> None:
     if self._path is None:

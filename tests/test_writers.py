@@ -93,3 +93,29 @@ def test_scalar_log_is_the_writer_without_clu(tmp_path):
   # Other hosts only log.
   writers.ScalarLog(str(tmp_path / "other"), just_logging=True).write_scalars(1, {"x": 1.0})
   assert not (tmp_path / "other").exists()
+
+
+def test_a_resumed_run_replaces_the_scalars_logged_after_its_checkpoint(tmp_path):
+  """Without clu: steps logged after the checkpoint a killed run resumes from are
+  trained and logged again; scalars.jsonl would hold them twice."""
+  path = tmp_path / writers.SCALARS_FILE
+
+  def write_killed_run():
+    records = [{"hparams": {"seed": "0"}}] + [{"step": s, "train/loss": 1.0 / s}
+                                              for s in range(1, 6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "tr')
+
+  def steps():
+    return [json.loads(line).get("step", "hparams") for line in path.read_text().splitlines()]
+
+  write_killed_run()
+  writers.ScalarLog(str(tmp_path), just_logging=False, start_step=3)
+  assert steps() == ["hparams", 1, 2, 3]
+  write_killed_run()   # killed before its first checkpoint: it starts again at 0
+  writers.ScalarLog(str(tmp_path), just_logging=False, start_step=0)
+  assert steps() == []
+  write_killed_run()   # other hosts, and evaluations' writers, leave it alone
+  before = path.read_text()
+  writers.ScalarLog(str(tmp_path), just_logging=True, start_step=3)
+  writers.ScalarLog(str(tmp_path), just_logging=False)
+  assert path.read_text() == before
