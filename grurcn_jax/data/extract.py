@@ -39,6 +39,9 @@ from grurcn_jax.data import msvd, ucf101, video as video_lib
 from grurcn_jax.errors import ConfigError, SplitFileError, VideoDecodeError
 
 SOURCES = ("ucf101", "folders", "tfds", "msvd", "flow_frames")
+# Sources whose listing is in a shuffled order already (tfds shuffles a split when
+# it prepares it), which extraction keeps: their videos are read in that order.
+SHUFFLED_SOURCES = ("tfds",)
 # Bytes of a shard's table per video (id, label, rows) and per frame (its source
 # frame index): generous.
 _RECORD_OVERHEAD = 200
@@ -380,9 +383,11 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 
   shapes = level_shapes(settings)
   # Shards get videos in hashed order: real datasets are listed class by class, and
-  # shards of one class each would make any subset of shards a biased sample.
+  # shards of one class each would make any subset of shards a biased sample. A
+  # source listed shuffled already (tfds) keeps its order: it is read forward.
   splits: Dict[str, List[Video]] = {}
-  for v in sorted(videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id)):
+  for v in (videos if source in SHUFFLED_SOURCES else sorted(
+      videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id))):
     splits.setdefault(v.split, []).append(v)
   record = {**settings.record(), "source": source, "video_lists": _video_lists(splits)}
   if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
@@ -557,6 +562,17 @@ def flow_frames_videos(entries, settings: Settings) -> List[Video]:
           for e in entries]
 
 
+def _tfds_examples(builder, split: str):
+  """The examples of `split` (a slice too), videos encoded, in the order of the
+  split's indices. tfds otherwise interleaves its files 16 examples at a time, so
+  the i-th example read was not example i of a slice: a listing's labels went to
+  other videos' frames."""
+  import tensorflow_datasets as tfds
+  return iter(tfds.as_numpy(builder.as_dataset(
+      split=split, shuffle_files=False, decoders={"video": tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(interleave_cycle_length=1))))
+
+
 class _ForwardReader:
   """A split's examples, encoded, read forward from where the last one was. A
   `split[i:i+1]` slice per video re-read its tfds shard from the start up to the
@@ -570,11 +586,8 @@ class _ForwardReader:
     self._examples, self._next = None, 0
 
   def example(self, index: int):
-    import tensorflow_datasets as tfds
     if self._examples is None or index != self._next:
-      self._examples = iter(tfds.as_numpy(self._builder.as_dataset(
-          split=f"{self._split}[{index}:]", shuffle_files=False,
-          decoders={"video": tfds.decode.SkipDecoding()})))
+      self._examples = _tfds_examples(self._builder, f"{self._split}[{index}:]")
       self._next = index
     self._next += 1
     return next(self._examples)
@@ -602,9 +615,7 @@ def tfds_videos(name: str, data_dir: Optional[str], settings: Settings):
 
   videos = []
   for split in ("train", "test"):
-    listing = builder.as_dataset(split=split, shuffle_files=False,
-                                 decoders={"video": tfds.decode.SkipDecoding()})
-    for i, example in enumerate(tfds.as_numpy(listing)):
+    for i, example in enumerate(_tfds_examples(builder, split)):
       count = len(example["video"])   # encoded frames: nothing decoded
       videos.append(Video(f"{split}/{i:06d}", int(example["label"]), split,
                           load=lambda s=split, i=i: load(s, i),
@@ -776,6 +787,9 @@ def run(values: flags.FlagValues = FLAGS) -> Summary:
           values.videos, values.captions, values.mapping, _split_sizes(values))
     elif values.source in ("ucf101", "flow_frames"):
       class_names, entries = ucf101.ucf101_entries(values.videos, values.splits, values.split)
+      if not entries:
+        raise SplitFileError(f"the split files in {values.splits} list no videos for "
+                             f"--split={values.split}")
       if values.source == "ucf101" and not any(os.path.exists(e.path) for e in entries):
         raise SplitFileError(
             f"none of the {len(entries)} videos the split files list is under "

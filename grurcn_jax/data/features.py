@@ -324,9 +324,11 @@ def unfinished(metadata: Mapping, split: str) -> Optional[str]:
   written, failed = entries.get("num_videos", 0), len(entries.get("failed", []))
   if written + failed >= listed["num_videos"]:
     return None
+  work = ("conversion" if "converted_from" in metadata.get("extraction", {})
+          else "extraction")
   return (f"split {split!r} holds {written} of the {listed['num_videos']} videos its "
           f"extraction listed{f' ({failed} undecodable)' if failed else ''}: the "
-          f"extraction is still running or was stopped; rerun the same command to "
+          f"{work} is still running or was stopped; rerun the same command to "
           f"finish it (it resumes)")
 
 

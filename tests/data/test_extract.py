@@ -249,6 +249,8 @@ def test_an_unfinished_extraction_is_refused_until_it_is_finished(tmp_path, monk
       f"to finish it (it resumes)")
   assert f"holds 0 of the {listed[other]['num_videos']} videos" in features.unfinished(
       metadata, other)
+  converting = dict(metadata, extraction=dict(metadata["extraction"], converted_from="/x"))
+  assert "the conversion is still running" in features.unfinished(converting, done)
   config = tiny_config(out)
   config.model.levels, config.model.hidden = ("pool2",), (4,)
   with pytest.raises(FeatureFormatError, match=f"^{re.escape(out)}: split 'train' holds "):
@@ -385,6 +387,15 @@ def test_split_files_naming_no_video_under_videos_is_a_clear_error(ucf_tree, tmp
     extract.run(parsed(*COMMON, f"--videos={os.path.dirname(videos)}", f"--splits={splits}",
                        f"--out={tmp_path / 'x'}"))
   assert not os.path.exists(tmp_path / "x")
+  empty = tmp_path / "empty_splits"
+  empty.mkdir()
+  (empty / "classInd.txt").write_text("1 JumpRope\n")
+  (empty / "trainlist01.txt").write_text("")
+  (empty / "testlist01.txt").write_text("")
+  with pytest.raises(SplitFileError, match=r"the split files in .* list no videos for "
+                                           r"--split=1"):
+    extract.run(parsed(*COMMON, f"--videos={videos}", f"--splits={empty}",
+                       f"--out={tmp_path / 'x'}"))
 
 
 def test_long_videos_are_calibrated_on_some_frames_and_normalised_batch_by_batch():
