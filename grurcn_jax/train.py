@@ -154,12 +154,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def _evaluation_missed(start_step: int, config, workdir: str) -> bool:
   """Whether a run resuming at `start_step`, an eval step before the last, lacks
-  that step's evaluation; process 0 reads the workdir and every host is told (the
-  evaluation is collective)."""
+  that step's evaluation: the workdir's last one is older (a later one stands: the
+  run resumes from an older checkpoint than its last evaluation). Process 0 reads
+  the workdir and every host is told (the evaluation is collective)."""
   if not (0 < start_step < config.num_train_steps
           and start_step % config.eval_every_steps == 0):
     return False
-  missed = writers.evaluated_step(workdir) != start_step
+  missed = False
+  if jax.process_index() == 0:
+    evaluated = writers.evaluated_step(workdir)
+    missed = evaluated is None or evaluated < start_step
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))

@@ -138,9 +138,10 @@ def evaluated_step(workdir: str):
   or None: none, or a file that cannot be read."""
   path = os.path.join(workdir, METRICS_FILE)
   try:
-    with files.open_file(path) as f:
-      step = json.load(f).get("step")
-  except (OSError, ValueError, AttributeError):
+    if not files.exists(path):
+      return None
+    step = json.loads(files.read_bytes(path)).get("step")
+  except Exception:  # noqa: BLE001 (gs:// raises TensorFlow's errors, not OSError)
     return None
   return step if isinstance(step, int) else None
 

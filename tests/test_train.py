@@ -431,13 +431,18 @@ def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tm
   assert evaluated == []
   train.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [3, 6]   # as the uninterrupted run
-  # A resume at an eval step whose evaluation is written does not repeat it.
+  # A resume at an eval step whose evaluation, or a later one, is written does not
+  # repeat it (the newest checkpoint moved away: the run goes back to step 3).
   shutil.rmtree(tmp_path / "checkpoints" / "6")
   evaluated.clear()
+  train.train_and_evaluate(config, str(tmp_path))   # eval_metrics.json: step 6
+  assert evaluated == [6]
+  shutil.rmtree(tmp_path / "checkpoints" / "6")
   with open(tmp_path / "eval_metrics.json") as f:
     metrics = json.load(f)
   with open(tmp_path / "eval_metrics.json", "w") as f:
     json.dump(dict(metrics, step=3), f)
+  evaluated.clear()
   train.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [6]
 

@@ -119,3 +119,17 @@ def test_a_resumed_run_replaces_the_scalars_logged_after_its_checkpoint(tmp_path
   writers.ScalarLog(str(tmp_path), just_logging=True, start_step=3)
   writers.ScalarLog(str(tmp_path), just_logging=False)
   assert path.read_text() == before
+
+
+def test_the_evaluated_step_is_none_where_no_evaluation_can_be_read(tmp_path, monkeypatch):
+  assert writers.evaluated_step(str(tmp_path)) is None
+  (tmp_path / writers.METRICS_FILE).write_text(json.dumps({"step": 3000, "loss": 1.0}))
+  assert writers.evaluated_step(str(tmp_path)) == 3000
+
+  class NotFoundError(Exception):   # tf.errors' are not OSErrors (gs:// workdirs)
+    pass
+
+  def failing(path):
+    raise NotFoundError(path)
+  monkeypatch.setattr(writers.files, "read_bytes", failing)
+  assert writers.evaluated_step(str(tmp_path)) is None
