@@ -184,10 +184,10 @@ class Checkpoints:
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return CheckpointReadError(
         f"the checkpoint at step {step} in {self._manager.directory} cannot be read "
-        f"({type(error).__name__}: {reason[:300]}): its files are damaged or partly "
-        f"deleted. Other steps there: {others or 'none'}; move step {step}'s "
-        f"directory away to resume from the newest of them, or evaluate one with "
-        f"--eval_step")
+        f"({type(error).__name__}: {reason[:300]}). If the storage was unreachable, "
+        f"run again; if its files are damaged or partly deleted (a copy cut short), "
+        f"move step {step}'s directory away to resume from the newest of the others "
+        f"there ({others or 'none'}), or evaluate one with --eval_step")
 
   def close(self) -> None:
     self._manager.wait_until_finished()

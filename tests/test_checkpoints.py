@@ -127,8 +127,8 @@ def test_a_damaged_checkpoint_is_one_error_naming_the_other_steps(tmp_path, dama
   manager = checkpoints.Checkpoints(str(tmp_path))
   contract = {"model": config["model"], "data": {"input": "features"}}
   with pytest.raises(CheckpointReadError, match=r"the checkpoint at step 2 in .* cannot be "
-                                                r"read \(.*\): its files are damaged .* "
-                                                r"Other steps there: \[1\]"):
+                                                r"read \(.*\)\. If the storage .* damaged "
+                                                r".* the others there \(\[1\]\)"):
     manager.restore(target(), contract, step=2)
   state = manager.restore(target(), contract, step=1)
   np.testing.assert_array_equal(jax.device_get(state["w"]), [0.0, 1.0, 2.0])

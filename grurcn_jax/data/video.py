@@ -56,7 +56,7 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
   indices [N]. A video whose data breaks off keeps the frames decoded before the
   break (with a warning); one with none is a VideoDecodeError."""
   frames, indices = [], []
-  start_s = None
+  start_s, decoded = None, 0
   selection = FrameSelection(frame_stride=frame_stride, fps=fps)
   try:
     with av.open(path) as container:
@@ -65,6 +65,7 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
         raise VideoDecodeError(f"{path}: no video stream")
       try:
         for index, frame in enumerate(container.decode(stream)):
+          decoded = index + 1
           time_s = float(frame.time) if frame.time is not None else index / float(
               stream.average_rate or 25)
           # Time since the first frame: a stream may start at any time (--fps on
@@ -78,8 +79,8 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
       except _DECODE_ERRORS as e:
         if not frames:
           raise
-        logging.warning("%s: decoding broke off after frame %d (%s); its %d frames "
-                        "before that are kept", path, indices[-1], e, len(frames))
+        logging.warning("%s: decoding broke off after %d frames (%s); the %d selected "
+                        "among them are kept", path, decoded, e, len(frames))
   except _DECODE_ERRORS as e:
     raise VideoDecodeError(f"{path}: {e}") from None
   if not frames:
