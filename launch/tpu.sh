@@ -324,13 +324,20 @@ fi
 # not create may still be running one: then nothing is installed or started under
 # it, and this script follows it instead.
 running=""
+# A worker runs it while run.pid names a live process of this package's run (after
+# a reboot the number may belong to another process).
 # shellcheck disable=SC2016  # expanded on the worker
-check_running='cd ~/grurcn_jax 2>/dev/null && [ -f run.pid ] && kill -0 "$(cat run.pid)" 2>/dev/null && echo "RUNNING $(cat run.pid)"; true'
+check_running='cd ~/grurcn_jax 2>/dev/null && [ -f run.pid ] && ps -o args= -p "$(cat run.pid)" 2>/dev/null | grep -q grurcn_jax.main && echo "RUNNING $(hostname) $(cat run.pid)"; true'
 if [[ "$created" -eq 0 ]]; then
   if [[ "$dry_run" -eq 0 ]]; then
-    running=$("${gtpu[@]}" ssh "$name" "${where[@]}" --worker=0 --command="$check_running" | grep '^RUNNING' || true)
+    # Every worker is asked; one that cannot be reached stops the script (taken as
+    # "not running", it would have a second run started over the first).
+    checked=$("${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$check_running") ||
+      fail "could not ask every worker of $name whether a run is still going; nothing" \
+           "was changed: run the same command again"
+    running=$(grep '^RUNNING' <<< "$checked" | head -n 1 || true)
   else
-    run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=0 --command="$check_running"
+    run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$check_running"
   fi
 fi
 
@@ -376,12 +383,14 @@ EOF
   local with_env=""
   [[ -z ${run_env[*]+x} ]] || with_env="env$(printf ' %q' ${run_env[@]+"${run_env[@]}"}) "
   command_line="cd ~/grurcn_jax && $with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); echo \$? > ~/grurcn_jax/run.status"
-  start="cd ~/grurcn_jax || exit 1; rm -f run.status; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
+  # An earlier run's log is kept beside it, not overwritten.
+  start="cd ~/grurcn_jax || exit 1; rm -f run.status; [ ! -f run.log ] || mv run.log run.\$(date +%Y%m%d-%H%M%S).log; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
   run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$start"
 }
 
 if [[ -n "$running" ]]; then
-  echo "A run is still going on $name (worker 0, pid ${running#RUNNING }): following it; nothing is installed or started"
+  read -r _ host pid <<< "$running"
+  echo "A run is still going on $name ($host, pid $pid): following worker 0's log; nothing is installed or started"
 else
   install_and_start
 fi

@@ -33,7 +33,9 @@ case "$*" in
     printf '%s\\n' ${QR_AFTER_CREATE:-ACTIVE} > "$QR_FILE"; exit 0 ;;
   "compute tpus queued-resources delete "*) rm -f "$QR_FILE"; exit 0 ;;
   *" describe "*) [ -n "${TPU_STATE:-}" ] && echo "$TPU_STATE" && exit 0; missing nodes ;;
-  *" ssh "*"kill -0"*) [ -n "${FAKE_RUNNING:-}" ] && echo "RUNNING $FAKE_RUNNING"; exit 0 ;;
+  *" ssh "*"ps -o args"*)
+    [ -z "${FAKE_RUNNING:-}" ] || echo "RUNNING t1v-worker-0 $FAKE_RUNNING"
+    exit "${FAKE_CHECK_STATUS:-0}" ;;
   *" ssh "*"tail -n"*) [ -z "${FAKE_DROPPED:-}" ] || exit 255; exit 0 ;;
   *" ssh "*"exit status"*) exit "${FAKE_RUN_STATUS:-0}" ;;
 esac
@@ -104,7 +106,7 @@ def test_create_install_run_and_delete(gcloud):
   # no run is still going there.
   result, calls = gcloud(*BASE, TPU_STATE="READY")
   assert [c.split()[3] for c in calls] == ["describe", "ssh", "scp", "ssh", "ssh", "ssh", "ssh"]
-  assert "--worker=0" in calls[1] and "kill -0" in calls[1]
+  assert "--worker=all" in calls[1] and "ps -o args" in calls[1]
   # A preempted spot VM is replaced.
   result, calls = gcloud(*BASE, TPU_STATE="PREEMPTED")
   assert [c.split()[3] for c in calls] == ["describe", "delete", "create", "scp", "ssh",
@@ -474,8 +476,13 @@ def test_a_run_still_going_is_followed_not_restarted(gcloud):
   result, calls = gcloud(*BASE, TPU_STATE="READY", FAKE_RUNNING="4242")
   assert result.returncode == 0, result.stderr
   assert [c.split()[3] for c in calls] == ["describe", "ssh", "ssh", "ssh"]
-  assert "A run is still going on grurcn (worker 0, pid 4242)" in result.stdout
+  assert "A run is still going on grurcn (t1v-worker-0, pid 4242)" in result.stdout
   assert "tail -n 200 -F" in calls[2] and "run.status" in calls[3]
+  # A worker that cannot be asked is not taken as idle: nothing is started.
+  result, calls = gcloud(*BASE, TPU_STATE="READY", FAKE_CHECK_STATUS="255")
+  assert result.returncode == 1
+  assert "could not ask every worker of grurcn whether a run is still going" in result.stderr
+  assert [c.split()[3] for c in calls] == ["describe", "ssh"]
 
 
 def test_a_dropped_connection_or_a_failed_worker_says_what_to_do(gcloud):
@@ -508,10 +515,14 @@ def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcl
   sh = lambda command, **env: subprocess.run(
       ["bash", "-c", command], capture_output=True, text=True, timeout=30,
       env={"PATH": os.environ["PATH"], "HOME": str(home), **env})
+  # A run.pid left by a run before a reboot may name another live process.
+  (home / "grurcn_jax" / "run.pid").write_text(f"{os.getpid()}\n")
+  assert sh(check).stdout == ""
   for exit_status in ("0", "3"):
     started = sh(start, EXIT=exit_status)   # returns at once: the run is detached
     assert started.returncode == 0, started.stderr
     assert sh(check).stdout.startswith("RUNNING ")
+    assert len(list(home.glob("grurcn_jax/run.*.log"))) == (exit_status == "3")   # kept
     followed = sh(follow)   # ends when the run does
     assert followed.returncode == 0
     assert "main --config=configs/ucf101_grurcn.py" in followed.stdout
