@@ -575,11 +575,10 @@ def _tfds_examples(builder, split: str):
 
 class _ForwardReader:
   """A split's examples, encoded, read forward from where the last one was. A
-  `split[i:i+1]` slice per video re-read its tfds shard from the start up to the
-  example (quadratic in the shard's size: UCF-101's train split read ~50 times
-  over); extraction loads a split's videos in order, so here each is the next
-  record. Asking for any other example (a resumed run's first video, the
-  calibration sample) starts a read at it."""
+  `split[i:i+1]` slice per video re-read its tfds file from the start up to the
+  example (quadratic in the file's size); extraction loads a tfds split's videos
+  in order (`SHUFFLED_SOURCES`), so here each is the next record. Asking for any
+  other example (a resumed run's first video) starts a read at it."""
 
   def __init__(self, builder, split: str):
     self._builder, self._split = builder, split
