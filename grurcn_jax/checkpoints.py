@@ -272,6 +272,12 @@ class Preemption:
     del signum, frame
     self._requested = True
 
+  @property
+  def requested(self) -> bool:
+    """A SIGTERM has come, in a single-process run (several processes learn of it
+    together, at a step: `reached`). Asked between evaluation batches."""
+    return self._requested
+
   def reached(self, step: int) -> bool:
     """Call once per step, on every host, with increasing steps."""
     if jax.process_count() > 1:

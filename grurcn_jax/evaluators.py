@@ -41,6 +41,11 @@ from grurcn_jax.experiment import Experiment
 from grurcn_jax.models import classification_loss
 
 
+class EvaluationStopped(Exception):
+  """An evaluation given up between batches because `should_stop` said so (a
+  preemption notice during it)."""
+
+
 @dataclasses.dataclass
 class EvalResult:
   """What an evaluation found; the same on every host."""
@@ -78,14 +83,15 @@ class ClassificationEvaluator:
         config.data, config.data.eval_split, self._inputs))
     self._step = _make_eval_step(experiment)
 
-  def evaluate(self, params, step: int) -> EvalResult:
+  def evaluate(self, params, step: int, should_stop=None) -> EvalResult:
+    """`should_stop()`, asked between batches: True gives up (EvaluationStopped)."""
     config = self.experiment.config
     batches = self._loader.eval_batches(config.data, batch_size=self._host_batch,
                                         levels=self._inputs,
                                         process_index=jax.process_index(),
                                         process_count=jax.process_count())
     chunks = run_over_batches(self._step, params, batches, self.experiment.mesh,
-                              _eval_prefetch(config))
+                              _eval_prefetch(config), should_stop=should_stop)
     outputs = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
     valid = outputs["mask"] > 0
     outputs = {k: v[valid] for k, v in outputs.items()}
@@ -119,13 +125,16 @@ PROGRESS_EVERY_S = 30.0
 
 
 def run_over_batches(step, params, host_batches, mesh, prefetch: int, *,
-                     progress_every_s: float = PROGRESS_EVERY_S) -> List[Any]:
+                     progress_every_s: float = PROGRESS_EVERY_S,
+                     should_stop=None) -> List[Any]:
   """`step(params, global batch)` of every host batch, fetched to the host one step
   behind: the next batches travel to the devices (`prefetch`, as in training) and
   the next step is dispatched before an output is waited for, so the devices do
   not idle while a batch is read, copied or an output comes back. Every
   `progress_every_s` a line says how far it is (UCF-101's test split at 25 clips
-  a video is about 95,000 clips: minutes)."""
+  a video is about 95,000 clips: minutes). `should_stop()`, asked before each
+  batch, gives up with EvaluationStopped when True: a preemption's grace (about
+  30 s on Cloud) is shorter than such an evaluation."""
   total = getattr(host_batches, "num_batches", None)
   in_flight = collections.deque()
   outputs = []
@@ -143,6 +152,8 @@ def run_over_batches(step, params, host_batches, mesh, prefetch: int, *,
                    f"/{total}" if total else "", rate, eta)
 
   for batch in sharding.prefetch_to_device(host_batches, mesh, prefetch):
+    if should_stop is not None and should_stop():
+      raise EvaluationStopped(f"stopped after {len(outputs) + len(in_flight)} batches")
     in_flight.append(step(params, batch))
     if len(in_flight) > 1:
       fetch_oldest()
@@ -263,14 +274,15 @@ class CaptioningEvaluator:
         config.data, config.data.eval_split, self._inputs))
     self._decode = _make_decode_step(experiment)
 
-  def evaluate(self, params, step: int) -> EvalResult:
+  def evaluate(self, params, step: int, should_stop=None) -> EvalResult:
+    """`should_stop()`, asked between batches: True gives up (EvaluationStopped)."""
     config = self.experiment.config
     batches = self._loader.caption_eval_batches(
         config.data, segments=config.caption.segments, batch_size=self._host_batch,
         levels=self._inputs, process_index=jax.process_index(),
         process_count=jax.process_count())
     chunks = run_over_batches(self._decode, params, batches, self.experiment.mesh,
-                              _eval_prefetch(config))
+                              _eval_prefetch(config), should_stop=should_stop)
     tokens = np.concatenate([c["tokens"] for c in chunks])
     video_index = np.concatenate([c["video_index"] for c in chunks])
     valid = np.concatenate([c["mask"] for c in chunks]) > 0

@@ -143,7 +143,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         raise TrainingError(f"stopped by SIGTERM at step {step}; the checkpoint is "
                             f"saved: run the same command again to resume")
       if run_eval:
-        eval_metrics = _evaluate(evaluator, state, workdir, writer)
+        try:
+          eval_metrics = _evaluate(evaluator, state, workdir, writer,
+                                   should_stop=lambda: preemption.requested)
+        except evaluators.EvaluationStopped:
+          # A SIGTERM during the evaluation: save (if this step was not) and stop
+          # now; the resumed run evaluates this step first (_evaluation_missed).
+          if not save:
+            checkpoints.save(step, state, config.to_dict())
+          checkpoints.close()
+          raise TrainingError(f"stopped by SIGTERM during the evaluation of step "
+                              f"{step}; the checkpoint is saved: run the same command "
+                              f"again to resume (it evaluates step {step} first)") from None
       segment_start = time.time()
   if eval_metrics is None:  # resumed at the end: evaluate what is there
     with writers.flushing(writer):
@@ -198,8 +209,8 @@ def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict)
                     "not those of an uninterrupted run", "; ".join(changed))
 
 
-def _evaluate(evaluator, state, workdir, writer) -> Dict[str, Any]:
-  result = evaluator.evaluate(state.params, int(state.step))
+def _evaluate(evaluator, state, workdir, writer, should_stop=None) -> Dict[str, Any]:
+  result = evaluator.evaluate(state.params, int(state.step), should_stop=should_stop)
   writers.write_eval(workdir, result, writer)
   logging.info("eval: %s", result.summary)
   return result.metrics

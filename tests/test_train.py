@@ -420,8 +420,8 @@ def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tm
                        eval_every_steps=3, log_every_steps=3)
   evaluated = []
   evaluate = train._evaluate
-  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args: (
-      evaluated.append(int(state.step)), evaluate(evaluator, state, *args))[1])
+  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args, **kwargs: (
+      evaluated.append(int(state.step)), evaluate(evaluator, state, *args, **kwargs))[1])
   reached = checkpoints_lib.Preemption.reached
   with monkeypatch.context() as patch:
     patch.setattr(checkpoints_lib.Preemption, "reached",
@@ -445,6 +445,34 @@ def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tm
   evaluated.clear()
   train.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [6]
+
+
+def test_a_sigterm_during_an_evaluation_saves_and_stops_at_once(data_dir, tmp_path,
+                                                                monkeypatch):
+  # A preemption's grace (about 30 s on Cloud) is shorter than a long evaluation:
+  # the notice stops it between batches; step 3 is saved although checkpoints come
+  # every 6 steps, and the resumed run evaluates it first.
+  from grurcn_jax import evaluators
+  config = tiny_config(data_dir, num_train_steps=6, checkpoint_every_steps=6,
+                       eval_every_steps=3, log_every_steps=3)
+  run, steps_run = evaluators.run_over_batches, []
+
+  def notice_as_it_starts(step, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)   # handled by the training loop (one process)
+    counted = lambda params, batch: (steps_run.append(1), step(params, batch))[1]
+    return run(counted, *args, **kwargs)
+  with monkeypatch.context() as patch:
+    patch.setattr(evaluators, "run_over_batches", notice_as_it_starts)
+    with pytest.raises(TrainingError, match="stopped by SIGTERM during the evaluation "
+                                            "of step 3; the checkpoint is saved"):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert steps_run == [] and not (tmp_path / "eval_metrics.json").exists()
+  assert os.listdir(tmp_path / "checkpoints") == ["3"]
+  evaluated, evaluate = [], train._evaluate
+  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args, **kwargs: (
+      evaluated.append(int(state.step)), evaluate(evaluator, state, *args, **kwargs))[1])
+  train.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6]
 
 
 # -- captioning: the same loop, the task's model, batches and evaluator ----------
