@@ -4,8 +4,8 @@
 
 The model config must be the one the checkpoint was trained with (checked before
 anything is restored); only the parameters are read, so settings of how to train
-(optimiser, clipping) need not match. Results go to DIR/eval/{split}_step{N}/ (`results_dir`),
-not to the workdir's own files: those are the training run's last evaluation,
+(optimiser, clipping) need not match. Results go to DIR/eval/{split}_step{N}/
+(`results_dir`), not to the workdir's own files: those are the training run's last evaluation,
 and an older step, or another split (MSVD's test clips after validating on its
 val clips), must not replace them. What is written: see `writers.py`
 (eval_metrics.json and, for classification, eval_scores.npz and

@@ -17,6 +17,21 @@ def absolute(path: str) -> str:
   return os.path.abspath(os.path.expanduser(path)) if is_local(path) else path
 
 
+def ensure_directory(path: str, name: str) -> None:
+  """Creates the local directory `path` unless it is there; a file in its place,
+  or one that cannot be created, is a ConfigError naming `name` (the flag that
+  gave it). A remote one is left to its writers."""
+  from grurcn_jax.errors import ConfigError
+  if not is_local(path):
+    return
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"{name} {path} is a file, not a directory")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{name} {path} cannot be created: {e.strerror or e}") from None
+
+
 def _gfile():
   from grurcn_jax.host_tf import tf
   return tf.io.gfile

@@ -126,21 +126,10 @@ def _workdir(given: str, mode: str) -> str:
   if not given.strip():
     raise ConfigError("--workdir is empty: give the run's directory")
   workdir = files.absolute(given)
-  if not files.is_local(workdir):
-    return workdir
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ConfigError(f"--workdir {workdir} is a file, not a directory")
-  if mode == "eval":
-    if not os.path.isdir(workdir):
-      raise ConfigError(f"--workdir {workdir} does not exist: --mode=eval evaluates "
-                        f"the checkpoints of a run there")
-    return workdir
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as e:
-    raise ConfigError(f"--workdir {workdir} cannot be created: {e.strerror}") from None
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ConfigError(f"--workdir {workdir} is not writable")
+  if mode == "eval" and files.is_local(workdir) and not os.path.exists(workdir):
+    raise ConfigError(f"--workdir {workdir} does not exist: --mode=eval evaluates "
+                      f"the checkpoints of a run there")
+  files.ensure_directory(workdir, "--workdir")
   return workdir
 
 

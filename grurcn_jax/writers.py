@@ -65,16 +65,15 @@ class ScalarLog:
   def _keep_up_to(self, step: int) -> None:
     """Drops the records of steps after `step` (and, from step 0, the
     hyperparameters too): the steps a resumed run takes again would be there twice."""
-    with files.open_file(self._path) as f:
-      lines = f.read().splitlines()
     kept = []
-    for line in lines:
+    for line in files.read_bytes(self._path).decode().splitlines():
       try:
         record = json.loads(line)
       except ValueError:
         continue   # a line cut off by the kill
-      if ("hparams" in record and step > 0) or record.get("step", step + 1) <= step:
-        kept.append(json.dumps(record) + "\n")
+      # Hyperparameters (no step) are written again by a run that starts at 0.
+      if record["step"] <= step if "step" in record else step > 0:
+        kept.append(line + "\n")
     data = "".join(kept).encode()
     files.write_atomically(self._path, lambda tmp: files.write_bytes(tmp, data))
 

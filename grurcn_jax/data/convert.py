@@ -75,7 +75,7 @@ def convert(src: str, dst: str, int8_levels: Sequence[str] = (),
   extraction = dict(source["extraction"], converted_from=_absolute(src),
                     int8_levels=list(int8_levels),
                     frames_jpeg_quality=frames_jpeg_quality)
-  features_lib.check_output_directory(dst, "--dst")
+  files.ensure_directory(dst, "--dst")
   if features_lib.exists(features_lib.join(dst, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(dst)
     _check_resumable(metadata, extraction, src, dst)

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from absl import app, flags, logging
 import numpy as np
 
-from grurcn_jax import errors
+from grurcn_jax import errors, files
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import captions as captions_lib
@@ -379,7 +379,7 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
                  jpeg=settings.store_frames and bool(settings.frames_jpeg_quality))
   if dry_run:
     return summary
-  features_lib.check_output_directory(out_dir, "--out")
+  files.ensure_directory(out_dir, "--out")
 
   shapes = level_shapes(settings)
   # Shards get videos in hashed order: real datasets are listed class by class, and

@@ -130,20 +130,6 @@ def shard_written(directory: str, name: str) -> bool:
 # [[video_index, video_id, label, first_frame, num_frames], ...]}], "failed": [...],
 # "num_videos", "num_frames"})
 
-def check_output_directory(directory: str, flag: str) -> None:
-  """That `directory` (named by `flag` in messages) can receive a feature
-  directory: a local one is not a file and can be created."""
-  if not files.is_local(directory):
-    return
-  if os.path.exists(directory) and not os.path.isdir(directory):
-    raise FeatureFormatError(f"{flag} {directory} is a file, not a directory")
-  try:
-    os.makedirs(directory, exist_ok=True)
-  except OSError as e:
-    raise FeatureFormatError(f"{flag} {directory} cannot be created: "
-                             f"{e.strerror or e}") from None
-
-
 def read_metadata(directory: str, versions: Sequence[int] = (FORMAT_VERSION,)) -> dict:
   path = join(directory, METADATA_FILE)
   metadata = read_json(path, f"no feature metadata at {path}: not a feature directory "

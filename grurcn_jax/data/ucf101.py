@@ -93,9 +93,10 @@ def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
   if not entries:
     # A --videos one level too high (its folders hold the class folders) or videos
     # of another extension: nothing to extract is an error, not an empty output.
+    shown = ", ".join(class_names[:3]) + (", ..." if len(class_names) > 3 else "")
     raise SplitFileError(
         f"no videos ({', '.join(VIDEO_EXTENSIONS)}) in the class folders of "
-        f"{videos_dir} ({', '.join(class_names[:3])}{', ...' if len(class_names) > 3 else ''}): "
-        f"--videos is the folder that holds one folder of videos per class")
+        f"{videos_dir} ({shown}): --videos is the folder that holds one folder of "
+        f"videos per class")
   return class_names, entries
 

@@ -10,7 +10,7 @@ import pytest
 
 from grurcn_jax.data import convert, features, pipeline
 from grurcn_jax.data.prepare import FeatureSpec
-from grurcn_jax.errors import ConfigError, FeatureFormatError
+from grurcn_jax.errors import ConfigError
 from grurcn_jax.host_tf import tf
 from configs import default
 from tests.data.fake import LEVEL_SHAPES, write_fake_features
@@ -136,7 +136,7 @@ def test_resuming_a_conversion_needs_the_same_source_and_flags(tmp_path):
   with pytest.raises(ConfigError, match="--dst must differ from --src"):
     convert.convert(str(a), f"{tmp_path}/./a/", progress=False)
   (tmp_path / "afile").write_text("")
-  with pytest.raises(FeatureFormatError, match=f"--dst {tmp_path / 'afile'} is a file"):
+  with pytest.raises(ConfigError, match=f"--dst {tmp_path / 'afile'} is a file"):
     convert.convert(str(a), str(tmp_path / "afile"), progress=False)
 
 
