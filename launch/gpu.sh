@@ -10,7 +10,9 @@
 #   (or "jax[cuda12]>=0.10.2,<0.12" for drivers >= 525)
 #
 # Options (the rest goes to python -m grurcn_jax.main unchanged):
-#   --gpus=LIST            GPUs to use, e.g. 0 or 0,1,2,3 (default: all visible)
+#   --gpus=LIST            GPUs to use, e.g. 0 or 0,1,2,3 (default: all visible);
+#                          where CUDA_VISIBLE_DEVICES is set already (a scheduler's
+#                          allocation, as SLURM sets it), positions in that list
 #   --mem_fraction=F       share of each GPU's memory XLA preallocates (default
 #                          $XLA_PYTHON_CLIENT_MEM_FRACTION, else 0.9)
 #   --no_preallocate       allocate on demand instead (slower; for shared GPUs;
@@ -42,6 +44,19 @@ while [[ $# -gt 0 ]]; do
 done
 
 if [[ -n "$gpus" ]]; then
+  # Within an allocation, --gpus picks from it: a physical number could name a GPU
+  # that belongs to another job.
+  if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+    IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+    IFS=, read -r -a wanted <<< "$gpus"
+    chosen=""
+    for i in "${wanted[@]}"; do
+      [[ "$i" =~ ^[0-9]+$ && "$i" -lt "${#visible[@]}" ]] ||
+        die "--gpus=$gpus: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES is set (an allocation), so --gpus gives positions in it, 0 to $(( ${#visible[@]} - 1 )); '$i' is not one"
+      chosen+="${chosen:+,}${visible[$i]}"
+    done
+    gpus="$chosen"
+  fi
   export CUDA_VISIBLE_DEVICES="$gpus"
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction"

@@ -10,7 +10,10 @@
 #
 # Re-running the same command after a preemption resumes training from the newest
 # checkpoint (a preempted VM, or a failed/suspended queued resource, is deleted and
-# created again first). Extra flags after `--` go to grurcn_jax.main (e.g.
+# created again first), on the package versions the run began with: a gs:// workdir
+# keeps them in environment/tpu-pip-freeze.txt (delete it to install the newest).
+# Each worker's output is copied to a gs:// workdir's logs/START/HOSTNAME.log every
+# $TPU_LOG_COPY_S seconds (default 120) and when the run ends. Extra flags after `--` go to grurcn_jax.main (e.g.
 # -- --config.batch_size=128). Each worker needs the Python setup.cfg's python_requires
 # asks for: its python3 when new enough, else python3.X from apt (Ubuntu 22.04, the
 # default runtime, has python3.10 and carries python3.11 in universe).
@@ -317,6 +320,18 @@ fi
 # from apt (Ubuntu 22.04: python3 is 3.10, universe has python3.11). One line per
 # shell command; the lines are joined with spaces, so each ends in ';', '&&', '||',
 # 'then', 'else' or 'do'.
+# A gs:// workdir records the versions the first install got (pip freeze, in
+# $pins): a VM created again after a preemption installs the same jax[tpu], libtpu
+# and the rest, so a run resumes on the software it began with. Deleting that file
+# lets the next install take the newest.
+pins=""
+[[ "$workdir" != gs://* ]] || pins="${workdir%/}/environment/tpu-pip-freeze.txt"
+# Each worker's output is copied to a gs:// workdir (logs/START/HOSTNAME.log) every
+# $TPU_LOG_COPY_S seconds and when the run ends: a preempted VM takes its disk along.
+logs=""
+[[ "$workdir" != gs://* ]] || logs="${workdir%/}/logs/$(date -u +%Y%m%d-%H%M%S)"
+log_copy_s="${TPU_LOG_COPY_S:-120}"
+[[ "$log_copy_s" =~ ^[1-9][0-9]*$ ]] || die "TPU_LOG_COPY_S=$log_copy_s: a number of seconds, at least 1"
 # The run lives on the workers, detached from this script's ssh sessions (a dropped
 # connection, a closed laptop or Ctrl-C here must not end a days-long run): each
 # worker writes its output to ~/grurcn_jax/run.log and its exit status to
@@ -367,11 +382,24 @@ if ! py_ok .venv/bin/python; then
   fi;
   rm -rf .venv && "$py" -m venv .venv || exit 1;
 fi;
-.venv/bin/pip install -q -U pip && .venv/bin/pip install -q "jax[tpu]" -e .
+pins=@PINS@;
+if [ -n "$pins" ] && gcloud storage cat "$pins" > pins.txt 2>/dev/null && [ -s pins.txt ]; then
+  echo "installing the versions this workdir's run began with ($pins; delete it to install the newest)";
+  .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -c pins.txt "jax[tpu]" -e . ||
+    { echo "could not install the versions in $pins: delete it to install the newest"; exit 1; };
+else
+  .venv/bin/pip install -q -U pip && .venv/bin/pip install -q "jax[tpu]" -e . || exit 1;
+  if [ -n "$pins" ]; then
+    .venv/bin/pip freeze --exclude-editable | grep '==' > pins.txt;
+    gcloud storage cp --no-clobber pins.txt "$pins" > /dev/null 2>&1 ||
+      echo "warning: could not record the installed versions in $pins";
+  fi;
+fi
 EOF
   install="${install//@PY_TUPLE@/${py_min/./, }}"
   install="${install//@PY_MIN@/$py_min}"
   install="${install//@PY_CANDIDATES@/$py_candidates}"
+  install="${install//@PINS@/$(printf '%q' "$pins")}"
   install=$(printf '%s' "$install" | sed 's/^ *//' | tr '\n' ' ')
   run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$install"
 
@@ -382,7 +410,16 @@ EOF
   main_args+=(${extra[@]+"${extra[@]}"})
   local with_env=""
   [[ -z ${run_env[*]+x} ]] || with_env="env$(printf ' %q' ${run_env[@]+"${run_env[@]}"}) "
-  command_line="cd ~/grurcn_jax && $with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); echo \$? > ~/grurcn_jax/run.status"
+  # The copy of the log: in the background while it runs, and once more at its end.
+  # A SIGTERM (a preemption's shutdown) is trapped, not obeyed, so that the wrapper
+  # outlives the run's checkpoint save and copies the log after it.
+  local copy_log="" copier="" final_copy=""
+  if [[ -n "$logs" ]]; then
+    copy_log="gcloud storage cp run.log $(printf '%q' "$logs")/\$(hostname).log > /dev/null 2>&1"
+    copier="(while sleep $log_copy_s; do $copy_log; done) & copier=\$!; "
+    final_copy="; kill \$copier; $copy_log || echo $(printf '%q' "could not copy run.log to $logs")"
+  fi
+  command_line="trap : TERM; cd ~/grurcn_jax && $copier$with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); s=\$?$final_copy; echo \$s > ~/grurcn_jax/run.status"
   # An earlier run's log is kept beside it, not overwritten.
   start="cd ~/grurcn_jax || exit 1; rm -f run.status; [ ! -f run.log ] || mv run.log run.\$(date +%Y%m%d-%H%M%S).log; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
   run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$start"
@@ -408,6 +445,6 @@ fi
 status='cd ~/grurcn_jax && s=$(cat run.status 2>/dev/null); echo "$(hostname): exit status ${s:-none (killed?)}"; [ "${s:-1}" = 0 ]'
 if ! run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$status"; then
   fail "the run ended with an error on a worker (statuses above). Each worker's output:" \
-       "${gtpu[*]} ssh $name ${where[*]} --worker=N --command='tail -n 100 ~/grurcn_jax/run.log'." \
+       "${gtpu[*]} ssh $name ${where[*]} --worker=N --command='tail -n 100 ~/grurcn_jax/run.log'${logs:+, or the newest of ${workdir%/}/logs/}." \
        "Run the same command again to resume from the newest checkpoint"
 fi

@@ -3,9 +3,12 @@
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -234,7 +237,32 @@ case "$1" in
   -m) [ "$2" = venv ] || exit 1
       echo "$(basename "$0") -m venv $3" >> "$LOG"
       mkdir -p "$3/bin" && cp "$0" "$3/bin/python" &&
-      printf '#!/bin/sh\\necho "pip $*" >> "$LOG"\\n' > "$3/bin/pip" && chmod +x "$3/bin/pip" ;;
+      cp "$FAKE_PIP" "$3/bin/pip" ;;
+esac
+"""
+
+# pip on the stand-in worker: logs its calls; `freeze` lists two pinned packages
+# and an editable line; an install with constraints fails when $PIP_PINNED_FAILS is set.
+FAKE_PIP = """#!/bin/bash
+echo "pip $*" >> "$LOG"
+case "$*" in
+  freeze*) printf 'jax==0.9.1\\nlibtpu==0.0.30\\n-e /home/w/grurcn_jax\\n' ;;
+  *" -c "*) [ -z "${PIP_PINNED_FAILS:-}" ] || exit 1 ;;
+esac
+"""
+
+# gcloud on the stand-in worker: `storage cat` and `storage cp [--no-clobber]` on
+# $GCS, a directory standing in for gs://.
+FAKE_WORKER_GCLOUD = """#!/bin/bash
+echo "gcloud $*" >> "$LOG"
+[ "$1" = storage ] || exit 1
+case "$2" in
+  cat) [ -f "$GCS/${3#gs://}" ] || { echo "not found: $3" >&2; exit 1; }
+       cat "$GCS/${3#gs://}" ;;
+  cp) shift 2
+      if [ "$1" = --no-clobber ]; then shift; [ ! -f "$GCS/${2#gs://}" ] || exit 0; fi
+      mkdir -p "$(dirname "$GCS/${2#gs://}")" && cp "$1" "$GCS/${2#gs://}" ;;
+  *) exit 1 ;;
 esac
 """
 
@@ -263,7 +291,8 @@ def worker(gcloud, tmp_path):
   bin_dir, tools = tmp_path / "worker_bin", tmp_path / "worker_tools"
   bin_dir.mkdir()
   tools.mkdir()
-  for tool in ("tar", "gzip", "mkdir", "rm", "cp", "chmod", "basename"):
+  for tool in ("tar", "gzip", "mkdir", "rm", "cp", "chmod", "basename", "cat", "grep",
+               "dirname"):
     (tools / tool).symlink_to(shutil.which(tool))
 
   def python(path, version):
@@ -276,29 +305,44 @@ def worker(gcloud, tmp_path):
   sudo = bin_dir / "sudo"
   sudo.write_text(FAKE_SUDO.format(name=f"python{major}.{minor}"))
   sudo.chmod(0o755)
+  pip = tmp_path / "fake_pip"
+  pip.write_text(FAKE_PIP)
+  pip.chmod(0o755)
+  (bin_dir / "gcloud").write_text(FAKE_WORKER_GCLOUD)
+  (bin_dir / "gcloud").chmod(0o755)
+  gcs = tmp_path / "gcs"
   log = tmp_path / "worker.log"
 
-  def run(interpreters, venv=None, shell="bash"):
-    """interpreters: {name on PATH: version}; venv: the version of an existing venv."""
+  def run(interpreters, venv=None, shell="bash", install=install, ok=True, **env):
+    """interpreters: {name on PATH: version}; venv: the version of an existing venv;
+    install: the command (another launch's); ok: whether it must succeed. Returns
+    the log of what ran, then forgets it (the worker and gs:// stay as they are)."""
     for name, version in interpreters.items():
       python(bin_dir / name, version)
     if venv:
       python(home / "fake_base_python", venv)
       subprocess.run([str(home / "fake_base_python"), "-m", "venv", str(home / "grurcn_jax" / ".venv")],
-                     check=True, env={"PATH": str(tools), "LOG": os.devnull})
+                     check=True, env={"PATH": str(tools), "LOG": os.devnull, "FAKE_PIP": str(pip)})
     result = subprocess.run([shutil.which(shell), "-c", install], capture_output=True, text=True, timeout=30,
                             cwd=home, env={"PATH": f"{bin_dir}:{tools}", "HOME": str(home),
                                            "LOG": str(log), "FAKE_BIN": str(bin_dir),
-                                           "PACKAGED": str(packaged)})
-    assert result.returncode == 0, result.stdout + result.stderr
+                                           "PACKAGED": str(packaged), "FAKE_PIP": str(pip),
+                                           "GCS": str(gcs), **env})
+    assert (result.returncode == 0) == ok, result.stdout + result.stderr
     assert (home / "grurcn_jax" / "setup.cfg").exists()  # the tree was unpacked there
-    return log.read_text().splitlines()
+    lines = log.read_text().splitlines()
+    log.unlink()
+    run.output = result.stdout
+    return lines
+  run.gcs = gcs
   return run, f"{major}.{minor}"
 
 
 # jax[tpu] is not upgraded on a worker that has it: a run relaunched on its VM
 # resumes on the jax it began with.
-PIP = ["pip install -q -U pip", "pip install -q jax[tpu] -e ."]
+PINS = "gs://bucket/run/environment/tpu-pip-freeze.txt"
+PIP = [f"gcloud storage cat {PINS}", "pip install -q -U pip", "pip install -q jax[tpu] -e .",
+       "pip freeze --exclude-editable", f"gcloud storage cp --no-clobber pins.txt {PINS}"]
 
 
 @pytest.mark.parametrize("shell", ["bash", "sh"])
@@ -334,6 +378,39 @@ def test_worker_keeps_a_good_venv(worker):
   assert run({"python3": "3.10"}, venv=need) == PIP
 
 
+def test_a_fresh_vm_installs_the_versions_the_run_began_with(worker):
+  # The first install records what it got in the gs:// workdir (editable lines
+  # left out); a VM created again after a preemption installs the same.
+  run, _ = worker
+  assert run({"python3": "3.12"}) == ["python3 -m venv .venv"] + PIP
+  pins = run.gcs / "bucket" / "run" / "environment" / "tpu-pip-freeze.txt"
+  assert pins.read_text() == "jax==0.9.1\nlibtpu==0.0.30\n"
+  shutil.rmtree(run.gcs.parent / "worker" / "grurcn_jax")   # the replaced VM's disk
+  assert run({"python3": "3.12"}) == [
+      "python3 -m venv .venv", f"gcloud storage cat {PINS}", "pip install -q -U pip",
+      "pip install -q -c pins.txt jax[tpu] -e ."]
+  assert f"installing the versions this workdir's run began with ({PINS}" in run.output
+  assert pins.read_text() == "jax==0.9.1\nlibtpu==0.0.30\n"   # not rewritten
+  # Versions that no longer install (the package now needs a newer jax) stop the
+  # worker with what to do.
+  run({"python3": "3.12"}, ok=False, PIP_PINNED_FAILS="1")
+  assert f"could not install the versions in {PINS}: delete it" in run.output
+
+
+def test_a_local_workdir_records_no_versions(worker, gcloud):
+  # Single host, a workdir on the VM's disk: it goes with the VM, so nothing is kept.
+  run, _ = worker
+  result, calls = gcloud(*[a for a in BASE if not a.startswith(("--workdir", "--acc"))],
+                         "--workdir=/home/me/run", "--accelerator=v4-8")
+  assert result.returncode == 0, result.stderr
+  install = calls[3].split("--command=", 1)[1]
+  assert "pins=''" in install
+  assert run({"python3": "3.12"}, install=install) == [
+      "python3 -m venv .venv", "pip install -q -U pip", "pip install -q jax[tpu] -e ."]
+  start = calls[4].split("--command=", 1)[1]
+  assert "gcloud" not in start   # no log copies either
+
+
 @pytest.mark.parametrize("args,env,message", [
     (BASE[1:], {}, "--name is required"),
     ([a for a in BASE if not a.startswith("--project")], {}, "no project"),
@@ -357,7 +434,7 @@ def dry_run_output(gcloud, *args):
   result, calls = gcloud(*args)
   assert result.returncode == 0, result.stderr
   assert calls == []
-  return result.stdout
+  return re.sub(r"/logs/\d{8}-\d{6}", "/logs/START", result.stdout)  # the launch's time
 
 
 def test_gcloud_spellings_are_synonyms(gcloud):
@@ -496,25 +573,35 @@ def test_a_dropped_connection_or_a_failed_worker_says_what_to_do(gcloud):
   assert "--worker=N --command='tail -n 100 ~/grurcn_jax/run.log'" in result.stderr
 
 
+def worker_shell(calls, tmp_path):
+  """The commands tpu.sh sent by ssh, and a stand-in worker to run them on: its home
+  (FAKE_MAIN as the venv's python), $GCS for gs:// and a shell there."""
+  commands = [c.split("--command=", 1)[1] for c in calls if " ssh " in c]
+  home = tmp_path / "worker"
+  venv = home / "grurcn_jax" / ".venv" / "bin"
+  venv.mkdir(parents=True)
+  (venv / "python").write_text(FAKE_MAIN)
+  (venv / "python").chmod(0o755)
+  bin_dir, gcs = tmp_path / "worker_bin", tmp_path / "gcs"
+  bin_dir.mkdir()
+  (bin_dir / "gcloud").write_text(FAKE_WORKER_GCLOUD)
+  (bin_dir / "gcloud").chmod(0o755)
+  sh = lambda command, **env: subprocess.run(
+      ["bash", "-c", command], capture_output=True, text=True, timeout=30,
+      env={"PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(home),
+           "GCS": str(gcs), "LOG": os.devnull, **env})
+  return commands, home, gcs, sh
+
+
 def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcloud,
                                                                             tmp_path):
   """The worker-side commands, run here: start (detached), the running check,
   following the log until the run ends, and the exit status."""
   result, calls = gcloud(*BASE, "--env=LIBTPU_INIT_ARGS=--xla_a=1 --xla_b=2",
-                         "--env", "TPU_STDERR_LOG_LEVEL=0", TPU_STATE="READY")
+                         "--env", "TPU_STDERR_LOG_LEVEL=0", TPU_STATE="READY",
+                         TPU_LOG_COPY_S="1")
   assert result.returncode == 0, result.stderr
-  commands = [c.split("--command=", 1)[1] for c in calls if " ssh " in c]
-  check, _, start, follow, statuses = commands
-  home = tmp_path / "worker"
-  venv = home / "grurcn_jax" / ".venv" / "bin"
-  venv.mkdir(parents=True)
-  (venv / "python").write_text('#!/bin/bash\necho "main $*"; '
-                               'echo "env [$LIBTPU_INIT_ARGS] [$TPU_STDERR_LOG_LEVEL]"; '
-                               'sleep 1; echo done; exit "${EXIT:-0}"\n')
-  (venv / "python").chmod(0o755)
-  sh = lambda command, **env: subprocess.run(
-      ["bash", "-c", command], capture_output=True, text=True, timeout=30,
-      env={"PATH": os.environ["PATH"], "HOME": str(home), **env})
+  (check, _, start, follow, statuses), home, gcs, sh = worker_shell(calls, tmp_path)
   # A run.pid left by a run before a reboot may name another live process.
   (home / "grurcn_jax" / "run.pid").write_text(f"{os.getpid()}\n")
   assert sh(check).stdout == ""
@@ -532,6 +619,41 @@ def test_the_run_on_a_worker_outlives_its_ssh_session_and_reports_its_status(gcl
     ended = sh(statuses)
     assert (ended.returncode == 0) == (exit_status == "0")
     assert ended.stdout.rstrip().endswith(f"exit status {exit_status}")
+    # The whole log reached the gs:// workdir, under the launch's time and the host.
+    copied, = gcs.glob(f"bucket/run/logs/*/{socket.gethostname()}.log")
+    assert copied.read_text() == followed.stdout
+
+
+# The run on a worker: prints its flags and environment, runs $RUN_S seconds, and
+# on SIGTERM (a preemption) saves, as grurcn_jax.main does, and exits 143.
+FAKE_MAIN = """#!/bin/bash
+trap 'echo "stopped: saved the step"; exit 143' TERM
+echo "main $*"; echo "env [$LIBTPU_INIT_ARGS] [$TPU_STDERR_LOG_LEVEL]"
+sleep "${RUN_S:-1}" & wait $!
+echo done; exit "${EXIT:-0}"
+"""
+
+
+def test_a_workers_log_reaches_the_workdir_while_it_runs_and_after_a_preemption(
+    gcloud, tmp_path):
+  result, calls = gcloud(*BASE, TPU_STATE="READY", TPU_LOG_COPY_S="1")
+  assert result.returncode == 0, result.stderr
+  (_, _, start, follow, statuses), home, gcs, sh = worker_shell(calls, tmp_path)
+  assert sh(start, RUN_S="30").returncode == 0
+  copies = gcs / "bucket" / "run" / "logs"
+  deadline = time.monotonic() + 20
+  while not list(copies.glob("*/*.log")) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  copied, = copies.glob(f"*/{socket.gethostname()}.log")   # copied while it runs
+  assert "main -m grurcn_jax.main" in copied.read_text()
+  # A preemption's shutdown sends SIGTERM to every process: the run saves and ends,
+  # and the wrapper outlives it to copy the log with the save in it.
+  pid = int((home / "grurcn_jax" / "run.pid").read_text())
+  os.killpg(pid, signal.SIGTERM)
+  followed = sh(follow)
+  assert "stopped: saved the step" in followed.stdout
+  assert copied.read_text() == followed.stdout
+  assert sh(statuses).stdout.rstrip().endswith("exit status 143")
 
 
 def test_missing_gcloud_is_a_clear_error(tmp_path):
@@ -543,10 +665,14 @@ def test_missing_gcloud_is_a_clear_error(tmp_path):
   assert "gcloud is not on PATH" in result.stderr
 
 
+# The environment without a scheduler's GPU allocation.
+NO_ALLOCATION = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+
+
 def test_gpu_launcher_sets_devices_and_memory():
   result = subprocess.run(["bash", GPU, "--gpus=0,1", "--no_preallocate", "--dry-run",
                            "--config=configs/demo.py", "--workdir=/tmp/w"],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, env=NO_ALLOCATION)
   assert result.returncode == 0
   assert "CUDA_VISIBLE_DEVICES=0,1" in result.stdout
   assert "XLA_PYTHON_CLIENT_PREALLOCATE=false" in result.stdout
@@ -571,11 +697,35 @@ def test_gpu_launcher_keeps_the_memory_settings_of_the_environment(tmp_path):
   assert "+ python3 -m grurcn_jax.main" in bare.stdout
 
 
+@pytest.mark.parametrize("visible,gpus,chosen", [
+    ("4,5,6,7", "0,2", "4,6"), ("GPU-aa,GPU-bb", "1", "GPU-bb"), ("3", "0", "3")])
+def test_gpu_launcher_picks_within_a_schedulers_allocation(visible, gpus, chosen):
+  # SLURM sets CUDA_VISIBLE_DEVICES to the job's GPUs (numbers or UUIDs).
+  result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=visible))
+  assert result.returncode == 0, result.stderr
+  assert f"CUDA_VISIBLE_DEVICES={chosen} " in result.stdout
+
+
+@pytest.mark.parametrize("visible,gpus,bad,last", [
+    ("4,5", "0,5", "5", "1"), ("4,5", "x", "x", "1"), ("", "0", "0", "-1")])
+def test_gpu_launcher_refuses_gpus_outside_the_allocation(visible, gpus, bad, last):
+  result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=visible))
+  assert result.returncode == 2
+  assert result.stderr == (
+      f"gpu.sh: error: --gpus={gpus}: CUDA_VISIBLE_DEVICES={visible} is set (an allocation), "
+      f"so --gpus gives positions in it, 0 to {last}; '{bad}' is not one\n")
+  assert result.stdout == ""
+
+
 @pytest.mark.parametrize("form", [["--gpus", "0,1"], ["--gpus=0,1"]])
 def test_gpu_launcher_takes_values_as_the_next_word(form):
   def dry(*args):
     result = subprocess.run(["bash", GPU, *args, "--dry-run", "--config=configs/demo.py"],
-                            capture_output=True, text=True, cwd=REPO)
+                            capture_output=True, text=True, cwd=REPO, env=NO_ALLOCATION)
     assert result.returncode == 0, result.stderr
     return result.stdout
   out = dry(*form, "--mem_fraction", "0.5")
