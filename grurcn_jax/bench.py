@@ -45,7 +45,8 @@ matrix product and a large convolution in the step's dtype, also given as
 matmul_flops_per_s and conv_flops_per_s; on CPU one large float32 convolution,
 forward and backward), utilisation (achieved / reference), peak_memory_bytes (the
 device's peak where it reports one, else XLA's estimate; peak_memory_before_step_bytes
-the same read before the first step: compilation and initialisation; run a second
+the device's peak before the first step: compilation and initialisation, None where
+the device reports none, as a CPU; run a second
 time with JAX_COMPILATION_CACHE_DIR set and the compiler's autotuning is skipped,
 so the peak is the step's), compiled_memory_bytes
 (XLA's estimate of the step's buffers), device; with --host_feed also
@@ -266,8 +267,8 @@ def bench_train_step(config) -> dict:
 
   # The device's peak so far: compilation (autotuning) and the state's
   # initialisation. Where it is below peak_memory_bytes, the step set the peak.
-  peak_before_step = int((jax.devices()[0].memory_stats() or {})
-                         .get("peak_bytes_in_use", 0))
+  # None where the device keeps no such count (a CPU).
+  peak_before_step = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   step_s = float("nan")  # --steps=0: compile and memory only
   if FLAGS.steps:
     global_batch = sharding.global_batch(mesh, _host_batch(experiment, FLAGS.batch))
@@ -302,8 +303,9 @@ def bench_train_step(config) -> dict:
       "num_devices": jax.device_count(),
   }
   if FLAGS.steps and FLAGS.profile_dir:
-    result["profile"] = _profile(compiled, state, global_batch, FLAGS.profile_dir,
-                                 FLAGS.profile_steps)
+    # The step donates its state: later timings go on from the profiled one.
+    result["profile"], state = _profile(compiled, state, global_batch, FLAGS.profile_dir,
+                                        FLAGS.profile_steps)
   if FLAGS.steps and FLAGS.host_feed:
     result.update(_host_fed_step_ms(compiled, state, experiment))
   result.update(reference_flops_per_s=None, reference=None)
@@ -321,10 +323,11 @@ def bench_train_step(config) -> dict:
   return result
 
 
-def _profile(compiled, state, batch, log_dir, steps) -> dict:
+def _profile(compiled, state, batch, log_dir, steps):
   """Traces `steps` train steps into `log_dir`, next to the compiled program
   (`train_step.hlo.txt`: the backend's HLO after optimisation, which names the
-  trace's ops); the summary of the trace."""
+  trace's ops); the summary of the trace, and the state after the steps (the one
+  passed in was donated to them)."""
   import glob
   import os
   os.makedirs(log_dir, exist_ok=True)
@@ -338,10 +341,10 @@ def _profile(compiled, state, batch, log_dir, steps) -> dict:
   traces = sorted(glob.glob(os.path.join(log_dir, "plugins", "profile", "*",
                                          "*.trace.json.gz")), key=os.path.getmtime)
   if not traces:
-    return {"trace": None}
+    return {"trace": None}, state
   with gzip.open(traces[-1], "rt") as f:
     summary = summarize_trace(json.load(f), steps)
-  return {"trace": traces[-1], **summary}
+  return {"trace": traces[-1], **summary}, state
 
 
 def summarize_trace(trace: dict, steps: int, top: int = 25) -> dict:

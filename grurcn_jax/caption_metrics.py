@@ -45,7 +45,8 @@ _SPLIT_WORDS = {"cannot": "can not", "gonna": "gon na", "gotta": "got ta",
 # Abbreviations whose period it keeps.
 _ABBREVIATIONS = r"(?:mr|mrs|ms|dr|st|jr|sr|vs|prof|mt)\."
 _TOKEN = re.compile(
-    r"n't|'n'|'(?:s|re|ve|ll|d|m)\b|'\d+s\b"    # clitics: n't 's 're, 'n', '90s
+    r"<unk>|-[lr][rcs]b-"                      # its own output: scored as written
+    r"|n't|'n'|'(?:s|re|ve|ll|d|m)\b|'\d+s\b"   # clitics: n't 's 're, 'n', '90s
     r"|[^\W\d_](?:\.[^\W\d_])+\.?"           # u.s.
     + r"|" + _ABBREVIATIONS +                 # mr.
     r"|\d+(?:[.,]\d+)+"                       # 2.50, 10,000
@@ -57,7 +58,8 @@ def simple_tokenize(caption: str) -> str:
   """Lower case, punctuation split off and dropped, words joined by single
   spaces: the PTB tokeniser's result without Java, for captions of letters
   (any script), digits, hyphenated and slashed words, clitics, abbreviations,
-  numbers and punctuation."""
+  numbers and punctuation. Its output tokenises to itself (a generated caption
+  holds the vocabulary's words: -lrb- for a bracket, <unk>)."""
   text = caption.lower().translate(_TYPOGRAPHY)
   # Clitics become words of their own, as PTB splits them: dog's -> dog 's,
   # can't -> ca n't.

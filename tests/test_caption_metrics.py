@@ -29,7 +29,20 @@ HARD = ["A man wears a t-shirt.", "It costs $2.50 today", "a/b testing",
         "10,000 people", "a 5.1 speaker", "the '90s music", "hello!!!", "what?!",
         "a man in a 'hat'", "Women dance (outside).", "it can't stop, it won't",
         "I'd say I'm fine", "the cats' toys", "one...two",
-        "caf\ufffd time"]   # a byte that was not UTF-8, replaced when read
+        "caf\ufffd time",   # a byte that was not UTF-8, replaced when read
+        # A generated caption's words: brackets as the vocabulary holds them, <unk>.
+        "women dance -lrb- outside -rrb-", "a man -lsb- x -rsb- -lcb- y -rcb-",
+        "a <unk> plays"]
+
+
+def test_the_fallback_tokeniser_gives_its_own_words_back():
+  # A generated caption is made of words it produced: scored, they stay themselves
+  # (-lrb- became "lrb", <unk> three tokens, matching nothing).
+  for caption in HARD + [c for refs in REFERENCES.values() for c in refs]:
+    words = caption_metrics.simple_tokenize(caption)
+    assert caption_metrics.simple_tokenize(words) == words, caption
+  assert caption_metrics.simple_tokenize("A man (in a hat) <unk>.") == (
+      "a man -lrb- in a hat -rrb- <unk>")
 
 
 def test_bleu_is_the_hand_computed_value():

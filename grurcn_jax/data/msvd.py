@@ -13,7 +13,7 @@ the clip names, so generated captions can be looked up in the corpus; labels are
 """
 
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 from absl import logging
 
@@ -87,10 +87,18 @@ def split_of(order: Dict[str, int], sizes: Sequence[int] = SPLIT_SIZES) -> Dict[
           for rank, clip in enumerate(ranked)}
 
 
-def _video_path(videos_dir: str, clip: str, names: Dict[str, str]) -> str:
+def _video_path(videos_dir: str, clip: str, files: Set[str],
+                folded: Dict[str, List[str]]) -> str:
+  """The clip's file: its exact name first (YouTube ids tell case apart), else the
+  one file whose name differs in case only (an archive unpacked on a case-folding
+  file system)."""
   for extension in ucf101.VIDEO_EXTENSIONS:
-    if clip + extension in names:
-      return os.path.join(videos_dir, names[clip + extension])
+    if clip + extension in files:
+      return os.path.join(videos_dir, clip + extension)
+  for extension in ucf101.VIDEO_EXTENSIONS:
+    matches = folded.get((clip + extension).lower(), [])
+    if len(matches) == 1:
+      return os.path.join(videos_dir, matches[0])
   return ""
 
 
@@ -104,9 +112,12 @@ def msvd_entries(videos_dir: str, captions_file: str, mapping_file: str,
   order = read_mapping(mapping_file)
   split = split_of(order, sizes)
   descriptions = read_descriptions(captions_file)
-  names = {name.lower(): name for name in os.listdir(videos_dir)}
+  files = set(os.listdir(videos_dir))
+  folded = {}
+  for name in sorted(files):
+    folded.setdefault(name.lower(), []).append(name)
   clips = sorted(order, key=order.get)
-  paths = {clip: _video_path(videos_dir, clip.lower(), names) for clip in clips}
+  paths = {clip: _video_path(videos_dir, clip, files, folded) for clip in clips}
   for problem, missing in (("no video file in " + videos_dir,
                             [c for c in clips if not paths[c]]),
                            ("no caption in " + captions_file,

@@ -59,6 +59,24 @@ def test_entries_follow_the_vid_order_and_split_by_it(msvd_tree):
   assert msvd.read_mapping(mapping)["zv2RIbUsnSw_335_341"] == 3
 
 
+def test_clips_whose_names_differ_in_case_get_their_own_files(tmp_path):
+  # YouTube ids tell case apart; a name that differs in case only (an upper-case
+  # extension, a case-folding copy) is found when it is the only such file.
+  clips = ["abC_1_2", "ABc_1_2", "xY_3_4", "Zz_5_6"]
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  for name in ("abC_1_2.avi", "ABc_1_2.avi", "xy_3_4.avi", "Zz_5_6.AVI"):
+    (videos / name).write_bytes(b"")
+  descriptions, mapping = write_corpus(tmp_path, clips, {c: ["a cat"] for c in clips})
+  entries, _ = msvd.msvd_entries(str(videos), descriptions, mapping, (2, 1, 1))
+  assert [os.path.basename(e.path) for e in entries] == [
+      "abC_1_2.avi", "ABc_1_2.avi", "xy_3_4.avi", "Zz_5_6.AVI"]
+  # Two files that differ in case only, neither of them exact: no guess.
+  (videos / "XY_3_4.avi").write_bytes(b"")
+  with pytest.raises(SplitFileError, match="1 clip.* no video file in .*: xY_3_4"):
+    msvd.msvd_entries(str(videos), descriptions, mapping, (2, 1, 1))
+
+
 def test_corpus_problems_are_errors_that_name_the_file_and_the_clip(msvd_tree, tmp_path):
   videos, descriptions, mapping = msvd_tree
   with pytest.raises(SplitFileError, match=r"add up to 4"):
