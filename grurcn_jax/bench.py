@@ -43,7 +43,9 @@ achieved_flops_per_s, reference_flops_per_s and reference (what it is, measured 
 the same run on the same device: on GPU/TPU the ceiling, the faster of a large
 matrix product and a large convolution in the step's dtype, also given as
 matmul_flops_per_s and conv_flops_per_s; on CPU one large float32 convolution,
-forward and backward), utilisation (achieved / reference), peak_memory_bytes (the
+forward and backward), utilisation (achieved / reference, the reference times the
+devices on GPU/TPU: it is one device's; simulated CPU devices share one host),
+peak_memory_bytes (the
 device's peak where it reports one, else XLA's estimate; peak_memory_before_step_bytes
 the device's peak before the first step: compilation and initialisation, None where
 the device reports none, as a CPU; run a second
@@ -319,8 +321,19 @@ def bench_train_step(config) -> dict:
       result.update(matmul_flops_per_s=matmul, conv_flops_per_s=conv,
                     reference_flops_per_s=max(matmul, conv),
                     reference=f"max(8192^3 matmul, 3x3 convolution) in {model_cfg.dtype}")
-    result["utilisation"] = result["achieved_flops_per_s"] / result["reference_flops_per_s"]
+    result["utilisation"] = utilisation(result["achieved_flops_per_s"],
+                                        result["reference_flops_per_s"],
+                                        jax.default_backend(), jax.device_count())
   return result
+
+
+def utilisation(achieved_flops_per_s: float, reference_flops_per_s: float,
+                platform: str, num_devices: int) -> float:
+  """The step's share of what its devices can do. The reference is one device's
+  ceiling and the step runs on all of them: N GPUs or TPU chips can do N times it.
+  Simulated CPU devices share the host's cores, which the reference uses whole."""
+  devices = 1 if platform == "cpu" else num_devices
+  return achieved_flops_per_s / (reference_flops_per_s * devices)
 
 
 def _profile(compiled, state, batch, log_dir, steps):

@@ -51,9 +51,13 @@ def feature_shape(level: str, image_size: int = 224) -> Tuple[int, ...]:
   Pooling levels are (H, W, C) maps; fc7 is a (4096,) vector.
   """
   _check(level)
+  # fc7 reads pool5 (pooled to 7x7): pool5 must hold a pixel, or fc7 is the mean
+  # of nothing (NaN).
+  below = "pool5" if is_vector_level(level) else level
+  if image_size // 2 ** depth(below) < 1:
+    raise ConfigError(f"image_size {image_size} is too small for level {level}"
+                      + (" (it reads pool5: 32 pixels at least)" if below != level else ""))
   if is_vector_level(level):
     return (FC_UNITS,)
   side = image_size // 2 ** depth(level)
-  if side < 1:
-    raise ConfigError(f"image_size {image_size} is too small for level {level}")
   return (side, side, _POOL_CHANNELS[level])

@@ -92,6 +92,15 @@ def test_train_step_report(extra, tmp_path):
     assert "profile" not in report
 
 
+def test_utilisation_is_of_every_device_the_step_ran_on():
+  from grurcn_jax import bench
+  # 8 GPUs at 100 TFLOP/s each, the step at 400 TFLOP/s in all: half of them.
+  assert bench.utilisation(400e12, 100e12, "gpu", 8) == pytest.approx(0.5)
+  assert bench.utilisation(400e12, 100e12, "tpu", 4) == pytest.approx(1.0)
+  # Simulated CPU devices share the cores the one-device reference used.
+  assert bench.utilisation(4e9, 8e9, "cpu", 8) == pytest.approx(0.5)
+
+
 def test_trace_summary_counts_device_time_per_step():
   # A GPU-shaped Chrome trace: a host process (ignored) and a device process with
   # one stream whose kernels overlap in part, over 2 steps.

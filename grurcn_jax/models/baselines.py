@@ -1,6 +1,6 @@
 """The paper's baselines: VGG-16 frame averaging and a GRU on per-frame vectors.
 
-Both read per-frame vectors: fc7 as it is, or a map level (the paper: pool5)
+Both read per-frame vectors: fc7 as it is (the paper's baselines), or a map level
 average pooled over space. They return the same output dict as GRU-RCN (heads.py).
 """
 

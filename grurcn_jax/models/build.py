@@ -34,6 +34,11 @@ def validate_model_config(cfg: Mapping[str, Any]) -> None:
   _one_of("dtype", cfg["dtype"], tuple(DTYPES))
   _one_of("loss", cfg["loss"], losses.LOSSES)
 
+  for name, one in (("levels", "a name"), ("hidden", "a size")):
+    if not isinstance(cfg[name], (tuple, list)):
+      # tuple('pool5') would be five one-letter levels.
+      raise ConfigError(f"model.{name}={cfg[name]!r} is {one} alone: give a tuple, "
+                        f"one per level, e.g. ({cfg[name]!r},)")
   levels = tuple(cfg["levels"])
   if not levels:
     raise ConfigError("model.levels is empty; choose from: "

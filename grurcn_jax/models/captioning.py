@@ -8,8 +8,9 @@ each (the paper: the first 10 frames of each segment).
   segment's frames; each level's last state is average pooled over space and the
   levels are concatenated: [B, S, sum of hidden sizes]. The segments are folded
   into the batch batch-major ([B, S] -> B*S), so a batch-sharded video stays on its
-  device. Its parameters are named as the classifier's encoder (`encoder/<level>`),
-  so an action-recognition checkpoint can start it.
+  device. Its GRU-RCN's parameters are the classifier's encoder's
+  (`encoder/encoder/<level>` here, `encoder/<level>` there), so an
+  action-recognition checkpoint can start it.
 - `FrameSegments`: the baseline, each segment's first frame, each level average
   pooled over space, concatenated (the paper: VGG-16 fc7 of the first frame); with
   `average_frames`, the mean over each segment's frames instead: blind to their

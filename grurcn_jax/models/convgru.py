@@ -109,6 +109,24 @@ class _ConvParameters(nn.Module):
             self.param("bias", self.bias_init, (self.features,), self.param_dtype))
 
 
+@jax.custom_vjp
+def _add_bias(x: Array, bias: Array) -> Array:
+  """x + bias in x's dtype; the bias's gradient is summed in float32."""
+  return x + bias.astype(x.dtype)
+
+
+def _add_bias_forward(x, bias):
+  return _add_bias(x, bias), bias
+
+
+def _add_bias_backward(bias, cotangent):
+  summed = jnp.sum(cotangent, tuple(range(cotangent.ndim - 1)), dtype=jnp.float32)
+  return cotangent, summed.astype(bias.dtype)
+
+
+_add_bias.defvjp(_add_bias_forward, _add_bias_backward)
+
+
 class ConvGRU(nn.Module):
   """GRU-RCN over a clip [B, T, H, W, C]; the fast equivalent of nn.RNN(ConvGRUCell).
 
@@ -125,7 +143,8 @@ class ConvGRU(nn.Module):
       [B, H, W, F] (an attention decoder needs every step).
     recurrence: 'fused' (default): `recurrence.convgru_sequence`, a
       hand-written VJP whose weight gradients are computed once after the loop;
-      'scan': a Flax `nn.scan` differentiated by JAX (the reference path).
+      'scan': the same batched input convolution, then a Flax `nn.scan`
+      differentiated by JAX (the reference path).
     remat: trade compute for memory on long clips. 'fused': keep only the input
       frames and the states, and recompute each step's input convolution and gates
       in the backward loop; 'scan': `nn.remat` of the step.
@@ -163,11 +182,9 @@ class ConvGRU(nn.Module):
         features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
         param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
         conv_general_dilated=backend_tuning.flax_conv(self.kernel_gradient), name=name)
-    if self.recurrence == "fused":  # the same parameters, convolved by the layer
-      self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
-                                   self.bias_init, self.param_dtype)
-    else:
-      self.input = conv(3 * self.features, True, self.kernel_init, "input")
+    # nn.Conv's parameters; both recurrences convolve with them themselves.
+    self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
+                                 self.bias_init, self.param_dtype)
     self.hidden_gates = _Kernel(2 * self.features, kernel_size,
                                 self.recurrent_kernel_init, self.param_dtype)
     self.hidden_candidate = _Kernel(self.features, kernel_size,
@@ -218,7 +235,14 @@ class ConvGRU(nn.Module):
 
     # Time-major from here on: nn.scan walks the leading axis. The batched
     # convolution above ran batch-major; the transpose keeps the batch axis sharded.
-    input_proj = self.input(inputs)
+    # Batch-major over B*T frames (as nn.Conv would), the bias's gradient summed
+    # in float32: in bfloat16 a sum over B*T*H*W positions loses several percent.
+    kernel, bias = self.input(inputs.shape[-1])
+    input_proj = backend_tuning.batched_conv2d(
+        einops.rearrange(inputs.astype(dtype), "b t h w c -> (b t) h w c"),
+        kernel.astype(dtype), self.kernel_gradient)
+    input_proj = einops.rearrange(_add_bias(input_proj, bias), "(b t) h w c -> b t h w c",
+                                  b=inputs.shape[0])
     if lower is not None:
       gates, candidate = jnp.split(input_proj, [2 * self.features], axis=-1)
       input_proj = jnp.concatenate([gates + lower, candidate], axis=-1)

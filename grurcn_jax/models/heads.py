@@ -8,7 +8,8 @@ not know which model they run:
                                probabilities back),
      'level_logits': {level: [B, K]}}
 
-Outputs are float32 whatever the compute dtype, so losses and metrics are exact.
+Outputs are cast to float32 whatever the compute dtype (the logits are computed in
+it), so losses and metrics are computed in float32.
 """
 
 from typing import Any, Dict, Mapping, Optional

@@ -68,6 +68,19 @@ def test_remat_levels_must_be_a_tuple_of_names():
     build_model(cfg)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("levels", "pool5", "model.levels='pool5' is a name alone: give a tuple, one per "
+                        "level, e.g. ('pool5',)"),
+    ("hidden", 64, "model.hidden=64 is a size alone: give a tuple, one per level, "
+                   "e.g. (64,)")])
+def test_a_bare_level_or_size_is_an_error_not_its_letters(field, value, message):
+  cfg = dict(model_config(levels=("pool5",), hidden=(8,)))   # a plain dict, as above
+  cfg[field] = value
+  with pytest.raises(ConfigError) as error:
+    build_model(cfg)
+  assert str(error.value) == message
+
+
 @pytest.mark.parametrize("remat,levels,expected", [
     (False, (), False), (True, (), True), (True, ("pool2", "pool3"), ("pool2", "pool3"))])
 def test_remat_levels_choose_the_levels_that_recompute(remat, levels, expected):
