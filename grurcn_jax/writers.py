@@ -38,8 +38,10 @@ SCALARS_FILE = "scalars.jsonl"
 def metric_writer(workdir: str, *, just_logging: bool, start_step: Optional[int] = None):
   """clu's default writer, or `ScalarLog` where clu or TensorFlow is missing.
   `start_step`: a training run's first step (it resumes there); what an earlier,
-  interrupted writer recorded after it is redone, so ScalarLog drops it
-  (TensorBoard drops such points itself when a run goes back to an earlier step)."""
+  interrupted writer recorded after it is redone, so ScalarLog drops it. TensorBoard
+  event files are only appended to: there the steps between the checkpoint and the
+  interruption appear twice, the interrupted run's points and the redone ones (clu
+  writes no SessionLog.START, the only mark TensorBoard purges points for)."""
   try:
     from grurcn_jax import host_tf  # noqa: F401  (TensorFlow set up before clu starts it)
     from clu import metric_writers
