@@ -137,14 +137,29 @@ def clear_scalars(directory: str) -> None:
 def evaluated_step(workdir: str):
   """The step of the evaluation whose metrics `workdir` holds (eval_metrics.json),
   or None: none, or a file that cannot be read."""
+  step = (read_eval_metrics(workdir) or {}).get("step")
+  return step if isinstance(step, int) else None
+
+
+def read_eval_metrics(workdir: str):
+  """The metrics of the evaluation `workdir` holds (eval_metrics.json, without the
+  names of the files written beside it), or None: none, or unreadable."""
   path = os.path.join(workdir, METRICS_FILE)
   try:
     if not files.exists(path):
       return None
-    step = json.loads(files.read_bytes(path)).get("step")
+    document = json.loads(files.read_bytes(path))
   except Exception:  # noqa: BLE001 (gs:// raises TensorFlow's errors, not OSError)
     return None
-  return step if isinstance(step, int) else None
+  if not isinstance(document, dict):
+    return None
+  return {k: v for k, v in document.items() if k not in _written_file_keys(document)}
+
+
+def _written_file_keys(document) -> set:
+  """The keys write_eval adds for the files it wrote: NAME_file naming a file."""
+  return {k for k, v in document.items()
+          if k.endswith("_file") and isinstance(v, str) and "/" not in v}
 
 
 def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from grurcn_jax import evaluate, train
+from grurcn_jax import evaluate, train, writers
 from grurcn_jax.errors import TrainingError
 from tests.training_setup import (REPO, main_in_process, overrides_as_flags,
                                   python_without, restore_params, tiny_config)
@@ -99,6 +99,33 @@ def test_whole_run_learns_checkpoints_and_reports(finished_run):
   assert len(set(scores["video_id"].tolist())) == 8
   with open(os.path.join(workdir, "confusion_matrix.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_finished_run_run_again_reports_its_evaluation(finished_run, tmp_path,
+                                                         monkeypatch, caplog):
+  # Nothing is evaluated or written again: the final evaluation's metrics come
+  # from the workdir; a final evaluation that was not written is done.
+  from grurcn_jax import evaluators
+  config, finished, metrics = finished_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished, workdir)
+  before = {name: os.path.getmtime(os.path.join(workdir, name))
+            for name in os.listdir(workdir)}
+  monkeypatch.setattr(evaluators, "for_experiment", pytest.fail)
+  assert train.train_and_evaluate(config, workdir) == metrics
+  assert {name: os.path.getmtime(os.path.join(workdir, name))
+          for name in os.listdir(workdir)} == before
+  # Settings changed since are said to have done nothing.
+  seeded = config.copy_and_resolve_references()
+  seeded.seed = 7
+  with caplog.at_level("WARNING"):
+    assert train.train_and_evaluate(seeded, workdir) == metrics
+  assert "Settings other than the finished run's (seed 0 -> 7) change nothing" in caplog.text
+  monkeypatch.undo()
+  os.remove(os.path.join(workdir, "eval_metrics.json"))   # killed while evaluating
+  again = train.train_and_evaluate(config, workdir)
+  assert again["step"] == 12 and again["video_accuracy"] == metrics["video_accuracy"]
+  assert writers.read_eval_metrics(workdir) == again
 
 
 def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
@@ -256,12 +283,14 @@ def test_config_that_does_not_match_the_checkpoint(data_dir, finished_run):
 def test_an_optimizer_setting_that_changes_the_state_is_one_clear_error(data_dir, finished_run,
                                                                       tmp_path):
   # The demo trains without clipping; clipping adds optimizer state. The advice
-  # after a non-finite loss ("set grad_clip_norm and rerun") leads here.
+  # after a non-finite loss ("set grad_clip_norm and rerun") leads here. (One step
+  # more: the finished run alone would report its evaluation, restoring nothing.)
   _, finished, _ = finished_run
   workdir = str(tmp_path / "run")
   shutil.copytree(finished, workdir)
   status, _, err = main_in_process(f"--workdir={workdir}", *overrides_as_flags(data_dir),
-                                   "--config.grad_clip_norm=1.0")
+                                   "--config.grad_clip_norm=1.0",
+                                   "--config.num_train_steps=13")
   assert status == 1, err[-2000:]
   assert one_error(err) and "another structure" in err
   assert "grad_clip_norm: checkpoint 0.0, config 1.0" in err

@@ -133,3 +133,15 @@ def test_the_evaluated_step_is_none_where_no_evaluation_can_be_read(tmp_path, mo
     raise NotFoundError(path)
   monkeypatch.setattr(writers.files, "read_bytes", failing)
   assert writers.evaluated_step(str(tmp_path)) is None
+  assert writers.read_eval_metrics(str(tmp_path)) is None
+
+
+def test_the_evaluation_read_back_is_its_metrics_without_the_files_beside_it(tmp_path):
+  document = {"step": 12, "video_accuracy": 0.5, "per_level": {"pool2": 0.25},
+              "scores_file": "eval_scores.npz", "confusion_matrix_file": "c.png"}
+  (tmp_path / writers.METRICS_FILE).write_text(json.dumps(document))
+  assert writers.read_eval_metrics(str(tmp_path)) == {
+      "step": 12, "video_accuracy": 0.5, "per_level": {"pool2": 0.25}}
+  (tmp_path / writers.METRICS_FILE).write_text("[1, 2]")   # not an evaluation
+  assert writers.read_eval_metrics(str(tmp_path)) is None
+  assert writers.evaluated_step(str(tmp_path)) is None
