@@ -8,6 +8,7 @@ anything that must see it).
 """
 
 import logging
+import re
 import signal
 import threading
 from typing import Any, Mapping, Optional, Sequence, Tuple
@@ -194,6 +195,50 @@ class Checkpoints:
     self._manager.close()
 
 
+def location(text: str, name: str) -> Tuple[str, Optional[int]]:
+  """'DIR[@STEP]' (a run's workdir, a step of it; the newest without one) ->
+  (DIR, STEP or None); `name` says what gave it in a ConfigError. Only the last
+  '@' before a number splits: a directory may hold one."""
+  match = re.fullmatch(r"(.+)@([^/@]*)", text)
+  if match:
+    if not match.group(2).isdigit():
+      raise ConfigError(f"{name}: the step after '@' must be a number (DIR@STEP)")
+    return match.group(1), int(match.group(2))
+  if not text:
+    raise ConfigError(f"{name} needs a directory: DIR or DIR@STEP (a run's workdir)")
+  return text, None
+
+
+def _reading_manager(directory: str):
+  """(a manager reading the checkpoints of a run's workdir or checkpoints folder
+  `directory`, that folder's path); ConfigError where there is none."""
+  from etils import epath
+  path = epath.Path(files.absolute(directory))
+  if (path / SUBDIR).is_dir():
+    path = path / SUBDIR
+  if not path.is_dir():
+    raise ConfigError(f"no checkpoints at {directory}: give a run's workdir or its "
+                      f"{SUBDIR} folder")
+  manager = ocp.CheckpointManager(
+      path, item_names=("state", "config"),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler()})
+  return manager, path
+
+
+def newest_step(directory: str) -> int:
+  """The newest checkpoint's step in a run's workdir (or its checkpoints folder),
+  read from the folder's listing, no arrays; ConfigError where there is none."""
+  manager, path = _reading_manager(directory)
+  try:
+    step = manager.latest_step()
+  finally:
+    manager.close()
+  if step is None:
+    raise ConfigError(f"no checkpoints in {path}")
+  return step
+
+
 def read_params(directory: str, subtree: str,
                 step: Optional[int] = None) -> Tuple[Any, dict, int]:
   """The parameters under params/`subtree` of a checkpoint, as numpy arrays (the
@@ -206,23 +251,14 @@ def read_params(directory: str, subtree: str,
   have no `subtree`.
   """
   import numpy as np
-  from etils import epath
-  path = epath.Path(files.absolute(directory))
-  if (path / SUBDIR).is_dir():
-    path = path / SUBDIR
-  if not path.is_dir():
-    raise ConfigError(f"no checkpoints at {directory}: give a run's workdir or its "
-                      f"{SUBDIR} folder")
-  manager = ocp.CheckpointManager(
-      path, item_names=("state", "config"),
-      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                     "config": ocp.JsonCheckpointHandler()})
+  manager, path = _reading_manager(directory)
   try:
     steps = list(manager.all_steps())
+    if not steps:
+      raise ConfigError(f"no checkpoints in {path}")
     step = manager.latest_step() if step is None else step
-    if step is None or step not in steps:
-      raise ConfigError(f"no checkpoint for step {step} in {path}; available: "
-                        f"{steps or 'none'}")
+    if step not in steps:
+      raise ConfigError(f"no checkpoint for step {step} in {path}; available: {steps}")
     metadata = manager.item_metadata(step)["state"]
     params = dict(getattr(metadata, "tree", metadata) or {}).get("params", {})
     if subtree not in params:

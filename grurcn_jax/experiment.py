@@ -27,6 +27,7 @@ import ml_collections
 from grurcn_jax import checkpoints as checkpoints_lib
 from grurcn_jax import config_validation, flops, sharding, steps
 from grurcn_jax.data.prepare import FeatureSpec
+from grurcn_jax.errors import ConfigError
 from grurcn_jax.models import build as build_lib
 from grurcn_jax.models import build_model
 from grurcn_jax.models import frames as frames_lib
@@ -37,6 +38,10 @@ CHECKPOINT_SUBDIR = checkpoints_lib.SUBDIR
 # the model computes: a checkpoint restores whatever they are set to.
 COMPUTE_ONLY_MODEL_FIELDS = ("recurrence", "remat", "remat_levels", "unroll",
                              "kernel_gradient", "dtype")
+# Model fields of how the parameters were trained: the parameters themselves are
+# the same, so an evaluation (parameters alone) takes any value of them.
+TRAINING_ONLY_MODEL_FIELDS = ("dropout_rate", "backbone_dropout", "loss",
+                              "backbone_trainable")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +57,15 @@ class Experiment:
     in frames mode the backbone starts from the directory's VGG-16 weights."""
     given = None
     if self.spec.backbone is not None:
-      given = {frames_lib.BACKBONE: vgg16.backbone_params(
-          self.spec.backbone, self.config.model.levels)}
+      try:
+        given = {frames_lib.BACKBONE: vgg16.backbone_params(
+            self.spec.backbone, self.config.model.levels)}
+      except ConfigError as e:
+        raise ConfigError(
+            f"frames mode starts VGG-16 from the weights {self.config.data.dir} was "
+            f"extracted with (its metadata.json: backbone weights "
+            f"{self.spec.backbone.get('weights')!r}), and cannot load them here: "
+            f"{e}") from None
     return self._create_state(given)
 
   def abstract_state(self) -> Any:
@@ -93,8 +105,10 @@ class Experiment:
                      step: Optional[int] = None):
     """(parameters, step) of checkpoint `step` (default: newest), checked as
     `restore` checks it; the optimiser state is not read (evaluation)."""
-    return checkpoints.restore_params(self.abstract_state().params, self._contract(),
-                                      step)
+    contract = self._contract()
+    for field in TRAINING_ONLY_MODEL_FIELDS:
+      del contract["model"][field]
+    return checkpoints.restore_params(self.abstract_state().params, contract, step)
 
   def _contract(self):
     # The task, the model, and whether it reads frames (a frames-mode state holds
@@ -158,13 +172,12 @@ class CaptioningExperiment(Experiment):
     return self._create_state(given)
 
   def _checkpoint_encoder(self):
-    from grurcn_jax.errors import ConfigError
     if self.config.caption.encoder != "grurcn":
       raise ConfigError("caption.encoder_checkpoint starts a GRU-RCN encoder; "
                         f"caption.encoder={self.config.caption.encoder!r} has none")
-    directory, _, step = self.config.caption.encoder_checkpoint.partition("@")
-    params, trained_config, _ = checkpoints_lib.read_params(
-        directory, "encoder", int(step) if step else None)
+    directory, step = checkpoints_lib.location(self.config.caption.encoder_checkpoint,
+                                               "caption.encoder_checkpoint")
+    params, trained_config, _ = checkpoints_lib.read_params(directory, "encoder", step)
     expected = jax.eval_shape(self._create_state).params["encoder"]["encoder"]
     got = jax.tree.map(lambda a: tuple(a.shape), params)
     want = jax.tree.map(lambda a: tuple(a.shape), dict(expected))

@@ -1,5 +1,6 @@
 """A restore checks the fields that shape the state: the model, and data.input."""
 
+import re
 import shutil
 
 import jax
@@ -9,7 +10,7 @@ import pytest
 
 from configs import default
 from grurcn_jax import checkpoints, sharding
-from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError
+from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
 
 
 def saved(tmp_path, config_dict):
@@ -150,3 +151,19 @@ def test_restore_params_reads_the_parameters_alone(tmp_path):
   with pytest.raises(CheckpointMismatchError, match="model.hidden"):
     manager.restore_params(target(), contract)
   manager.close()
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("/runs/a", ("/runs/a", None)), ("/runs/a@12", ("/runs/a", 12)),
+    ("/runs/user@host/a", ("/runs/user@host/a", None)),   # an '@' inside the path
+    ("/runs/user@host/a@3", ("/runs/user@host/a", 3))])
+def test_a_run_location_is_its_directory_and_maybe_a_step(text, expected):
+  assert checkpoints.location(text, "caption.encoder_checkpoint") == expected
+
+
+@pytest.mark.parametrize("text,message", [
+    ("/runs/a@latest", "caption.encoder_checkpoint: the step after '@' must be a number"),
+    ("", "caption.encoder_checkpoint needs a directory")])
+def test_a_bad_run_location_is_a_config_error_naming_its_setting(text, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    checkpoints.location(text, "caption.encoder_checkpoint")

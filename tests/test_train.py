@@ -294,9 +294,11 @@ def test_an_optimizer_setting_that_changes_the_state_is_one_clear_error(data_dir
   assert status == 1, err[-2000:]
   assert one_error(err) and "another structure" in err
   assert "grad_clip_norm: checkpoint 0.0, config 1.0" in err
-  # Evaluation reads the parameters alone: how the run trained does not matter.
+  # Evaluation reads the parameters alone: how the run trained (its optimizer, its
+  # dropout) does not matter.
   status, out, err = main_in_process(f"--workdir={workdir}", *overrides_as_flags(data_dir),
-                                     "--config.grad_clip_norm=1.0", "--mode=eval")
+                                     "--config.grad_clip_norm=1.0", "--mode=eval",
+                                     "--config.model.dropout_rate=0.25")
   assert status == 0, err[-2000:]
   with open(os.path.join(workdir, "eval", "test_step12", "eval_metrics.json")) as f:
     metrics = json.load(f)

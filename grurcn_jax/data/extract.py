@@ -265,6 +265,11 @@ def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -
     for key in _LATER_KEYS:
       previous.pop(key, None)
       now.pop(key, None)
+  weights = previous.get("weights", "")
+  if weights not in ("random", "imagenet") and not weights.startswith("checkpoint:"):
+    # A weights file recorded as typed (before paths were made absolute): the same
+    # file if it resolves to it from here, as a resume from where it began does.
+    previous["weights"] = files.absolute(weights)
   get = lambda r, k: r.get(k, _ABSENT.get(k))
   keys = [k for k in dict.fromkeys([*previous, *now]) if k != "video_lists"]
   if get(previous, "modality") != get(now, "modality"):
@@ -703,11 +708,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS):
 
 
 def _pinned(weights: str) -> str:
-  """A checkpoint as an absolute directory at a fixed step, so the record names
-  exactly the weights the features were made with (see vgg16.pin_weights)."""
-  if not weights.startswith("checkpoint:"):
-    return weights
-  from grurcn_jax.models import vgg16  # deferred: jax and orbax only for this
+  """The weights as the record keeps them (vgg16.pin_weights): a file as an
+  absolute path, a checkpoint as an absolute directory at a fixed step, so the
+  record names exactly the weights the features were made with, and frames mode
+  finds them from any working directory."""
+  from grurcn_jax.models import vgg16  # deferred: jax and flax only past the flags
   return vgg16.pin_weights(weights)
 
 

@@ -16,6 +16,7 @@ Frames other than 224x224 keep working: pool5 is adaptively average pooled to 7x
 before fc6, as torchvision does, so fc7 exists for any frame size.
 """
 
+import contextlib
 import os
 import re
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from grurcn_jax import files
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.errors import ConfigError
 from grurcn_jax.models import heads
@@ -300,17 +302,19 @@ CHECKPOINT_WEIGHTS = "checkpoint:"
 
 def _checkpoint_location(weights: str):
   """'checkpoint:DIR[@STEP]' -> (DIR, STEP or None)."""
-  location = weights[len(CHECKPOINT_WEIGHTS):]
-  match = re.fullmatch(r"(.+)@([^/@]*)", location)
-  if match:
-    if not match.group(2).isdigit():
-      raise ConfigError(f"weights {weights!r}: the step after '@' must be a number "
-                        f"(checkpoint:DIR@STEP)")
-    return match.group(1), int(match.group(2))
-  if not location:
-    raise ConfigError("weights 'checkpoint:' needs a directory: checkpoint:DIR or "
-                      "checkpoint:DIR@STEP (DIR: the fine-tuning run's workdir)")
-  return location, None
+  from grurcn_jax import checkpoints  # deferred: orbax only here
+  return checkpoints.location(weights[len(CHECKPOINT_WEIGHTS):], f"weights {weights!r}")
+
+
+@contextlib.contextmanager
+def _checkpoint_errors(weights: str):
+  """A checkpoint's ConfigError, said of `weights`, with what holds a VGG-16."""
+  try:
+    yield
+  except ConfigError as e:
+    raise ConfigError(f"VGG-16 weights {weights!r}: {e}. Only a run in frames mode "
+                      "(data.input=frames) holds a VGG-16, e.g. "
+                      "configs/ucf101_vgg16_finetune.py") from None
 
 
 def load_checkpoint_weights(weights: str, levels: Sequence[str]):
@@ -319,12 +323,8 @@ def load_checkpoint_weights(weights: str, levels: Sequence[str]):
   layouts as the Keras files, checked the same way."""
   from grurcn_jax import checkpoints  # deferred: orbax only here
   directory, step = _checkpoint_location(weights)
-  try:
+  with _checkpoint_errors(weights):
     saved, config, step = checkpoints.read_params(directory, BACKBONE, step)
-  except ConfigError as e:
-    raise ConfigError(f"VGG-16 weights {weights!r}: {e}. Only a run in frames mode "
-                      "(data.input=frames) holds a VGG-16, e.g. "
-                      "configs/ucf101_vgg16_finetune.py") from None
   expected = param_shapes(levels)
   missing = [name for name in expected if name not in saved]
   if missing:
@@ -345,17 +345,20 @@ def load_checkpoint_weights(weights: str, levels: Sequence[str]):
 
 
 def pin_weights(weights: str) -> str:
-  """`weights` as a record must keep them: a checkpoint as an absolute directory
-  and the step it has now ('checkpoint:DIR' names whichever step is newest, which
-  changes while that run goes on); anything else as it is."""
-  if not weights.startswith(CHECKPOINT_WEIGHTS):
+  """`weights` as a record must keep them, readable from any directory: a
+  checkpoint as an absolute directory and the step it has now ('checkpoint:DIR'
+  names whichever step is newest, which changes while that run goes on), a
+  weights file as an absolute path; 'random' and 'imagenet' as they are."""
+  if weights in ("random", "imagenet"):
     return weights
+  if not weights.startswith(CHECKPOINT_WEIGHTS):
+    return files.absolute(weights)
   from grurcn_jax import checkpoints
   directory, step = _checkpoint_location(weights)
-  if "://" not in directory:
-    directory = os.path.abspath(directory)
+  directory = files.absolute(directory)
   if step is None:
-    _, _, step = checkpoints.read_params(directory, BACKBONE)
+    with _checkpoint_errors(weights):
+      step = checkpoints.newest_step(directory)   # the listing: no arrays read
   return f"{CHECKPOINT_WEIGHTS}{directory}@{step}"
 
 

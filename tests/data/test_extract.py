@@ -369,6 +369,19 @@ def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
     rerun(directory=flow)
 
 
+def test_a_weights_file_recorded_as_typed_resumes_from_where_it_began(tmp_path,
+                                                                    monkeypatch):
+  # Records made before weights files were recorded absolute hold the path as it
+  # was typed: the same file, resolved from here, continues the directory.
+  monkeypatch.chdir(tmp_path)
+  record = {"weights": str(tmp_path / "w" / "vgg16.h5"), "video_lists": {}}
+  metadata = {"extraction": dict(record, weights="w/vgg16.h5"), "class_names": []}
+  extract._check_compatible(metadata, record, [], "out")
+  other = dict(record, weights=str(tmp_path / "other.h5"))
+  with pytest.raises(ConfigError, match=r"weights: .*w/vgg16.h5 there, .*other.h5 now"):
+    extract._check_compatible(metadata, other, [], "out")
+
+
 def test_folder_tree_source(ucf_tree):
   videos, _ = ucf_tree
   class_names, entries = ucf101.folder_entries(videos)

@@ -87,6 +87,23 @@ def test_frames_mode_needs_stored_frames(tmp_path):
   assert features.FRAMES not in metadata["levels"]
 
 
+def test_weights_frames_mode_cannot_load_are_said_to_be_the_directorys(tiny_demo_dir,
+                                                                       tmp_path):
+  # The backbone starts from the weights the directory records: a file of another
+  # machine is named with the directory, not as a flag of this run.
+  import shutil
+  copy = str(tmp_path / "frames")
+  shutil.copytree(tiny_demo_dir, copy)
+  metadata = features.read_metadata(copy)
+  metadata["backbone"]["weights"] = "/elsewhere/vgg16.h5"
+  features.write_metadata(copy, metadata)
+  experiment = assemble(tiny_config(copy, data__input="frames"))
+  with pytest.raises(ConfigError, match=rf"frames mode starts VGG-16 from the weights "
+                                        rf"{copy} was extracted with .*'/elsewhere/"
+                                        rf"vgg16.h5'.*no such file"):
+    experiment.init_state()
+
+
 def test_a_frozen_backbone_counts_forward_only(tiny_demo_dir):
   """Train-step FLOPs in frames mode: the head forward and backward, VGG-16's
   convolutions (32 px frames up to pool3, counted here by hand) forward only when

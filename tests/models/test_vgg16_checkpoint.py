@@ -97,12 +97,29 @@ def test_checkpoint_weights_errors(finetuned, tiny_demo_dir, tmp_path, monkeypat
     vgg16.load_weights(f"checkpoint:{features_run}", LEVELS)
 
 
-def test_pinned_weights_name_one_step_absolutely(finetuned, monkeypatch):
+def test_pinned_weights_name_one_step_absolutely(finetuned, monkeypatch, tmp_path):
   workdir, _, _ = finetuned
   monkeypatch.chdir(os.path.dirname(workdir))
   relative = os.path.basename(workdir)
   assert vgg16.pin_weights(f"checkpoint:{relative}") == f"checkpoint:{workdir}@2"
   assert vgg16.pin_weights("imagenet") == "imagenet"
+  assert vgg16.pin_weights("random") == "random"
+  # Recorded for frames mode, which reads them from another working directory:
+  # a weights file absolute, ~ expanded (a shell leaves it after '=').
+  assert vgg16.pin_weights("weights/vgg16.h5") == os.path.join(
+      os.path.dirname(workdir), "weights", "vgg16.h5")
+  monkeypatch.setenv("HOME", os.path.dirname(workdir))
+  assert vgg16.pin_weights(f"checkpoint:~/{relative}") == f"checkpoint:{workdir}@2"
+  # The step comes from the folder's listing: no parameters are read for it.
+  from grurcn_jax import checkpoints
+  monkeypatch.setattr(checkpoints, "read_params", pytest.fail)
+  assert vgg16.pin_weights(f"checkpoint:{workdir}") == f"checkpoint:{workdir}@2"
+  # Its errors say what holds a VGG-16, as loading does.
+  empty = tmp_path / "empty_run" / "checkpoints"
+  empty.mkdir(parents=True)
+  with pytest.raises(ConfigError, match=r"no checkpoints in .*empty_run/checkpoints\. "
+                                        r"Only a run in frames mode"):
+    vgg16.pin_weights(f"checkpoint:{empty.parent}")
 
 
 def _video(video_id, label, split, seed, num_frames=4):
