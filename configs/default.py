@@ -46,8 +46,10 @@ def get_config() -> ml_collections.ConfigDict:
   data.train_split = "train"
   data.eval_split = "test"
   data.clip_length = 10           # the paper: clips of 10 frames
-  data.frame_stride = 1           # between the clip's (extracted) frames
+  data.frame_stride = 1           # between the clip's (extracted) frames (the
+                                  # paper does not say; this project's choice)
   data.eval_clips = 10            # evenly spaced clips per test video, averaged
+                                  # (the paper does not say how many)
   data.skip_bad_records = False   # True: leave out shards with missing or truncated
                                   # files (counted) instead of stopping
   # Train data is read as this many independent streams, shared out to the hosts
@@ -74,8 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   # VGG-16 levels, fine to coarse, and GRU-RCN hidden channels per level (the paper's).
   model.levels = ("pool2", "pool3", "pool4", "pool5")
   model.hidden = (64, 128, 256, 256)
-  # Side of every convolution kernel (input-to-hidden and hidden-to-hidden); fc7
-  # always uses 1x1.
+  # Side of every convolution kernel (input-to-hidden and hidden-to-hidden: the
+  # paper says 3x3, unconfirmed for hidden-to-hidden); fc7 always uses 1x1.
   model.kernel_size = 3
   # Dropout before each level's classifier: 0.7 (whether the paper's 0.7 is the
   # drop or the keep probability is not stated).
@@ -93,7 +95,8 @@ def get_config() -> ml_collections.ConfigDict:
   # convolution FLOPs), so ("pool2", "pool3") keeps most of the saving at a lower cost.
   model.remat_levels = ()
   # The time loop: 0 = the backend's choice (no loop on GPU for clips of up to 16
-  # frames without remat, a loop elsewhere) | an unroll factor (1: a loop).
+  # frames with the fused recurrence, remat or not; a loop elsewhere) | an unroll
+  # factor (1: a loop).
   model.unroll = 0
   # How convolution kernel gradients are computed: auto (per backend: XLA's own
   # on GPU/TPU, per-tap matrix products for wide kernels on CPU) | xla | taps.
@@ -129,7 +132,8 @@ def get_config() -> ml_collections.ConfigDict:
   # the coarsest level's grid: segments x h x w vectors), not over segments only
   # as the paper does.
   caption.spatial_attention = False
-  caption.max_length = 30         # words per caption, <eos> included (the paper: 30)
+  caption.max_length = 30         # words per caption, <eos> included (the decoder's
+                                  # public code: 30)
   caption.embed_dim = 256
   caption.hidden = 512
   caption.attention_dim = 256

@@ -3,7 +3,10 @@
 Each level runs a forward and a backward GRU-RCN; their final states are
 concatenated before pooling.
 
-  python -m grurcn_jax.main --config=configs/ucf101_bigrurcn.py --workdir=DIR
+  python -m grurcn_jax.main --config=configs/ucf101_bigrurcn.py --workdir=DIR \\
+      --config.data.dir=FEATURES
+
+FEATURES, and the features the paper's figure came from: see configs/ucf101_grurcn.py.
 """
 
 from configs import default

@@ -11,11 +11,15 @@ stride-th flow step:
       --out=/data/ucf101_flow --levels=pool2,pool3,pool4,pool5 --frame_stride=5 \\
       --weights=imagenet
 
-(`--flow=dis` is about 50x faster on a CPU: 13 ms against 620 ms a 320x240 pair; `--source=flow_frames --videos=DIR`
-imports flow_x/flow_y JPEGs made elsewhere in TSN's layout instead.) Then:
+(`--flow=dis` is about 50x faster on a CPU: 13 ms against 620 ms a 320x240 pair,
+one core of a 2-core AMD EPYC; `--source=flow_frames --videos=DIR` imports
+flow_x/flow_y JPEGs made elsewhere in TSN's layout instead.) Then:
 
   python -m grurcn_jax.main --config=configs/ucf101_flow_grurcn.py --workdir=DIR \\
       --config.data.dir=/data/ucf101_flow
+
+The paper's figure is of a flow VGG-16 fine-tuned on flow (Wang et al. 2015);
+this recipe's is the ImageNet one, cross-modality initialised, not fine-tuned.
 """
 
 from configs import default

@@ -6,6 +6,8 @@ fc7 to that extraction's levels), then:
 
   python -m grurcn_jax.main --config=configs/ucf101_flow_vgg_frames.py --workdir=DIR \\
       --config.data.dir=/data/ucf101_flow
+
+As there, the flow VGG-16 is not fine-tuned on flow as the paper's was.
 """
 
 from configs import ucf101_vgg_frames

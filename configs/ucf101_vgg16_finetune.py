@@ -22,8 +22,8 @@ and trains GRU-RCN on those features, or (with --store_frames) in frames mode,
 which starts VGG-16 from the directory's weights: the fine-tuned ones.
 
 The paper does not give the fine-tuning recipe. This one is the usual for VGG-16 on
-UCF-101 frames: SGD with momentum, learning rate 1e-3 divided by 10 twice, batch of
-256 frames, dropout 0.5 after fc6 and fc7 (as VGG-16 was trained).
+UCF-101 frames: SGD with Nesterov momentum, learning rate 1e-3 divided by 10 twice,
+batch of 256 frames, dropout 0.5 after fc6 and fc7 (as VGG-16 was trained).
 """
 
 from configs import default

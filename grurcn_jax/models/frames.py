@@ -4,7 +4,10 @@
 (GRU-RCN or a baseline, as `build_model` builds it) what features mode gives it:
 each level's maps, normalised by the statistics the feature directory was
 calibrated with and (backbone frozen) rounded to float16, as the stored features
-are. The frames
+are. That holds in float32, what extraction computes in; with model.dtype
+bfloat16 VGG-16 computes in bfloat16, and its levels differ from the stored ones
+(a random VGG-16 on 32 px frames: 0.008 of a level's standard deviation on
+average, up to 0.08). The frames
 of all clips go through VGG-16 as one batch of B*T, merged batch-major (so a
 batch-sharded clip stays on its device). With `backbone_trainable=False` the
 backbone's outputs are cut from the gradient (no backward through VGG-16) and the
@@ -49,7 +52,7 @@ class FramesModel(nn.Module):
       if not self.backbone_trainable:
         x = jax.lax.stop_gradient(x)
       x = (x - jnp.asarray(mean, jnp.float32)) / scale
-      # Frozen: float16, exactly what the stored features hold. Trained: the
+      # Frozen: float16, as the stored features hold (float32: the same). Trained: the
       # compute dtype (a backbone that learns may leave float16's range).
       x = x.astype(jnp.float16 if not self.backbone_trainable
                    else self.dtype or jnp.float32)
