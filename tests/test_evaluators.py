@@ -179,3 +179,38 @@ def test_captioning_without_its_scorers_fails_when_built_not_at_the_first_evalua
   with pytest.raises(ConfigError, match=r"caption metrics need pycocoevalcap: pip "
                                         r"install 'grurcn_jax\[captioning\]'"):
     evaluators.CaptioningEvaluator(experiment)
+
+
+def test_video_scores_average_clip_probabilities_not_clip_votes():
+  # Four clips, two videos, two levels, three classes; the numbers written out.
+  # Video 7 (class 0): two clips lean to 0, one is sure of 2. Their votes say 0; the
+  # mean of their probabilities (the test protocol this project follows) says 2.
+  level_probs = np.array([
+      [[0.52, 0.00, 0.48], [0.51, 0.00, 0.49]],   # video 7, clip a (pool4, fc7)
+      [[0.60, 0.00, 0.40], [0.42, 0.00, 0.58]],   # video 7, clip b
+      [[0.00, 0.00, 1.00], [0.00, 0.20, 0.80]],   # video 7, clip c
+      [[0.20, 0.70, 0.10], [0.60, 0.30, 0.10]],   # video 3 (class 1), its one clip
+  ])
+  # Clips (mean of levels): a (0.515, 0, 0.485) -> 0, b (0.51, 0, 0.49) -> 0,
+  # c (0, 0.1, 0.9) -> 2, video 3's (0.4, 0.5, 0.1) -> 1.
+  outputs = {"probs": level_probs.mean(1), "level_probs": level_probs,
+             "loss": np.array([1.0, 2.0, 3.0, 6.0]), "label": np.array([0, 0, 0, 1]),
+             "video_index": np.array([7, 7, 7, 3])}
+  metrics, scores = evaluators.classification_metrics(outputs, ("pool4", "fc7"), 40)
+  np.testing.assert_array_equal(scores["video_index"], [3, 7])
+  np.testing.assert_array_equal(scores["label"], [1, 0])
+  np.testing.assert_allclose(scores["probs"], [[0.4, 0.5, 0.1],
+                                               [1.025 / 3, 0.1 / 3, 1.875 / 3]],
+                             rtol=1e-12)
+  assert metrics["video_accuracy"] == 0.5        # video 3 right; video 7 says 2
+  assert metrics["clip_accuracy"] == 0.75        # clips a, b and video 3's
+  # pool4: video 7 (0.373, 0, 0.627) -> 2, video 3 -> 1; fc7: video 7 (0.31,
+  # 0.067, 0.623) -> 2, video 3 (0.6, 0.3, 0.1) -> 0.
+  assert metrics["per_level_video_accuracy"] == {"pool4": 0.5, "fc7": 0.0}
+  # pool4: a, b, video 3's right; fc7: a only (b 0.58 and c 0.8 on class 2).
+  assert metrics["per_level_clip_accuracy"] == {"pool4": 0.75, "fc7": 0.25}
+  assert metrics["loss"] == 3.0 and metrics["step"] == 40
+  assert (metrics["num_videos"], metrics["num_clips"]) == (2, 4)
+  # Rows: the true class; columns: the prediction.
+  matrix = evaluators.confusion_matrix(scores["label"], scores["probs"].argmax(-1), 3)
+  np.testing.assert_array_equal(matrix, [[0, 0, 1], [0, 1, 0], [0, 0, 0]])

@@ -57,6 +57,13 @@ def read(logs, name):
     return f.read()
 
 
+def without_stacks(log, lines=40):
+  """A log's last `lines` lines but its stack frames: what a process said before
+  an abort's dump (the dump's frames would fill a failure's message)."""
+  kept = [l for l in log.splitlines() if not l.startswith(("  File ", "    "))]
+  return "\n".join(kept[-lines:])
+
+
 def wait(processes, timeout=600):
   return [p.wait(timeout=timeout) for p in processes]
 
@@ -131,7 +138,7 @@ def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_pa
       if p.poll() is None:
         p.kill()
   logs = [read(tmp_path, f"{i}.err") for i in range(2)]
-  assert statuses == [1, 1], logs[0][-2000:] + logs[1][-2000:]
+  assert statuses == [1, 1], "\n---\n".join(without_stacks(log) for log in logs)
   own = "reading features failed: injected on process"
   for i in range(2):
     if failing in ("both", str(i)):
@@ -140,9 +147,11 @@ def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_pa
       assert (f"error: process {failing} failed: {own} {failing}; this process stops "
               f"too" in logs[i]), logs[i][-3000:]
   assert "Traceback" not in logs[0] + logs[1]
-  # Seconds: a poll (1 s), process 0's grace (2 s); JAX's heartbeat timeout alone
-  # is 100 s, and the wait for the other hosts' acknowledgements 10 s.
-  assert seconds < 9, seconds
+  # Seconds: a poll (1 s), process 0's grace (2 s), about 3-5 s in all here; the
+  # bound is what none of the slow ways gets under (JAX's heartbeat timeout alone
+  # is 100 s; before, both hosts still ran after 300 s), with room for a loaded
+  # machine (a timed bound under load is a flake, not a finding).
+  assert seconds < 60, seconds
 
 
 @pytest.mark.parametrize("where", ["compile_cache", "report"])

@@ -128,8 +128,10 @@ def test_a_finished_run_run_again_reports_its_evaluation(finished_run, tmp_path,
   assert writers.read_eval_metrics(workdir) == again
 
 
-def test_eval_from_checkpoint_reproduces_training_metrics(finished_run):
-  config, workdir, metrics = finished_run
+def test_eval_from_checkpoint_reproduces_training_metrics(finished_run, tmp_path):
+  config, finished, metrics = finished_run
+  workdir = str(tmp_path / "run")   # a copy: other tests read the finished run as it is
+  shutil.copytree(finished, workdir)
   split = config.data.eval_split
   with open(os.path.join(workdir, "eval_metrics.json"), "rb") as f:
     trained = f.read()

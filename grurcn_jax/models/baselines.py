@@ -37,6 +37,7 @@ class VGGFrames(nn.Module):
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], *, train: bool = False):
+    heads.check_levels(self.levels, features)
     level_logits = {}
     for level in self.levels:
       x = frame_vectors(features[level])
@@ -67,6 +68,7 @@ class VGGRNN(nn.Module):
 
   @nn.compact
   def __call__(self, features: Mapping[str, Array], *, train: bool = False):
+    heads.check_levels(self.levels, features, self.hidden)
     level_logits = {}
     for level, hidden in zip(self.levels, self.hidden):
       x = frame_vectors(features[level])[:, :, None, None, :]

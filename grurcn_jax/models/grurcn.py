@@ -97,12 +97,15 @@ class GRURCNEncoder(nn.Module):
 
     F' is the level's hidden size, doubled for 'bi' with 'concat'.
     """
+    heads.check_levels(self.levels, features, self.hidden)
+    if self.variant not in VARIANTS:
+      raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+    if self.bi_merge not in BI_MERGES:
+      raise ValueError(f"unknown bi_merge {self.bi_merge!r}; valid: "
+                       f"{', '.join(BI_MERGES)}")
     outputs = {}
     lower_states = None
     for level, hidden in zip(self.levels, self.hidden):
-      if level not in features:
-        raise ValueError(f"model expects level {level!r} in the features; got "
-                         f"{sorted(features)}")
       x = as_maps(features[level])
       size = 1 if levels_lib.is_vector_level(level) else self.kernel_size
       layer = functools.partial(
@@ -119,7 +122,7 @@ class GRURCNEncoder(nn.Module):
                          name=f"{level}_backward")(x)
         outputs[level] = (jnp.concatenate([forward, backward], axis=-1)
                           if self.bi_merge == "concat" else forward + backward)
-      elif self.variant == "stacked":
+      else:   # stacked
         gate_inputs = None
         if lower_states is not None:
           gate_inputs = max_pool_to(lower_states, x.shape[2], x.shape[3])
@@ -127,8 +130,6 @@ class GRURCNEncoder(nn.Module):
         states = layer(return_sequences=True, name=level)(x, gate_inputs=gate_inputs)
         outputs[level] = states if return_sequences else states[:, -1]
         lower_states = states
-      else:
-        raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
     return outputs
 
 

@@ -12,7 +12,7 @@ Outputs are cast to float32 whatever the compute dtype (the logits are computed 
 it), so losses and metrics are computed in float32.
 """
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from flax import linen as nn
 import jax
@@ -40,6 +40,22 @@ class ClassifierHead(nn.Module):
 def global_average_pool(maps: Array) -> Array:
   """[B, H, W, C] -> [B, C] (the paper average-pools the last state to 1x1)."""
   return jnp.mean(maps, axis=(1, 2))
+
+
+def check_levels(levels: Sequence[str], features: Mapping[str, Array],
+                 hidden: Optional[Sequence[int]] = None) -> None:
+  """ValueError unless there is a level, every one is in `features`, and `hidden`
+  (recurrent models) gives one size per level: a module used on its own gets
+  the checks `build_model` makes (zip would drop the levels past the sizes)."""
+  if not levels:
+    raise ValueError("the model has no levels")
+  if hidden is not None and len(hidden) != len(levels):
+    raise ValueError(f"hidden={tuple(hidden)} needs one size per level of "
+                     f"{tuple(levels)}")
+  missing = [level for level in levels if level not in features]
+  if missing:
+    raise ValueError(f"the model expects level(s) {', '.join(missing)} in the "
+                     f"features; got {sorted(features)}")
 
 
 def adaptive_average_pool(maps: Array, height: int, width: int) -> Array:

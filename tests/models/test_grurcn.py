@@ -312,3 +312,34 @@ def test_remat_levels_recompute_only_those_levels(monkeypatch):
   assert sorted(set(calls)) == [(2, False), (4, True)]   # pool4 is 2x2, pool3 4x4
   assert_float32_close(got, grad(plain)(variables, feats),
                        float64_run(grad(plain), variables, feats))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: GRURCN(3, ("pool5",), (4,), bi_merge="mean", variant="bi"),
+     "unknown bi_merge 'mean'; valid: concat, sum"),
+    (lambda: GRURCN(3, ("pool5",), (4,), variant="deep"),
+     "unknown variant 'deep'; valid: uni, bi, stacked"),
+    (lambda: GRURCN(3, ("pool5", "fc7"), (4,)),
+     "hidden=(4,) needs one size per level of ('pool5', 'fc7')"),
+    (lambda: GRURCN(3, (), ()), "the model has no levels"),
+    (lambda: GRURCN(3, ("pool4",), (4,)),
+     "the model expects level(s) pool4 in the features; got ['fc7', 'pool5']"),
+])
+def test_a_module_used_alone_checks_its_own_settings(make, message):
+  # build_model checks a config; a module built by hand checks itself: a sum where
+  # 'mean' was meant, or levels zip() would have dropped, are errors, not results.
+  with pytest.raises(ValueError) as error:
+    make().init(jax.random.key(0), ALONE_FEATURES)
+  assert str(error.value) == message
+
+
+ALONE_FEATURES = {"pool5": jnp.zeros((1, 2, 7, 7, 5)), "fc7": jnp.zeros((1, 2, 6))}
+
+
+def test_the_baselines_used_alone_check_their_levels():
+  from grurcn_jax.models import VGGFrames, VGGRNN
+  features = ALONE_FEATURES
+  with pytest.raises(ValueError, match=r"the model expects level\(s\) pool2"):
+    VGGFrames(3, ("pool2",)).init(jax.random.key(0), features)
+  with pytest.raises(ValueError, match=r"hidden=\(4, 4\) needs one size per level"):
+    VGGRNN(3, ("fc7",), (4, 4)).init(jax.random.key(0), features)
