@@ -265,6 +265,16 @@ def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -
     for key in _LATER_KEYS:
       previous.pop(key, None)
       now.pop(key, None)
+  # Another decoder gives other frames for some videos only (rotated ones, --fps
+  # on uneven timestamps): said, not refused.
+  decoder, _ = previous.pop("decoder", 1), now.pop("decoder", None)
+  if decoder != video_lib.DECODER_VERSION:
+    logging.warning(
+        "%s was begun by decoder version %s, this is version %s: videos with rotation "
+        "metadata now decode upright and --fps takes one frame per 1/fps slot. The "
+        "shards written keep their frames, the rest get the new ones; for one "
+        "decoder throughout, extract into a new --out", out_dir, decoder,
+        video_lib.DECODER_VERSION)
   weights = previous.get("weights", "")
   if weights not in ("random", "imagenet") and not weights.startswith("checkpoint:"):
     # A weights file recorded as typed (before paths were made absolute): the same
@@ -394,7 +404,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
   for v in (videos if source in SHUFFLED_SOURCES else sorted(
       videos, key=lambda v: (zlib.crc32(v.video_id.encode()), v.video_id))):
     splits.setdefault(v.split, []).append(v)
-  record = {**settings.record(), "source": source, "video_lists": _video_lists(splits)}
+  record = {**settings.record(), "source": source, "video_lists": _video_lists(splits),
+            "decoder": video_lib.DECODER_VERSION}
   if features_lib.exists(features_lib.join(out_dir, features_lib.METADATA_FILE)):
     metadata = features_lib.read_metadata(out_dir)
     _check_compatible(metadata, record, class_names, out_dir)

@@ -17,6 +17,11 @@ CROP_FRACTIONS = (256 / 256, 224 / 256, 192 / 256, 168 / 256)
 # Frames resized at a time (each on its own: the result does not depend on it).
 RESIZE_CHUNK = 32
 
+# Which frames decoding gives, recorded with each extraction. 2: a video with
+# rotation metadata decodes upright, and --fps takes one frame per 1/fps slot
+# (1, unrecorded: neither).
+DECODER_VERSION = 2
+
 
 class FrameSelection:
   """Which decoded frames to keep: every `frame_stride`-th, or with `fps` the first

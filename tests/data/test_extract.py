@@ -322,7 +322,7 @@ def test_library_errors_are_errors_not_exits(tmp_path):
       run_small(videos, class_names, str(out))
 
 
-def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
+def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path, caplog):
   """Resumed extraction skips the shards already written, so only the same
   settings, split and list of videos may continue a directory."""
   paths = ["--videos=v", "--splits=s", "--out=o"]
@@ -350,6 +350,16 @@ def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path):
     with pytest.raises(ConfigError, match=r"the '(train|test)' videos differ .* use a "
                                           r"new --out$"):
       rerun(videos=changed)
+  # A directory begun by the earlier decoder resumes, and says what differs.
+  assert features.read_metadata(out)["extraction"]["decoder"] == 2
+  old = features.read_metadata(out)
+  del old["extraction"]["decoder"]
+  features.write_metadata(out, old)
+  with caplog.at_level("WARNING"):
+    assert rerun().skipped_shards == 4
+  assert "begun by decoder version 1, this is version 2: videos with rotation" in (
+      caplog.text)
+  assert "decoder" not in features.read_metadata(out)["extraction"]   # as written
   # A directory written before --split and the lists were recorded resumes.
   old = features.read_metadata(out)
   for key in ("split", "video_lists"):
