@@ -53,7 +53,9 @@ def get_config():
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
   config.eval_every_steps = 2000
-  config.keep_checkpoints = 10   # every evaluated step: the one chosen is tested
+  # Every evaluated step (10), so that the one chosen can be tested, and up to 6
+  # saved on preemptions between them.
+  config.keep_checkpoints = 16
 
   data = config.data
   data.clip_length = 10       # frames per segment (the paper: each segment's first 10)

@@ -195,17 +195,19 @@ class Checkpoints:
     self._manager.close()
 
 
-def location(text: str, name: str) -> Tuple[str, Optional[int]]:
+def location(text: str, name: str, form: str = "DIR") -> Tuple[str, Optional[int]]:
   """'DIR[@STEP]' (a run's workdir, a step of it; the newest without one) ->
-  (DIR, STEP or None); `name` says what gave it in a ConfigError. Only the last
-  '@' before a number splits: a directory may hold one."""
+  (DIR, STEP or None); `name` says what gave it in a ConfigError, `form` how DIR
+  is written there. What follows the last '@' is the step, unless a '/' follows
+  it too (an '@' in a parent directory's name: /runs/a@b/run)."""
   match = re.fullmatch(r"(.+)@([^/@]*)", text)
   if match:
     if not match.group(2).isdigit():
-      raise ConfigError(f"{name}: the step after '@' must be a number (DIR@STEP)")
+      raise ConfigError(f"{name}: the step after '@' must be a number ({form}@STEP)")
     return match.group(1), int(match.group(2))
   if not text:
-    raise ConfigError(f"{name} needs a directory: DIR or DIR@STEP (a run's workdir)")
+    raise ConfigError(f"{name} needs a directory: {form} or {form}@STEP (a run's "
+                      f"workdir)")
   return text, None
 
 

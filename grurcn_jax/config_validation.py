@@ -129,11 +129,6 @@ def validate_config(config: Mapping) -> None:
   if data["input"] != "frames" and (model["backbone_trainable"] or model["backbone_dropout"]):
     raise ConfigError("model.backbone_trainable and model.backbone_dropout act on the "
                       "VGG-16 inside the step: they need data.input=frames")
-  if model["backbone_dropout"] and not model["backbone_trainable"]:
-    # A frozen backbone gives the head what the stored features hold; dropped-out
-    # fc7 units are not that, and train nothing in it.
-    raise ConfigError(f"model.backbone_dropout={model['backbone_dropout']} drops VGG-16 "
-                      f"units while it trains: it needs model.backbone_trainable=True")
   if config["task"] not in TASKS:
     raise ConfigError(f"task={config['task']!r} is not valid; choose one of: "
                       f"{', '.join(TASKS)}")

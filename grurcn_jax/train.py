@@ -39,14 +39,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   is_chief = jax.process_index() == 0
 
   checkpoints = experiment.checkpoints(workdir, max_to_keep=config.keep_checkpoints)
-  finished = _finished_evaluation(checkpoints.latest_step(), config, workdir)
+  finished = _finished_evaluation(checkpoints, config, workdir)
   if finished is not None:
-    _warn_if_not_exact(checkpoints.saved_config(checkpoints.latest_step()), config,
-                       finished=True)
     checkpoints.close()
-    logging.info("The run is finished and its last step (%d) evaluated: its metrics "
-                 "are in %s (--mode=eval evaluates again)", finished["step"],
-                 writers.METRICS_FILE)
+    logging.info("The run is finished and its last step (%d) evaluated with this "
+                 "config: its metrics are in %s (--mode=eval evaluates again)",
+                 config.num_train_steps, writers.METRICS_FILE)
     return finished
   evaluator = evaluators.for_experiment(experiment)
   if checkpoints.latest_step() is not None:
@@ -172,25 +170,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   return eval_metrics
 
 
-def _finished_evaluation(latest_step: Optional[int], config,
-                         workdir: str) -> Optional[Dict[str, Any]]:
-  """The metrics of a finished run's evaluation of its last checkpoint (from the
-  workdir's eval_metrics.json), or None: the run is not finished, or that step's
-  evaluation was not written. The command of a finished run, run again, reports
+def _finished_evaluation(checkpoints, config, workdir: str) -> Optional[Dict[str, Any]]:
+  """The metrics of a finished run's evaluation of its last checkpoint (the
+  workdir's eval_metrics.json), or None: the run is not finished, that step's
+  evaluation was not written, or the config is not the one the run was trained
+  and evaluated with (another model is refused by the restore; other evaluation
+  settings evaluate again). The command of a finished run, run again, reports
   them instead of evaluating again (and writing its scalars twice). Process 0
   reads; every host is told; the others get {} (only process 0 reports)."""
-  if latest_step is None or latest_step < config.num_train_steps:
+  latest = checkpoints.latest_step()
+  if latest is None or latest != config.num_train_steps:
     return None
-  metrics = {}
+  metrics = None
   if jax.process_index() == 0:
     metrics = writers.read_eval_metrics(workdir)
-  found = metrics is not None and metrics.get("step") == latest_step
+    if metrics is not None and (metrics.get("step") != latest or _differs(
+        checkpoints.saved_config(latest), config)):
+      metrics = None
+  found = metrics is not None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
   if not found:
     return None
   return metrics if jax.process_index() == 0 else {}
+
+
+def _differs(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> bool:
+  """Whether any field of `config` differs from the checkpoint's `saved` config."""
+  as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
+  return any(saved.get(k) != as_saved(v)
+             for k, v in config_validation.flatten(config).items())
 
 
 def _evaluation_missed(start_step: int, config, workdir: str) -> bool:
@@ -222,10 +232,8 @@ EXACT_RESUME_FIELDS = ("seed", "batch_size", "num_train_steps", "learning_rate",
                        "caption.attention_weight")
 
 
-def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict,
-                       finished: bool = False) -> None:
-  """Warns of settings that make the run another from here on (`finished`: of
-  settings that change nothing, the run being over)."""
+def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Warns of settings that make the run another from here on."""
   now = config_validation.flatten(config)
   as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
   fields = [k for k in EXACT_RESUME_FIELDS
@@ -236,11 +244,7 @@ def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict,
   if not config.data.num_streams and hosts not in (None, jax.process_count()):
     changed.append(f"hosts {hosts} -> {jax.process_count()} (data.num_streams=0: "
                    f"one input stream per host)")
-  if changed and finished:
-    logging.warning("Settings other than the finished run's (%s) change nothing: it "
-                    "trained all its steps (a larger num_train_steps trains on)",
-                    "; ".join(changed))
-  elif changed:
+  if changed:
     logging.warning("Resuming with settings other than the checkpoint's (%s): the run "
                     "goes on from its step, but its batches or updates from here are "
                     "not those of an uninterrupted run", "; ".join(changed))

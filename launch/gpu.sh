@@ -49,12 +49,20 @@ if [[ -n "$gpus" ]]; then
   if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
     IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
     IFS=, read -r -a wanted <<< "$gpus"
-    chosen=""
+    [[ ${#visible[@]} -gt 0 ]] ||
+      die "--gpus=$gpus: CUDA_VISIBLE_DEVICES is set empty (no GPU allocated): unset it, or run without --gpus"
+    chosen=",,"
     for i in "${wanted[@]}"; do
-      [[ "$i" =~ ^[0-9]+$ && "$i" -lt "${#visible[@]}" ]] ||
+      # Positions in decimal (10#: a leading zero is not octal).
+      if ! [[ "$i" =~ ^[0-9]+$ ]] || (( 10#$i >= ${#visible[@]} )); then
         die "--gpus=$gpus: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES is set (an allocation), so --gpus gives positions in it, 0 to $(( ${#visible[@]} - 1 )); '$i' is not one"
-      chosen+="${chosen:+,}${visible[$i]}"
+      fi
+      gpu="${visible[$((10#$i))]}"
+      [[ "$chosen" != *",$gpu,"* ]] || die "--gpus=$gpus names GPU $gpu twice"
+      chosen+="$gpu,"
     done
+    chosen="${chosen#,,}"
+    chosen="${chosen%,}"
     gpus="$chosen"
   fi
   export CUDA_VISIBLE_DEVICES="$gpus"

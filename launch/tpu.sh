@@ -382,8 +382,14 @@ if ! py_ok .venv/bin/python; then
   fi;
   rm -rf .venv && "$py" -m venv .venv || exit 1;
 fi;
-pins=@PINS@;
-if [ -n "$pins" ] && gcloud storage cat "$pins" > pins.txt 2>/dev/null && [ -s pins.txt ]; then
+pins=@PINS@; found=; rm -f pins.txt;
+if [ -n "$pins" ]; then
+  if gcloud storage cat "$pins" > pins.txt 2> pins.err; then found=1;
+  elif ! grep -qiE 'matched no objects|not found|no urls matched' pins.err; then
+    echo "could not read $pins (the versions to install): $(cat pins.err)"; exit 1;
+  fi;
+fi;
+if [ -s pins.txt ]; then
   echo "installing the versions this workdir's run began with ($pins; delete it to install the newest)";
   .venv/bin/pip install -q -U pip && .venv/bin/pip install -q -c pins.txt "jax[tpu]" -e . ||
     { echo "could not install the versions in $pins: delete it to install the newest"; exit 1; };
@@ -391,7 +397,8 @@ else
   .venv/bin/pip install -q -U pip && .venv/bin/pip install -q "jax[tpu]" -e . || exit 1;
   if [ -n "$pins" ]; then
     .venv/bin/pip freeze --exclude-editable | grep '==' > pins.txt;
-    gcloud storage cp --no-clobber pins.txt "$pins" > /dev/null 2>&1 ||
+    if [ -n "$found" ]; then clobber=; else clobber=--no-clobber; fi;
+    gcloud storage cp $clobber pins.txt "$pins" > /dev/null 2>&1 ||
       echo "warning: could not record the installed versions in $pins";
   fi;
 fi
@@ -416,10 +423,12 @@ EOF
   local copy_log="" copier="" final_copy=""
   if [[ -n "$logs" ]]; then
     copy_log="gcloud storage cp run.log $(printf '%q' "$logs")/\$(hostname).log > /dev/null 2>&1"
-    copier="(while sleep $log_copy_s; do $copy_log; done) & copier=\$!; "
-    final_copy="; kill \$copier; $copy_log || echo $(printf '%q' "could not copy run.log to $logs")"
+    # The loop stops on TERM between copies (a copy under way finishes first:
+    # waited for, it cannot land after the final one with an older log).
+    copier="(trap 'exit 0' TERM; while :; do sleep $log_copy_s & wait \$!; $copy_log; done) & copier=\$!; "
+    final_copy="; kill \$copier 2> /dev/null; wait \$copier; $copy_log || echo $(printf '%q' "could not copy run.log to $logs")"
   fi
-  command_line="trap : TERM; cd ~/grurcn_jax && $copier$with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); s=\$?$final_copy; echo \$s > ~/grurcn_jax/run.status"
+  command_line="trap : TERM; cd ~/grurcn_jax || exit 1; $copier$with_env.venv/bin/python -m grurcn_jax.main$(printf ' %q' "${main_args[@]}"); s=\$?$final_copy; echo \$s > ~/grurcn_jax/run.status"
   # An earlier run's log is kept beside it, not overwritten.
   start="cd ~/grurcn_jax || exit 1; rm -f run.status; [ ! -f run.log ] || mv run.log run.\$(date +%Y%m%d-%H%M%S).log; setsid nohup bash -c $(printf '%q' "$command_line") > run.log 2>&1 < /dev/null & echo \$! > run.pid"
   run "${gtpu[@]}" ssh "$name" "${where[@]}" --worker=all --command="$start"

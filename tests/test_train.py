@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 from grurcn_jax import evaluate, train, writers
-from grurcn_jax.errors import TrainingError
+from grurcn_jax.errors import CheckpointMismatchError, TrainingError
 from tests.training_setup import (REPO, main_in_process, overrides_as_flags,
                                   python_without, restore_params, tiny_config)
 
@@ -102,7 +102,7 @@ def test_whole_run_learns_checkpoints_and_reports(finished_run):
 
 
 def test_a_finished_run_run_again_reports_its_evaluation(finished_run, tmp_path,
-                                                         monkeypatch, caplog):
+                                                         monkeypatch):
   # Nothing is evaluated or written again: the final evaluation's metrics come
   # from the workdir; a final evaluation that was not written is done.
   from grurcn_jax import evaluators
@@ -115,17 +115,41 @@ def test_a_finished_run_run_again_reports_its_evaluation(finished_run, tmp_path,
   assert train.train_and_evaluate(config, workdir) == metrics
   assert {name: os.path.getmtime(os.path.join(workdir, name))
           for name in os.listdir(workdir)} == before
-  # Settings changed since are said to have done nothing.
-  seeded = config.copy_and_resolve_references()
-  seeded.seed = 7
-  with caplog.at_level("WARNING"):
-    assert train.train_and_evaluate(seeded, workdir) == metrics
-  assert "Settings other than the finished run's (seed 0 -> 7) change nothing" in caplog.text
   monkeypatch.undo()
+  # Another config is not the run's: evaluated again as it says (more eval
+  # clips), or refused by the restore (another model).
+  more_clips = config.copy_and_resolve_references()
+  more_clips.data.eval_clips = 2 * config.data.eval_clips
+  again = train.train_and_evaluate(more_clips, workdir)
+  assert again["step"] == 12 and again["num_clips"] == 2 * metrics["num_clips"]
+  assert writers.read_eval_metrics(workdir) == again != metrics
+  wider = config.copy_and_resolve_references()
+  wider.model.hidden = tuple(2 * h for h in config.model.hidden)
+  with pytest.raises(CheckpointMismatchError, match="model.hidden"):
+    train.train_and_evaluate(wider, workdir)
   os.remove(os.path.join(workdir, "eval_metrics.json"))   # killed while evaluating
   again = train.train_and_evaluate(config, workdir)
-  assert again["step"] == 12 and again["video_accuracy"] == metrics["video_accuracy"]
+  assert again == metrics
   assert writers.read_eval_metrics(workdir) == again
+
+
+def test_hosts_other_than_the_first_are_told_a_finished_run_is_evaluated(
+    finished_run, monkeypatch):
+  # Process 0 reads eval_metrics.json and tells the others, which report nothing.
+  from jax.experimental import multihost_utils
+  config, finished, _ = finished_run
+
+  class Checkpoints:
+    latest_step = lambda self: 12
+    saved_config = pytest.fail    # process 0's to read
+  told = []
+  monkeypatch.setattr(jax, "process_index", lambda: 1)
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  monkeypatch.setattr(multihost_utils, "broadcast_one_to_all",
+                      lambda found: told.append(int(found)) or np.int32(1))
+  monkeypatch.setattr(train.writers, "read_eval_metrics", pytest.fail)
+  assert train._finished_evaluation(Checkpoints(), config, finished) == {}
+  assert told == [0]   # what it had itself: process 0's answer is the one taken
 
 
 def test_eval_from_checkpoint_reproduces_training_metrics(finished_run, tmp_path):

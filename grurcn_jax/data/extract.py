@@ -276,7 +276,8 @@ def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -
         "decoder throughout, extract into a new --out", out_dir, decoder,
         video_lib.DECODER_VERSION)
   weights = previous.get("weights", "")
-  if weights not in ("random", "imagenet") and not weights.startswith("checkpoint:"):
+  if weights and weights not in ("random", "imagenet") and not weights.startswith(
+      "checkpoint:"):
     # A weights file recorded as typed (before paths were made absolute): the same
     # file if it resolves to it from here, as a resume from where it began does.
     previous["weights"] = files.absolute(weights)

@@ -233,10 +233,9 @@ class ConvGRU(nn.Module):
         return states
       return states[:, 0] if self.reverse else states[:, -1]
 
-    # Time-major from here on: nn.scan walks the leading axis. The batched
-    # convolution above ran batch-major; the transpose keeps the batch axis sharded.
-    # Batch-major over B*T frames (as nn.Conv would), the bias's gradient summed
-    # in float32: in bfloat16 a sum over B*T*H*W positions loses several percent.
+    # The input convolution batch-major over B*T frames (as nn.Conv would), the
+    # bias's gradient summed in float32: in bfloat16 a sum over B*T*H*W positions
+    # loses several percent.
     kernel, bias = self.input(inputs.shape[-1])
     input_proj = backend_tuning.batched_conv2d(
         einops.rearrange(inputs.astype(dtype), "b t h w c -> (b t) h w c"),
@@ -246,6 +245,8 @@ class ConvGRU(nn.Module):
     if lower is not None:
       gates, candidate = jnp.split(input_proj, [2 * self.features], axis=-1)
       input_proj = jnp.concatenate([gates + lower, candidate], axis=-1)
+    # Time-major from here on: nn.scan walks the leading axis. The convolution
+    # ran batch-major; the transpose keeps the batch axis sharded.
     input_proj = einops.rearrange(input_proj.astype(dtype), "b t h w c -> t b h w c")
     step = nn.remat(ConvGRU._scan_step) if self.remat else ConvGRU._scan_step
     scan = nn.scan(step, variable_broadcast="params",

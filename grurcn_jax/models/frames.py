@@ -7,11 +7,12 @@ calibrated with and (backbone frozen) rounded to float16, as the stored features
 are. That holds in float32, what extraction computes in; with model.dtype
 bfloat16 VGG-16 computes in bfloat16, and its levels differ from the stored ones
 (a random VGG-16 on 32 px frames: 0.008 of a level's standard deviation on
-average, up to 0.08). The frames
-of all clips go through VGG-16 as one batch of B*T, merged batch-major (so a
-batch-sharded clip stays on its device). With `backbone_trainable=False` the
-backbone's outputs are cut from the gradient (no backward through VGG-16) and the
-optimiser leaves its parameters as they are (`steps.create_optimizer`).
+average, up to 0.08). In training, `backbone_dropout` drops fc7 units of a frozen
+backbone too (dropout on its features). The frames of all clips go through
+VGG-16 as one batch of B*T, merged batch-major (so a batch-sharded clip stays on
+its device). With `backbone_trainable=False` the backbone's outputs are cut from
+the gradient (no backward through VGG-16) and the optimiser leaves its
+parameters as they are (`steps.create_optimizer`).
 Parameters: {'backbone': VGG-16's, 'head': the wrapped model's}.
 """
 

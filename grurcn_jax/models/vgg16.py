@@ -303,7 +303,8 @@ CHECKPOINT_WEIGHTS = "checkpoint:"
 def _checkpoint_location(weights: str):
   """'checkpoint:DIR[@STEP]' -> (DIR, STEP or None)."""
   from grurcn_jax import checkpoints  # deferred: orbax only here
-  return checkpoints.location(weights[len(CHECKPOINT_WEIGHTS):], f"weights {weights!r}")
+  return checkpoints.location(weights[len(CHECKPOINT_WEIGHTS):], f"weights {weights!r}",
+                              form="checkpoint:DIR")
 
 
 @contextlib.contextmanager

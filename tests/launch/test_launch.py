@@ -257,7 +257,8 @@ FAKE_WORKER_GCLOUD = """#!/bin/bash
 echo "gcloud $*" >> "$LOG"
 [ "$1" = storage ] || exit 1
 case "$2" in
-  cat) [ -f "$GCS/${3#gs://}" ] || { echo "not found: $3" >&2; exit 1; }
+  cat) [ -z "${GCS_DENIED:-}" ] || { echo "ERROR: 403 caller does not have access" >&2; exit 1; }
+       [ -f "$GCS/${3#gs://}" ] || { echo "ERROR: URLs matched no objects: $3" >&2; exit 1; }
        cat "$GCS/${3#gs://}" ;;
   cp) shift 2
       if [ "$1" = --no-clobber ]; then shift; [ ! -f "$GCS/${2#gs://}" ] || exit 0; fi
@@ -395,6 +396,15 @@ def test_a_fresh_vm_installs_the_versions_the_run_began_with(worker):
   # worker with what to do.
   run({"python3": "3.12"}, ok=False, PIP_PINNED_FAILS="1")
   assert f"could not install the versions in {PINS}: delete it" in run.output
+  # A record that cannot be read (no permission, no network) installs nothing:
+  # the newest versions are what the record is there to prevent.
+  assert run({"python3": "3.12"}, ok=False, GCS_DENIED="1") == [
+      f"gcloud storage cat {PINS}"]
+  assert f"could not read {PINS} (the versions to install): ERROR: 403" in run.output
+  # An empty record (a copy cut short) is written again, not kept.
+  pins.write_text("")
+  assert run({"python3": "3.12"})[-1] == f"gcloud storage cp pins.txt {PINS}"
+  assert pins.read_text() == "jax==0.9.1\nlibtpu==0.0.30\n"
 
 
 def test_a_local_workdir_records_no_versions(worker, gcloud):
@@ -698,7 +708,8 @@ def test_gpu_launcher_keeps_the_memory_settings_of_the_environment(tmp_path):
 
 
 @pytest.mark.parametrize("visible,gpus,chosen", [
-    ("4,5,6,7", "0,2", "4,6"), ("GPU-aa,GPU-bb", "1", "GPU-bb"), ("3", "0", "3")])
+    ("4,5,6,7", "0,2", "4,6"), ("GPU-aa,GPU-bb", "1", "GPU-bb"), ("3", "0", "3"),
+    ("0,1,2,3,4,5,6,7,8,9,10,11", "010", "10")])   # decimal, not octal 8
 def test_gpu_launcher_picks_within_a_schedulers_allocation(visible, gpus, chosen):
   # SLURM sets CUDA_VISIBLE_DEVICES to the job's GPUs (numbers or UUIDs).
   result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
@@ -708,8 +719,18 @@ def test_gpu_launcher_picks_within_a_schedulers_allocation(visible, gpus, chosen
   assert f"CUDA_VISIBLE_DEVICES={chosen} " in result.stdout
 
 
+@pytest.mark.parametrize("visible,gpus,message", [
+    ("4,5", "0,0", "--gpus=0,0 names GPU 4 twice"),
+    ("", "0", "--gpus=0: CUDA_VISIBLE_DEVICES is set empty (no GPU allocated)")])
+def test_gpu_launcher_refuses_a_gpu_twice_or_an_empty_allocation(visible, gpus, message):
+  result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=visible))
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("visible,gpus,bad,last", [
-    ("4,5", "0,5", "5", "1"), ("4,5", "x", "x", "1"), ("", "0", "0", "-1")])
+    ("4,5", "0,5", "5", "1"), ("4,5", "x", "x", "1"), ("4,5", "08", "08", "1")])
 def test_gpu_launcher_refuses_gpus_outside_the_allocation(visible, gpus, bad, last):
   result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
                           text=True, cwd=REPO,
