@@ -330,20 +330,21 @@ def _make_decode_step(experiment):
                            method="segments")
     state, projected = model.apply(variables, segments, method="start")
 
-    def step(carry, tokens):
-      decoder_state, segments, projected = carry
+    def step(decoder_state, tokens, shared):
+      segments, projected = shared   # a video's: the same for each of its beams
       decoder_state, log_probs, _ = model.apply(variables, decoder_state, tokens,
                                                 segments, projected, method="step")
-      return log_probs, (decoder_state, segments, projected)
+      return log_probs, decoder_state
 
     options = dict(bos=vocabulary.bos, eos=vocabulary.eos,
                    max_length=caption.max_length,
-                   banned=vocabulary.never_generated(caption.allow_unk))
-    carry, size = (state, segments, projected), segments.shape[0]
+                   banned=vocabulary.never_generated(caption.allow_unk),
+                   shared=(segments, projected))
+    size = segments.shape[0]
     if caption.beam_size == 1:
-      tokens, _ = decoding.greedy(step, carry, size, **options)
+      tokens, _ = decoding.greedy(step, state, size, **options)
     else:
-      tokens, _ = decoding.beam_search(step, carry, size, beam=caption.beam_size,
+      tokens, _ = decoding.beam_search(step, state, size, beam=caption.beam_size,
                                        **options)
     return {"tokens": tokens, "video_index": batch["video_index"], "mask": batch["mask"]}
 

@@ -3,6 +3,9 @@
 Generic over the model: `step(state, tokens) -> (log_probs, state)` takes the
 previous token of every hypothesis ([N] int32) and its decoder state (a pytree of
 [N, ...] arrays) and gives the next token's log-probabilities ([N, V] float32).
+With `shared` (per video, [B, ...]: what every hypothesis of a video reads and
+none changes, e.g. the encoder's output) the step is `step(state, tokens,
+shared)`: it is repeated for the beams once, not carried and gathered each step.
 Both loops have a fixed number of iterations (`max_length`), so they compile
 once per shape (`lax.scan`); finished hypotheses only ever extend with `eos` at
 no cost. `banned` tokens are never written (e.g. `<unk>`, `<pad>`, `<bos>`).
@@ -29,11 +32,19 @@ def _without(step: Step, banned: Sequence[int]) -> Step:
   return allowed
 
 
+def _reading(step, shared) -> Step:
+  """`step` as a Step: `shared` passed to it, when there is any."""
+  if shared is None:
+    return step
+  return lambda state, tokens: step(state, tokens, shared)
+
+
 def greedy(step: Step, state: Any, batch: int, *, bos: int, eos: int,
-           max_length: int, banned: Sequence[int] = ()) -> Tuple[Array, Array]:
+           max_length: int, banned: Sequence[int] = (),
+           shared: Any = None) -> Tuple[Array, Array]:
   """The most likely next token at every step: ([B, max_length] tokens after
   `bos`, eos-padded; [B] their total log-probability)."""
-  step = _without(step, banned)
+  step = _without(_reading(step, shared), banned)
 
   def body(carry, _):
     tokens, state, score, done = carry
@@ -52,14 +63,19 @@ def greedy(step: Step, state: Any, batch: int, *, bos: int, eos: int,
 
 
 def beam_search(step: Step, state: Any, batch: int, *, beam: int, bos: int, eos: int,
-                max_length: int, banned: Sequence[int] = ()) -> Tuple[Array, Array]:
+                max_length: int, banned: Sequence[int] = (),
+                shared: Any = None) -> Tuple[Array, Array]:
   """The `beam` best hypotheses by total log-probability, kept at every step:
   ([B, max_length] the best one's tokens, eos-padded; [B] its log-probability).
-  `state` is per video ([B, ...]); it is repeated for the beams here."""
-  step = _without(step, banned)
+  `state` and `shared` are per video ([B, ...]); they are repeated for the beams
+  here, and only `state` follows its hypotheses."""
 
   def tile(x):  # [B, ...] -> [B * beam, ...], each video's beams together
     return jnp.repeat(x, beam, axis=0)
+
+  if shared is not None:
+    shared = jax.tree.map(tile, shared)
+  step = _without(_reading(step, shared), banned)
 
   def body(carry, t):
     tokens, state, scores, done, history = carry      # [B*K], ..., [B, K], [B, K]

@@ -65,3 +65,26 @@ def test_banned_tokens_are_never_written():
                               banned=(A,))
   np.testing.assert_array_equal(beam[0], [[BW, EOS, EOS]] * 2)
   np.testing.assert_allclose(beam[1], np.log(0.3 * 0.1), rtol=1e-5)
+
+
+def test_what_every_hypothesis_of_a_video_reads_is_passed_not_carried():
+  # A per-video context (an encoder's output) given as `shared` decodes as the same
+  # context carried in the state does, and the carried state holds none of it.
+  rng = np.random.default_rng(1)
+  table = jax.nn.softmax(jnp.asarray(rng.standard_normal((7, 7)) * 3), axis=-1)
+  context = jnp.asarray(rng.standard_normal((3, 7)), jnp.float32)
+  counter = jnp.zeros((3,), jnp.int32)   # a state that changes: steps taken
+  scores = lambda c, w, n: jax.nn.log_softmax(jnp.log(table[w]) + c * (1 + n[:, None]))
+  carried = lambda s, w: (scores(s[0], w, s[1]), (s[0], s[1] + 1))
+  seen = []
+
+  def passed(n, w, c):
+    seen.append(jax.tree.map(jnp.shape, n))
+    return scores(c, w, n), n + 1
+  for search, options in ((decoding.greedy, {}), (decoding.beam_search, {"beam": 3})):
+    want = search(carried, (context, counter), 3, bos=0, eos=1, max_length=6, **options)
+    got = search(passed, counter, 3, bos=0, eos=1, max_length=6, shared=context,
+                 **options)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+  assert set(seen) == {(3,), (9,)}   # the state alone: [B], then [B * beam]
