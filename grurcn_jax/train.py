@@ -172,21 +172,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
 
 def _finished_evaluation(checkpoints, config, workdir: str) -> Optional[Dict[str, Any]]:
   """The metrics of a finished run's evaluation of its last checkpoint (the
-  workdir's eval_metrics.json), or None: the run is not finished, that step's
-  evaluation was not written, or the config is not the one the run was trained
-  and evaluated with (another model is refused by the restore; other evaluation
-  settings evaluate again). The command of a finished run, run again, reports
-  them instead of evaluating again (and writing its scalars twice). Process 0
-  reads; every host is told; the others get {} (only process 0 reports)."""
+  workdir's eval_metrics.json), or None: the run is not finished, or that step's
+  evaluation was not written by this very config (any field other: evaluated
+  again; another model: refused by the restore). The command of a finished run,
+  run again, reports them instead of evaluating again (and writing its scalars
+  twice). Process 0 reads; every host is told; the others get {} (only process
+  0 reports)."""
   latest = checkpoints.latest_step()
   if latest is None or latest != config.num_train_steps:
     return None
   metrics = None
   if jax.process_index() == 0:
-    metrics = writers.read_eval_metrics(workdir)
-    if metrics is not None and (metrics.get("step") != latest or _differs(
-        checkpoints.saved_config(latest), config)):
-      metrics = None
+    read = writers.read_eval(workdir)
+    if read is not None:
+      metrics, made_by = read
+      if metrics.get("step") != latest or made_by != writers.config_fingerprint(config):
+        logging.info("The run is finished; eval_metrics.json does not hold step %d's "
+                     "evaluation with this config: evaluating it", latest)
+        metrics = None
   found = metrics is not None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
@@ -194,13 +197,6 @@ def _finished_evaluation(checkpoints, config, workdir: str) -> Optional[Dict[str
   if not found:
     return None
   return metrics if jax.process_index() == 0 else {}
-
-
-def _differs(saved: Dict[str, Any], config: ml_collections.ConfigDict) -> bool:
-  """Whether any field of `config` differs from the checkpoint's `saved` config."""
-  as_saved = lambda v: list(v) if isinstance(v, tuple) else v   # JSON has no tuples
-  return any(saved.get(k) != as_saved(v)
-             for k, v in config_validation.flatten(config).items())
 
 
 def _evaluation_missed(start_step: int, config, workdir: str) -> bool:
@@ -252,6 +248,6 @@ def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict)
 
 def _evaluate(evaluator, state, workdir, writer, should_stop=None) -> Dict[str, Any]:
   result = evaluator.evaluate(state.params, int(state.step), should_stop=should_stop)
-  writers.write_eval(workdir, result, writer)
+  writers.write_eval(workdir, result, writer, config=evaluator.experiment.config)
   logging.info("eval: %s", result.summary)
   return result.metrics

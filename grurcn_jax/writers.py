@@ -141,9 +141,14 @@ def evaluated_step(workdir: str):
   return step if isinstance(step, int) else None
 
 
-def read_eval_metrics(workdir: str):
-  """The metrics of the evaluation `workdir` holds (eval_metrics.json, without the
-  names of the files written beside it), or None: none, or unreadable."""
+# eval_metrics.json's fingerprint of the config that made the evaluation.
+CONFIG_KEY = "config_sha256"
+
+
+def read_eval(workdir: str):
+  """(the metrics of the evaluation `workdir` holds: eval_metrics.json without
+  what write_eval adds, the fingerprint of the config that made it or None), or
+  None: none, or unreadable."""
   path = os.path.join(workdir, METRICS_FILE)
   try:
     if not files.exists(path):
@@ -153,7 +158,23 @@ def read_eval_metrics(workdir: str):
     return None
   if not isinstance(document, dict):
     return None
-  return {k: v for k, v in document.items() if k not in _written_file_keys(document)}
+  added = _written_file_keys(document) | {CONFIG_KEY}
+  return ({k: v for k, v in document.items() if k not in added},
+          document.get(CONFIG_KEY))
+
+
+def read_eval_metrics(workdir: str):
+  """The metrics of the evaluation `workdir` holds (`read_eval`'s), or None."""
+  read = read_eval(workdir)
+  return None if read is None else read[0]
+
+
+def config_fingerprint(config) -> str:
+  """A config's fingerprint: equal for configs equal in every field."""
+  import hashlib
+  from grurcn_jax import config_validation
+  flat = config_validation.flatten(config)
+  return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _written_file_keys(document) -> set:
@@ -162,9 +183,11 @@ def _written_file_keys(document) -> set:
           if k.endswith("_file") and isinstance(v, str) and "/" not in v}
 
 
-def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
+def write_eval(workdir: str, result: EvalResult, scalar_writer=None,
+               config=None) -> None:
   """Writes `result`'s files (process 0) and scalars (`scalar_writer`, from
-  `metric_writer`, when given; it decides itself which host writes)."""
+  `metric_writer`, when given; it decides itself which host writes); with
+  `config`, the one that made it, its fingerprint in eval_metrics.json."""
   if scalar_writer is not None:
     scalar_writer.write_scalars(result.step, _float_scalars(result.metrics, "eval/"))
     if result.texts:
@@ -185,6 +208,8 @@ def write_eval(workdir: str, result: EvalResult, scalar_writer=None) -> None:
   for name, document in result.documents.items():
     _write_json(os.path.join(workdir, name), document)
     written[f"{name.rsplit('.', 1)[0]}_file"] = name
+  if config is not None:
+    written[CONFIG_KEY] = config_fingerprint(config)
   _write_json(os.path.join(workdir, METRICS_FILE), dict(result.metrics, **written))
 
 

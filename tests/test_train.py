@@ -90,8 +90,10 @@ def test_whole_run_learns_checkpoints_and_reports(finished_run):
   assert CONTRACT_KEYS <= set(written)
   assert written["step"] == 12 and written["num_videos"] == 8
   assert set(written["per_level_video_accuracy"]) == {"pool2", "pool3"}
+  # The files beside it, and the fingerprint of the config that made it.
   assert written == {**metrics, "scores_file": "eval_scores.npz",
-                     "confusion_matrix_file": "confusion_matrix.png"}
+                     "confusion_matrix_file": "confusion_matrix.png",
+                     "config_sha256": writers.config_fingerprint(config)}
   scores = np.load(os.path.join(workdir, "eval_scores.npz"))
   assert scores["probs"].shape == (8, 8)
   np.testing.assert_allclose(scores["probs"].sum(-1), 1, rtol=1e-5)
@@ -116,13 +118,17 @@ def test_a_finished_run_run_again_reports_its_evaluation(finished_run, tmp_path,
   assert {name: os.path.getmtime(os.path.join(workdir, name))
           for name in os.listdir(workdir)} == before
   monkeypatch.undo()
-  # Another config is not the run's: evaluated again as it says (more eval
-  # clips), or refused by the restore (another model).
+  # An evaluation made by another config is not reported for this one: evaluated
+  # again as it says (more eval clips); the first command, run after it, gets its
+  # own evaluation again too, not the other's. Another model is refused by the
+  # restore.
   more_clips = config.copy_and_resolve_references()
   more_clips.data.eval_clips = 2 * config.data.eval_clips
   again = train.train_and_evaluate(more_clips, workdir)
   assert again["step"] == 12 and again["num_clips"] == 2 * metrics["num_clips"]
   assert writers.read_eval_metrics(workdir) == again != metrics
+  assert train.train_and_evaluate(config, workdir) == metrics
+  assert writers.read_eval_metrics(workdir) == metrics
   wider = config.copy_and_resolve_references()
   wider.model.hidden = tuple(2 * h for h in config.model.hidden)
   with pytest.raises(CheckpointMismatchError, match="model.hidden"):
@@ -141,13 +147,12 @@ def test_hosts_other_than_the_first_are_told_a_finished_run_is_evaluated(
 
   class Checkpoints:
     latest_step = lambda self: 12
-    saved_config = pytest.fail    # process 0's to read
   told = []
   monkeypatch.setattr(jax, "process_index", lambda: 1)
   monkeypatch.setattr(jax, "process_count", lambda: 2)
   monkeypatch.setattr(multihost_utils, "broadcast_one_to_all",
                       lambda found: told.append(int(found)) or np.int32(1))
-  monkeypatch.setattr(train.writers, "read_eval_metrics", pytest.fail)
+  monkeypatch.setattr(train.writers, "read_eval", pytest.fail)   # process 0's to read
   assert train._finished_evaluation(Checkpoints(), config, finished) == {}
   assert told == [0]   # what it had itself: process 0's answer is the one taken
 
