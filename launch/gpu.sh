@@ -22,18 +22,18 @@
 set -euo pipefail
 
 # Memory settings the environment already has are kept unless an option is given.
-gpus="" mem_fraction="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
+gpus="" gpus_given=0 mem_fraction="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}"
 preallocate="${XLA_PYTHON_CLIENT_PREALLOCATE:-true}" dry_run=0
 args=()
 die() { echo "gpu.sh: error: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --gpus=*) gpus="${1#*=}" ;;
+    --gpus=*) gpus="${1#*=}" gpus_given=1 ;;
     --mem_fraction=*) mem_fraction="${1#*=}" ;;
     --gpus|--mem_fraction)
       # The space-separated form: the value is the next word, which must be there.
       [[ $# -ge 2 && "$2" != -* ]] || die "$1 needs a value: $1=VALUE or $1 VALUE"
-      if [[ "$1" == --gpus ]]; then gpus="$2"; else mem_fraction="$2"; fi
+      if [[ "$1" == --gpus ]]; then gpus="$2" gpus_given=1; else mem_fraction="$2"; fi
       shift ;;
     --no_preallocate) preallocate="false" ;;
     --dry-run|--dry_run) dry_run=1 ;;
@@ -43,29 +43,40 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 
-if [[ -n "$gpus" ]]; then
+if [[ "$gpus_given" -eq 1 ]]; then
+  # GPU numbers (decimal: 10# reads a leading zero as such, not octal) or, outside
+  # an allocation, CUDA's GPU-/MIG- UUIDs; comma-separated, none empty.
+  [[ "$gpus" =~ ^([0-9]{1,4}|GPU-[-0-9a-fA-F]+|MIG-[-0-9a-fA-F/]+)(,([0-9]{1,4}|GPU-[-0-9a-fA-F]+|MIG-[-0-9a-fA-F/]+))*$ ]] ||
+    die "--gpus=$gpus: give GPUs separated by commas, e.g. --gpus=0 or --gpus=0,1"
+  IFS=, read -r -a wanted <<< "$gpus"
   # Within an allocation, --gpus picks from it: a physical number could name a GPU
   # that belongs to another job.
   if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
     IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-    IFS=, read -r -a wanted <<< "$gpus"
     [[ ${#visible[@]} -gt 0 ]] ||
       die "--gpus=$gpus: CUDA_VISIBLE_DEVICES is set empty (no GPU allocated): unset it, or run without --gpus"
-    chosen=",,"
+    [[ ",$CUDA_VISIBLE_DEVICES," != *",,"* ]] ||
+      die "CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES has an empty entry: it names no allocation"
+    selected=()
     for i in "${wanted[@]}"; do
-      # Positions in decimal (10#: a leading zero is not octal).
       if ! [[ "$i" =~ ^[0-9]+$ ]] || (( 10#$i >= ${#visible[@]} )); then
         die "--gpus=$gpus: CUDA_VISIBLE_DEVICES=$CUDA_VISIBLE_DEVICES is set (an allocation), so --gpus gives positions in it, 0 to $(( ${#visible[@]} - 1 )); '$i' is not one"
       fi
-      gpu="${visible[$((10#$i))]}"
-      [[ "$chosen" != *",$gpu,"* ]] || die "--gpus=$gpus names GPU $gpu twice"
-      chosen+="$gpu,"
+      selected+=("${visible[$((10#$i))]}")
     done
-    chosen="${chosen#,,}"
-    chosen="${chosen%,}"
-    gpus="$chosen"
+  else
+    selected=()
+    for i in "${wanted[@]}"; do
+      if [[ "$i" =~ ^[0-9]+$ ]]; then selected+=("$((10#$i))"); else selected+=("$i"); fi
+    done
   fi
-  export CUDA_VISIBLE_DEVICES="$gpus"
+  chosen=","
+  for gpu in ${selected[@]+"${selected[@]}"}; do
+    [[ "$chosen" != *",$gpu,"* ]] || die "--gpus=$gpus names GPU $gpu twice"
+    chosen+="$gpu,"
+  done
+  chosen="${chosen#,}"
+  export CUDA_VISIBLE_DEVICES="${chosen%,}"
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction"
 export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
@@ -78,7 +89,7 @@ python="python"
 command -v python >/dev/null 2>&1 || python="python3"
 command_line=("$python" -m grurcn_jax.main ${args[@]+"${args[@]}"})
 if [[ "$dry_run" -eq 1 ]]; then
-  echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-<all>} XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction XLA_PYTHON_CLIENT_PREALLOCATE=$preallocate"
+  echo "CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<all>} XLA_PYTHON_CLIENT_MEM_FRACTION=$mem_fraction XLA_PYTHON_CLIENT_PREALLOCATE=$preallocate"
   printf '+'; printf ' %q' "${command_line[@]}"; printf '\n'
   exit 0
 fi

@@ -725,7 +725,13 @@ def _pinned(weights: str) -> str:
   record names exactly the weights the features were made with, and frames mode
   finds them from any working directory."""
   from grurcn_jax.models import vgg16  # deferred: jax and flax only past the flags
-  return vgg16.pin_weights(weights)
+  pinned = vgg16.pin_weights(weights)
+  if (pinned not in ("random", "imagenet") and not pinned.startswith("checkpoint:")
+      and not files.exists(pinned)):
+    # Now, not after the size estimate has opened every video (nor never, with
+    # --dry_run).
+    raise ConfigError(f"--weights={weights}: no such VGG-16 weights file ({pinned})")
+  return pinned
 
 
 def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:

@@ -379,6 +379,13 @@ def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path, capl
     rerun(directory=flow)
 
 
+def test_a_weights_file_that_is_not_there_is_an_error_before_anything_is_read():
+  with pytest.raises(ConfigError, match=r"--weights=no/such/vgg16.h5: no such VGG-16 "
+                                        r"weights file \(/.*/no/such/vgg16.h5\)"):
+    extract.settings_from_flags(parsed(*COMMON, "--videos=v", "--splits=s", "--out=o",
+                                       "--weights=no/such/vgg16.h5"))
+
+
 def test_a_weights_file_recorded_as_typed_resumes_from_where_it_began(tmp_path,
                                                                     monkeypatch):
   # Records made before weights files were recorded absolute hold the path as it

@@ -719,9 +719,24 @@ def test_gpu_launcher_picks_within_a_schedulers_allocation(visible, gpus, chosen
   assert f"CUDA_VISIBLE_DEVICES={chosen} " in result.stdout
 
 
+@pytest.mark.parametrize("gpus,outcome", [
+    ("08", "CUDA_VISIBLE_DEVICES=8 "), ("010", "CUDA_VISIBLE_DEVICES=10 "),
+    ("GPU-ab12", "CUDA_VISIBLE_DEVICES=GPU-ab12 "),
+    ("", "error: --gpus=: give GPUs separated by commas"),
+    ("-1", "error: --gpus=-1: give GPUs"), ("0,,1", "error: --gpus=0,,1: give GPUs"),
+    ("18446744073709551615", "error: --gpus=18446744073709551615: give GPUs"),
+    ("0,00", "error: --gpus=0,00 names GPU 0 twice")])
+def test_gpu_launcher_checks_its_list_without_an_allocation(gpus, outcome):
+  result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
+                          text=True, cwd=REPO, env=NO_ALLOCATION)
+  assert outcome in result.stdout + result.stderr
+  assert result.returncode == (2 if "error" in outcome else 0)
+
+
 @pytest.mark.parametrize("visible,gpus,message", [
     ("4,5", "0,0", "--gpus=0,0 names GPU 4 twice"),
-    ("", "0", "--gpus=0: CUDA_VISIBLE_DEVICES is set empty (no GPU allocated)")])
+    ("", "0", "--gpus=0: CUDA_VISIBLE_DEVICES is set empty (no GPU allocated)"),
+    ("0,,1", "1", "CUDA_VISIBLE_DEVICES=0,,1 has an empty entry")])
 def test_gpu_launcher_refuses_a_gpu_twice_or_an_empty_allocation(visible, gpus, message):
   result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
                           text=True, cwd=REPO,
@@ -730,7 +745,7 @@ def test_gpu_launcher_refuses_a_gpu_twice_or_an_empty_allocation(visible, gpus, 
 
 
 @pytest.mark.parametrize("visible,gpus,bad,last", [
-    ("4,5", "0,5", "5", "1"), ("4,5", "x", "x", "1"), ("4,5", "08", "08", "1")])
+    ("4,5", "0,5", "5", "1"), ("4,5", "GPU-ab", "GPU-ab", "1"), ("4,5", "08", "08", "1")])
 def test_gpu_launcher_refuses_gpus_outside_the_allocation(visible, gpus, bad, last):
   result = subprocess.run(["bash", GPU, f"--gpus={gpus}", "--dry-run"], capture_output=True,
                           text=True, cwd=REPO,
