@@ -78,6 +78,8 @@ if [[ "$gpus_given" -eq 1 ]]; then
   chosen="${chosen#,}"
   export CUDA_VISIBLE_DEVICES="${chosen%,}"
 fi
+[[ "$mem_fraction" =~ ^(0?\.[0-9]*[1-9][0-9]*|1(\.0*)?)$ ]] ||
+  die "--mem_fraction=$mem_fraction: a share of the GPU's memory, above 0 and at most 1 (e.g. 0.9)"
 export XLA_PYTHON_CLIENT_MEM_FRACTION="$mem_fraction"
 export XLA_PYTHON_CLIENT_PREALLOCATE="$preallocate"
 # The input runs on the CPU; where TensorFlow is used, the package hides the GPUs from it.

@@ -30,7 +30,8 @@
 #                          for v2-v4); also gcloud's --version=VERSION
 #   --config=FILE          experiment config (default configs/ucf101_grurcn.py)
 #   --workdir=DIR          checkpoints and metrics; gs:// required on multi-host,
-#                          with --spot and with --queued (a replaced VM loses its disk)
+#                          with --spot and with --queued (a replaced VM loses its disk);
+#                          else gs://, an absolute path or ~/... on the VM
 #   --data_dir=DIR         feature directory (config.data.dir); gs:// on multi-host
 #   --env=KEY=VALUE        an environment variable for the run on every worker
 #                          (repeatable), e.g. --env=LIBTPU_INIT_ARGS=--xla_tpu_...
@@ -160,6 +161,10 @@ if [[ "$delete" -eq 1 ]]; then
 fi
 
 [[ -n "$workdir" ]] || die "--workdir is required"
+# The run starts in ~/grurcn_jax on each worker: a relative workdir would land
+# inside the copied tree, where the next launch's tree is unpacked.
+[[ "$workdir" == gs://* || "$workdir" == /* || "$workdir" == \~/* ]] ||
+  die "--workdir=$workdir: give gs://..., an absolute path or ~/... on the VM (a relative one would be inside ~/grurcn_jax there)"
 if [[ "$workdir" != gs://* && ( "$spot" -eq 1 || "$queued" -eq 1 ) ]]; then
   die "--workdir=$workdir: with --spot or --queued a preempted VM is replaced, and its disk with the checkpoints: give a gs:// workdir"
 fi

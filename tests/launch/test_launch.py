@@ -427,6 +427,9 @@ def test_a_local_workdir_records_no_versions(worker, gcloud):
     ([a for a in BASE if not a.startswith("--zone")], {}, "no zone"),
     ([a for a in BASE if not a.startswith("--workdir")] + ["--workdir=/tmp/run"], {},
      "a 4-host slice needs a gs:// workdir"),
+    # The run starts in ~/grurcn_jax on the VM, where the next tree is unpacked.
+    ([a for a in BASE if not a.startswith("--workdir")] + ["--workdir=runs/x"], {},
+     "--workdir=runs/x: give gs://..., an absolute path or ~/... on the VM"),
 ])
 def test_errors_before_anything_is_created(gcloud, args, env, message):
   result, calls = gcloud(*args, **env)
@@ -768,6 +771,18 @@ def test_gpu_launcher_takes_values_as_the_next_word(form):
   assert out == dry("--gpus=0,1", "--mem_fraction=0.5")
   assert "CUDA_VISIBLE_DEVICES=0,1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.5" in out
   assert "+ python -m grurcn_jax.main --config=configs/demo.py\n" in out  # nothing leaked
+
+
+@pytest.mark.parametrize("fraction,ok", [("0.9", True), (".5", True), ("1", True),
+                                          ("0", False), ("1.5", False), ("abc", False),
+                                          ("-0.1", False)])
+def test_gpu_launcher_memory_share_is_a_fraction(fraction, ok):
+  result = subprocess.run(["bash", GPU, f"--mem_fraction={fraction}", "--dry-run"],
+                          capture_output=True, text=True, cwd=REPO, env=NO_ALLOCATION)
+  assert result.returncode == (0 if ok else 2)
+  assert (f"XLA_PYTHON_CLIENT_MEM_FRACTION={fraction} " in result.stdout if ok else
+          f"--mem_fraction={fraction}: a share of the GPU's memory, above 0 and at most 1"
+          in result.stderr)
 
 
 @pytest.mark.parametrize("args", [["--gpus"], ["--gpus", "--dry-run"], ["--mem_fraction"]])
