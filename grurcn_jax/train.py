@@ -190,11 +190,7 @@ def _finished_evaluation(checkpoints, config, workdir: str) -> Optional[Dict[str
         logging.info("The run is finished; eval_metrics.json does not hold step %d's "
                      "evaluation with this config: evaluating it", latest)
         metrics = None
-  found = metrics is not None
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    found = bool(multihost_utils.broadcast_one_to_all(np.int32(found)))
-  if not found:
+  if not _as_process_0_says(metrics is not None):
     return None
   return metrics if jax.process_index() == 0 else {}
 
@@ -211,10 +207,16 @@ def _evaluation_missed(start_step: int, config, workdir: str) -> bool:
   if jax.process_index() == 0:
     evaluated = writers.evaluated_step(workdir)
     missed = evaluated is None or evaluated < start_step
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    missed = bool(multihost_utils.broadcast_one_to_all(np.int32(missed)))
-  return missed
+  return _as_process_0_says(missed)
+
+
+def _as_process_0_says(answer: bool) -> bool:
+  """Process 0's `answer`, on every host (what only process 0 read of the
+  workdir decides a collective step: every host must take the same)."""
+  if jax.process_count() == 1:
+    return answer
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(answer)))
 
 
 # Settings that decide the batches a step reads or how it updates: a run resumed

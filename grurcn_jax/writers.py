@@ -19,6 +19,7 @@ scalars go to the log and, one JSON object a line, to `scalars.jsonl`.
 """
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Optional
 from absl import logging
 import jax
 
-from grurcn_jax import files
+from grurcn_jax import config_validation, files
 from grurcn_jax.evaluators import EvalResult
 
 METRICS_FILE = "eval_metrics.json"
@@ -171,8 +172,6 @@ def read_eval_metrics(workdir: str):
 
 def config_fingerprint(config) -> str:
   """A config's fingerprint: equal for configs equal in every field."""
-  import hashlib
-  from grurcn_jax import config_validation
   flat = config_validation.flatten(config)
   return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -275,12 +275,11 @@ def _check_compatible(metadata: dict, record: dict, class_names, out_dir: str) -
         "shards written keep their frames, the rest get the new ones; for one "
         "decoder throughout, extract into a new --out", out_dir, decoder,
         video_lib.DECODER_VERSION)
-  weights = previous.get("weights", "")
-  if weights and weights not in ("random", "imagenet") and not weights.startswith(
-      "checkpoint:"):
+  from grurcn_jax.models import vgg16  # deferred: jax and flax only past the flags
+  if vgg16.is_weights_file(previous.get("weights", "")):
     # A weights file recorded as typed (before paths were made absolute): the same
     # file if it resolves to it from here, as a resume from where it began does.
-    previous["weights"] = files.absolute(weights)
+    previous["weights"] = files.absolute(previous["weights"])
   get = lambda r, k: r.get(k, _ABSENT.get(k))
   keys = [k for k in dict.fromkeys([*previous, *now]) if k != "video_lists"]
   if get(previous, "modality") != get(now, "modality"):
@@ -726,8 +725,7 @@ def _pinned(weights: str) -> str:
   finds them from any working directory."""
   from grurcn_jax.models import vgg16  # deferred: jax and flax only past the flags
   pinned = vgg16.pin_weights(weights)
-  if (pinned not in ("random", "imagenet") and not pinned.startswith("checkpoint:")
-      and not files.exists(pinned)):
+  if vgg16.is_weights_file(pinned) and not files.exists(pinned):
     # Now, not after the size estimate has opened every video (nor never, with
     # --dry_run).
     raise ConfigError(f"--weights={weights}: no such VGG-16 weights file ({pinned})")

@@ -177,21 +177,20 @@ class ConvGRU(nn.Module):
     backend_tuning.check_kernel_gradient(self.kernel_gradient)
     backend_tuning.check_unroll(self.unroll)
     kernel_size = tuple(self.kernel_size)
-    # Batched convolutions over B*T frames, with the backend's kernel gradient.
-    conv = lambda features, use_bias, init, name: nn.Conv(
-        features, kernel_size, padding="SAME", use_bias=use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, kernel_init=init, bias_init=self.bias_init,
-        conv_general_dilated=backend_tuning.flax_conv(self.kernel_gradient), name=name)
-    # nn.Conv's parameters; both recurrences convolve with them themselves.
+    # The input convolution's parameters, named as nn.Conv's; both recurrences
+    # convolve with them themselves (batched over B*T frames).
     self.input = _ConvParameters(3 * self.features, kernel_size, self.kernel_init,
                                  self.bias_init, self.param_dtype)
     self.hidden_gates = _Kernel(2 * self.features, kernel_size,
                                 self.recurrent_kernel_init, self.param_dtype)
     self.hidden_candidate = _Kernel(self.features, kernel_size,
                                     self.recurrent_kernel_init, self.param_dtype)
-    # Stacked GRU-RCN: the lower level's state feeds the two gates only.
-    self.lower_gates = conv(2 * self.features, False, self.kernel_init,
-                            "lower_gates")
+    # Stacked GRU-RCN: the lower level's state feeds the two gates only, through
+    # a batched convolution over B*T frames with the backend's kernel gradient.
+    self.lower_gates = nn.Conv(
+        2 * self.features, kernel_size, padding="SAME", use_bias=False,
+        dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=self.kernel_init,
+        conv_general_dilated=backend_tuning.flax_conv(self.kernel_gradient))
 
   def __call__(self, inputs: Array, initial_carry: Optional[Array] = None,
                gate_inputs: Optional[Array] = None) -> Array:

@@ -345,15 +345,22 @@ def load_checkpoint_weights(weights: str, levels: Sequence[str]):
   return params
 
 
+def is_weights_file(weights: str) -> bool:
+  """Whether `weights` names a Keras weights file (not 'random', 'imagenet' or a
+  'checkpoint:' run)."""
+  return bool(weights) and weights not in ("random", "imagenet") and not (
+      weights.startswith(CHECKPOINT_WEIGHTS))
+
+
 def pin_weights(weights: str) -> str:
   """`weights` as a record must keep them, readable from any directory: a
   checkpoint as an absolute directory and the step it has now ('checkpoint:DIR'
   names whichever step is newest, which changes while that run goes on), a
   weights file as an absolute path; 'random' and 'imagenet' as they are."""
-  if weights in ("random", "imagenet"):
-    return weights
-  if not weights.startswith(CHECKPOINT_WEIGHTS):
+  if is_weights_file(weights):
     return files.absolute(weights)
+  if not weights.startswith(CHECKPOINT_WEIGHTS):
+    return weights
   from grurcn_jax import checkpoints
   directory, step = _checkpoint_location(weights)
   directory = files.absolute(directory)
