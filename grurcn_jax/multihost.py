@@ -9,6 +9,15 @@ JAX's coordination service; a failing host sets it to its error and exits, and
 every other host logs that error and exits with status 1 (process 0, which
 hosts the service, last).
 
+A failing host first finishes its part of the computations it has already
+dispatched (a training step runs asynchronously while the next batch is read, so
+an input error comes with a step under way): the other hosts are in that step's
+collectives with it, and a host leaving in the middle of one resets their
+connections (measured with two CPU processes: "Gloo all-reduce failed ...
+Connection reset by peer" in the other host, a traceback, or an abort). Once a
+host knows another failed, its own later errors are consequences: it says so in
+one line, not with a traceback.
+
 Errors every host raises together at the same step (preemption, a non-finite
 loss) do not need this: those hosts exit normally, together.
 """
@@ -35,10 +44,15 @@ _EXIT_GRACE_SECONDS = 2.0
 # requests left waiting on the service (a timed-out blocking get) are kept by it,
 # about 14 KB each, which over days of a pod's run fills process 0's memory.
 _POLL_SECONDS = 1.0
+# How long a failing host waits for its dispatched computations to finish. Every
+# host dispatches the same steps in the same order, so the others complete them
+# with it (a step takes seconds at most); the bound is for a host wedged apart.
+_FINISH_SECONDS = 60.0
 
 _lock = threading.Lock()
 _stop = threading.Event()
-_failing = False
+_failing = False     # this host's own error is being reported (fail)
+_stopping = False    # this host's stop is under way (fail, or the watcher)
 _watching = False
 
 
@@ -81,9 +95,15 @@ def _watch(client) -> None:
         warned = True
   else:
     return
+  global _stopping
   with _lock:
-    if _failing:   # this host's own failure: it exits by itself
+    if _failing:   # this host's own failure: fail() stops it
       return
+    _stopping = True
+  _stop_for_another(client, message)
+
+
+def _stop_for_another(client, message: str) -> None:
   _set_state(client, "seen")
   print(f"error: {message}; this process stops too", file=sys.stderr)
   _exit_after_others(client)
@@ -95,22 +115,56 @@ def fail(message: str, *, with_traceback: bool = False) -> None:
   exits with status 1. Returns in a single-process run, and where another host is
   already exiting normally (the caller then exits as usual: JAX's shutdown
   barrier is where that host waits)."""
-  global _failing
+  global _failing, _stopping
   client = _state().client
   if client is None:
     return
   with _lock:
-    _failing = True
+    already_stopping, _stopping = _stopping, True
+    _failing = not already_stopping
+  if already_stopping:   # the watcher stops this host for another's failure
+    if with_traceback:   # (the caller printed any other error)
+      print(f"error: (this process: {message})", file=sys.stderr)
+    threading.Event().wait()   # until the watcher's exit
+  _finish_dispatched_work()
   try:
     client.key_value_set(FAILED_KEY, f"process {_state().process_id} failed: {message}")
   except Exception:  # noqa: BLE001 (another host set it first: it is stopping us all)
-    pass
+    other = _failure_on_record(client)
+    if other is not None:
+      if with_traceback:   # most likely a consequence of the other's failure
+        print(f"error: (this process: {message})", file=sys.stderr)
+      _stop_for_another(client, other)
   _set_state(client, "failed")
   if "exiting" in _wait_for_every_host(client).values():
     return
   if with_traceback:
     traceback.print_exc()
   _exit_after_others(client)
+
+
+def _finish_dispatched_work() -> None:
+  """Waits (at most _FINISH_SECONDS) until this host's dispatched computations are
+  done: the outputs of those under way are live arrays (the failed step's frames
+  hold them while its exception is handled). One that failed is done too."""
+  import jax
+
+  def wait():
+    for array in jax.live_arrays():
+      try:
+        array.block_until_ready()
+      except Exception:  # noqa: BLE001 (failed or deleted: nothing to wait for)
+        pass
+  waiter = threading.Thread(target=wait, name="grurcn-finish-work", daemon=True)
+  waiter.start()
+  waiter.join(timeout=_FINISH_SECONDS)
+
+
+def _failure_on_record(client):
+  try:
+    return client.key_value_try_get(FAILED_KEY)
+  except Exception:  # noqa: BLE001
+    return None
 
 
 def _set_state(client, state: str) -> None:

@@ -68,6 +68,12 @@ def wait(processes, timeout=600):
   return [p.wait(timeout=timeout) for p in processes]
 
 
+def kill_running(processes):
+  for p in processes:
+    if p.poll() is None:
+      p.kill()
+
+
 @pytest.mark.long
 def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
                                                                  tmp_path):
@@ -134,9 +140,7 @@ def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_pa
     statuses = wait(processes, timeout=240)
     seconds = time.time() - near_error
   finally:
-    for p in processes:
-      if p.poll() is None:
-        p.kill()
+    kill_running(processes)
   logs = [read(tmp_path, f"{i}.err") for i in range(2)]
   assert statuses == [1, 1], "\n---\n".join(without_stacks(log) for log in logs)
   own = "reading features failed: injected on process"
@@ -152,6 +156,34 @@ def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_pa
   # is 100 s; before, both hosts still ran after 300 s), with room for a loaded
   # machine (a timed bound under load is a flake, not a finding).
   assert seconds < 60, seconds
+
+
+def test_a_host_failing_mid_step_finishes_it_before_it_leaves(tmp_path):
+  """A host whose input fails has its last dispatched step still under way, in
+  collectives with the other hosts. Leaving then reset their connections: the
+  other host failed in that step with "Gloo all-reduce failed ... Connection
+  reset by peer" and its traceback (or aborted). Now it finishes its part first,
+  and the other stops with the failing host's error."""
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  processes = [subprocess.Popen(
+      python_without(("tensorflow", "clu"), "tests.fail_mid_collective", str(i),
+                     str(port)),
+      cwd=REPO, env=env, stdout=open(tmp_path / f"{i}.out", "w"),
+      stderr=open(tmp_path / f"{i}.err", "w"), text=True) for i in range(2)]
+  try:
+    statuses = wait(processes, timeout=240)
+  finally:
+    kill_running(processes)
+  logs = [read(tmp_path, f"{i}.err") for i in range(2)]
+  assert statuses == [1, 1], "\n---\n".join(without_stacks(log) for log in logs)
+  assert all("dispatched" in log for log in logs), logs
+  assert ("error: process 1 failed: RuntimeError: injected while its computation "
+          "ran; this process stops too") in logs[0], logs[0][-3000:]
+  assert "the computation under way finished" in logs[0], logs[0][-3000:]
+  # Leaving the next computation, which process 1 never joined, may still close
+  # its connections: a consequence, said in one line.
+  assert "Traceback" not in logs[0], logs[0][-3000:]
 
 
 @pytest.mark.parametrize("where", ["compile_cache", "report"])
