@@ -141,16 +141,16 @@ class FeatureExtractor:
     self._forward = jax.jit(
         lambda p, frames: model.apply({"params": p}, preprocess(frames)))
 
-  def __call__(self, frames: np.ndarray) -> Dict[str, np.ndarray]:
-    """[N, S, S, 3] uint8 frames (or [N, S, S, 2L] flow windows) -> level ->
-    float32 [N, *shape]."""
+  def __call__(self, frames) -> Dict[str, np.ndarray]:
+    """[N, S, S, 3] uint8 frames (or [N, S, S, 2L] flow windows; anything that
+    has a length and gives arrays when sliced) -> level -> float32 [N, *shape]."""
     outputs: Dict[str, List[np.ndarray]] = {level: [] for level in self.levels}
     for _, result in self._batches(frames):
       for level in self.levels:
         outputs[level].append(result[level])
     return {level: np.concatenate(v) for level, v in outputs.items()}
 
-  def normalized(self, frames: np.ndarray,
+  def normalized(self, frames,
                  stats: Mapping[str, Mapping]) -> Dict[str, np.ndarray]:
     """The stored values (`features.normalize` with each level's `stats`): float16
     [N, *shape], filled batch by batch. A video's float32 activations are never
@@ -176,6 +176,30 @@ class FeatureExtractor:
       result = self._jax.device_get(self._forward(self._params, padded))
       yield start, {level: np.asarray(result[level][:len(chunk)], np.float32)
                     for level in self.levels}
+
+
+class _Rows:
+  """The rows of several videos' network inputs (arrays, or flow windows stacked
+  when sliced) read as one: a batch is taken across them without joining them
+  whole first."""
+
+  def __init__(self, parts: Sequence):
+    self._parts = parts
+    self._ends = np.cumsum([len(p) for p in parts])
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._parts) else 0
+
+  def __getitem__(self, rows: slice) -> np.ndarray:
+    start, stop, step = rows.indices(len(self))
+    assert step == 1, rows
+    pieces, begin = [], 0
+    for part, end in zip(self._parts, self._ends):
+      low, high = max(start, begin), min(stop, end)
+      if low < high:
+        pieces.append(np.asarray(part[low - begin:high - begin]))
+      begin = end
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 def level_shapes(settings: Settings) -> Dict[str, Tuple[int, ...]]:
@@ -346,7 +370,8 @@ def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
                   settings: Settings, at_most: Optional[int] = None
                   ) -> Tuple[np.ndarray, np.ndarray]:
   """What VGG-16 reads, with the source frame index of each: the frames (rgb), or
-  (flow) windows of flow_length stacked flows, the flow computed between
+  (flow) windows of flow_length stacked flows (`flow.Windows`, stacked a batch at
+  a time), the flow computed between
   consecutive decoded frames here or imported as stored, a window starting at
   every flow step --frame_stride selects (at most --max_frames of them).
   `at_most`: only that many of them, evenly spaced (calibration). Flow is
@@ -363,12 +388,13 @@ def network_input(video: Video, frames: np.ndarray, indices: np.ndarray,
   if at_most:
     keep = keep[evenly_spaced(len(keep), at_most)]
   if video.content != "rgb":
-    return flow_lib.stack_windows(frames, settings.flow_length, keep), indices[keep]
+    return (flow_lib.Windows(frames, np.arange(num_flows), num_flows,
+                             settings.flow_length, keep), indices[keep])
   steps = np.unique(flow_lib.window_steps(num_flows, settings.flow_length, keep))
   flows = flow_lib.quantize(flow_lib.video_flow(frames, settings.flow, steps),
                             settings.flow_bound)
   # Flow t goes from frame t to frame t+1: its index is frame t's.
-  return (flow_lib.stack_computed(flows, steps, num_flows, settings.flow_length, keep),
+  return (flow_lib.Windows(flows, steps, num_flows, settings.flow_length, keep),
           indices[:-1][keep])
 
 
@@ -463,9 +489,8 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 
           def run_pending():
             nonlocal frames_done
-            normalized = extractor.normalized(
-                pending[0][2] if len(pending) == 1 else
-                np.concatenate([p[2] for p in pending]), metadata["levels"])
+            normalized = extractor.normalized(_Rows([p[2] for p in pending]),
+                                              metadata["levels"])
             start = 0
             for video_index, video, frames, indices in pending:
               stored = {level: a[start:start + len(frames)]

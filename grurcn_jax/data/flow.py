@@ -125,6 +125,33 @@ def window_steps(num_flows: int, length: int, starts: np.ndarray) -> np.ndarray:
                     num_flows - 1)
 
 
+class Windows:
+  """`stack_computed`'s windows, each stacked when a slice of them is read: a
+  video's windows at once are L times its flows (1.8 GB for a UCF-101 video of
+  1,776 frames at 224 px, L=10, a window at every step); a batch of them is what
+  VGG-16 reads at a time. `np.asarray(windows)` stacks them all."""
+
+  def __init__(self, flows: np.ndarray, steps: np.ndarray, num_flows: int,
+               length: int, starts: np.ndarray):
+    self._flows, self._steps, self._num_flows, self._length = (
+        flows, steps, num_flows, length)
+    self._starts = np.asarray(starts)
+    self.shape = (len(self._starts), *flows.shape[1:3], 2 * length)
+    self.dtype = flows.dtype
+
+  def __len__(self) -> int:
+    return len(self._starts)
+
+  def __getitem__(self, index) -> np.ndarray:
+    """The windows at `index` (a slice or index array) as one array."""
+    return stack_computed(self._flows, self._steps, self._num_flows, self._length,
+                          self._starts[index])
+
+  def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    whole = self[:]
+    return whole if dtype is None else whole.astype(dtype)
+
+
 def stack_computed(flows: np.ndarray, steps: np.ndarray, num_flows: int, length: int,
                    starts: np.ndarray) -> np.ndarray:
   """`stack_windows` of a video of `num_flows` flows of which only `steps` (sorted)

@@ -509,6 +509,36 @@ def test_flow_features_are_vgg16_on_stacked_flow_windows_and_resume(ucf_tree, tm
         out=io.StringIO())
 
 
+def test_flow_windows_are_stacked_a_batch_at_a_time(monkeypatch):
+  """A video's windows at once are L times its flows (1.8 GB for a UCF-101 video
+  of 1,776 frames at 224 px, L=10, a window at every step): they are stacked a
+  batch at a time, across videos too, into the same features."""
+  from grurcn_jax.data import flow as flow_lib
+  rng = np.random.default_rng(0)
+  settings = extract.Settings(**{**vars(FLOW), "frame_stride": 1})   # batches of 8
+  videos = [rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8) for n in (21, 6)]
+  windows = [extract.network_input(extract.Video(f"v{n}", 0, "train", None, None),
+                                   frames, np.arange(len(frames)), settings)[0]
+             for n, frames in enumerate(videos)]
+  every = [flow_lib.stack_windows(flow_lib.quantize(flow_lib.video_flow(f, "dis")), 3)
+           for f in videos]
+  assert [len(w) for w in windows] == [20, 5]
+  np.testing.assert_array_equal(windows[0][5:13], every[0][5:13])
+  np.testing.assert_array_equal(np.asarray(windows[1]), every[1])
+
+  stacked, stack = [], flow_lib.stack_computed
+  monkeypatch.setattr(flow_lib, "stack_computed",
+                      lambda *args: (stacked.append(len(args[-1])), stack(*args))[1])
+  extractor = extract.FeatureExtractor(settings)
+  stats = {"pool2": {"mean": 0.5, "scale": 2.0}}
+  lazily = extractor.normalized(extract._Rows(windows), stats)
+  # Batches of 8 rows: 8, 8, 4 of the first video, then 4 of it and 4 of the
+  # second, then its last one.
+  assert stacked == [8, 8, 4, 4, 1], stacked
+  at_once = extractor.normalized(np.concatenate(every), stats)
+  np.testing.assert_array_equal(lazily["pool2"], at_once["pool2"])
+
+
 def test_flow_frames_made_elsewhere_import_from_the_tsn_layout(ucf_tree, tmp_path):
   from PIL import Image
   videos_dir, splits = ucf_tree
