@@ -79,6 +79,10 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
           if selection.take(index, time_s - start_s):
             frames.append(upright(frame.to_ndarray(format="rgb24"), frame.rotation or 0))
             indices.append(index)
+            if frames[-1].shape != frames[0].shape:   # streams joined end to end
+              raise VideoDecodeError(
+                  f"{path}: the frame size changes at frame {index}, from "
+                  f"{_size(frames[0])} to {_size(frames[-1])}")
             if max_frames and len(frames) >= max_frames:
               break
       except _DECODE_ERRORS as e:
@@ -91,6 +95,10 @@ def decode(path: str, *, frame_stride: Optional[int] = 1, fps: Optional[float] =
   if not frames:
     raise VideoDecodeError(f"{path}: no video frames")
   return np.stack(frames), np.array(indices, np.int64)
+
+
+def _size(frame: np.ndarray) -> str:
+  return f"{frame.shape[1]}x{frame.shape[0]}"
 
 
 def _video_stream(container):

@@ -141,3 +141,28 @@ def test_fps_above_the_videos_rate_keeps_every_frame_and_the_estimate_says_so(tm
   _, indices = video.decode(path, fps=50)
   np.testing.assert_array_equal(indices, range(12))   # none repeated
   assert video.estimate_frames(path, fps=50) == 12     # not 24
+
+
+def test_a_video_whose_frame_size_changes_is_a_decode_error(tmp_path):
+  """Two MPEG-TS streams joined end to end (as web videos can be) decode to frames
+  of two sizes: a VideoDecodeError (extraction lists and skips the video), not a
+  ValueError from stacking them that stopped the whole extraction."""
+  def transport_stream(width, height):
+    path = tmp_path / f"{width}x{height}.ts"
+    with av.open(str(path), "w", format="mpegts") as container:
+      stream = container.add_stream("mpeg2video", rate=25)
+      stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+      for i in range(5):
+        frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), 40 * i, np.uint8),
+                                           format="rgb24")
+        for packet in stream.encode(frame):
+          container.mux(packet)
+      for packet in stream.encode():
+        container.mux(packet)
+    return path.read_bytes()
+  joined = tmp_path / "joined.ts"
+  joined.write_bytes(transport_stream(64, 48) + transport_stream(48, 64))
+  # (Which frame the decoder gives first of the second stream is its business.)
+  with pytest.raises(VideoDecodeError, match=r"the frame size changes at frame \d, "
+                                             r"from 64x48 to 48x64"):
+    video.decode(str(joined))
