@@ -27,7 +27,7 @@ class VideoEntry:
 def _read_lines(path: str) -> List[str]:
   if not os.path.isfile(path):
     raise SplitFileError(f"missing split file: {path}")
-  with open(path) as f:
+  with open(path, encoding="utf-8-sig") as f:   # a byte-order mark, if saved with one
     return [line.strip() for line in f if line.strip()]
 
 
@@ -68,6 +68,12 @@ def ucf101_entries(videos_dir: str, splits_dir: str, split: int) -> Tuple[List[s
   return class_names, entries
 
 
+def _hidden(name: str) -> bool:
+  """Not a class or a video: hidden files and folders (.ipynb_checkpoints, macOS's
+  ._name beside each copied file) and the folder zip archives made on macOS hold."""
+  return name.startswith(".") or name == "__MACOSX"
+
+
 def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
   """A class-per-folder tree. With `train/` and `test/` subfolders, those are the
   splits (each class-per-folder); otherwise every video is in split 'train'."""
@@ -77,7 +83,7 @@ def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
   if not all(os.path.isdir(d) for d in split_dirs.values()):
     split_dirs = {"train": videos_dir}
   class_names = sorted({c for d in split_dirs.values() for c in os.listdir(d)
-                        if os.path.isdir(os.path.join(d, c))})
+                        if os.path.isdir(os.path.join(d, c)) and not _hidden(c)})
   if not class_names:
     raise SplitFileError(f"no class folders in {videos_dir}")
   entries = []
@@ -87,7 +93,7 @@ def folder_entries(videos_dir: str) -> Tuple[List[str], List[VideoEntry]]:
       if not os.path.isdir(class_dir):
         continue
       for name in sorted(os.listdir(class_dir)):
-        if name.lower().endswith(VIDEO_EXTENSIONS):
+        if name.lower().endswith(VIDEO_EXTENSIONS) and not _hidden(name):
           entries.append(VideoEntry(f"{class_name}/{name}", os.path.join(class_dir, name),
                                     label, split_name))
   if not entries:

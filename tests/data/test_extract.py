@@ -410,6 +410,24 @@ def test_folder_tree_source(ucf_tree):
     ucf101.folder_entries(os.path.dirname(videos))
 
 
+def test_hidden_folders_and_files_are_not_classes_or_videos(tmp_path):
+  """A notebook's .ipynb_checkpoints, an unzipped macOS archive's __MACOSX and its
+  ._name files beside each video: they were classes (shifting every label after
+  them) and videos (that then failed to decode)."""
+  for folder in ("Jump", "Run", ".ipynb_checkpoints", "__MACOSX"):
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "a.avi").write_bytes(b"")
+  (tmp_path / "Jump" / "._a.avi").write_bytes(b"")
+  class_names, entries = ucf101.folder_entries(str(tmp_path))
+  assert class_names == ["Jump", "Run"]
+  assert [(e.video_id, e.label) for e in entries] == [("Jump/a.avi", 0), ("Run/a.avi", 1)]
+
+
+def test_a_class_index_saved_with_a_byte_order_mark_reads(tmp_path):
+  (tmp_path / "classInd.txt").write_text("1 Jump\n2 Run\n", encoding="utf-8-sig")
+  assert ucf101.read_class_index(str(tmp_path)) == ["Jump", "Run"]
+
+
 def test_split_files_naming_no_video_under_videos_is_a_clear_error(ucf_tree, tmp_path):
   videos, splits = ucf_tree
   with pytest.raises(SplitFileError, match=r"none of the 7 videos the split files list "
