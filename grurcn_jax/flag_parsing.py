@@ -1,8 +1,10 @@
-"""absl flag parsing for the command-line programs that take a --config
-(`main`, `bench`): a config file that does not load, and config overrides that
+"""absl flag parsing for the command-line programs (`main`, `bench`, extraction,
+conversion, fusion): a config file that does not load, and config overrides that
 name no field or give a value of the wrong type, are one `error:` line and exit
-status 1 instead of a traceback."""
+status 1 instead of a traceback; a `~` that starts a flag's value or a config
+string is expanded."""
 
+import os
 import re
 import sys
 
@@ -16,6 +18,7 @@ def parse(argv, flag_values: flags.FlagValues = flags.FLAGS):
     argv = flag_values(argv)
     if "config" in flag_values:
       flag_values.config.get   # config_flags defers a load failure to first use
+    expand_user(flag_values)
     return argv
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
@@ -31,3 +34,30 @@ def parse(argv, flag_values: flags.FlagValues = flags.FLAGS):
     message = message.strip("'\"").replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
     print(f"error: a --config override does not fit the config: {message}", file=sys.stderr)
   sys.exit(1)
+
+
+def expand_user(flag_values: flags.FlagValues) -> None:
+  """`~` (or `~user`) at the start of a flag's value, a list flag's item or a
+  config's string, expanded: a shell leaves it as it is after `=`
+  (`--out=~/features` made a folder named `~` in the working directory)."""
+  for name in list(flag_values):
+    value = flag_values[name].value
+    if name == "config" and value is not None:
+      _expand_config(value)
+    elif _starts_with_tilde(value):
+      setattr(flag_values, name, os.path.expanduser(value))
+    elif isinstance(value, list) and any(map(_starts_with_tilde, value)):
+      setattr(flag_values, name, [os.path.expanduser(v) if _starts_with_tilde(v) else v
+                                  for v in value])
+
+
+def _expand_config(config) -> None:
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      _expand_config(value)
+    elif _starts_with_tilde(value):
+      config[key] = os.path.expanduser(value)
+
+
+def _starts_with_tilde(value) -> bool:
+  return isinstance(value, str) and value.startswith("~")

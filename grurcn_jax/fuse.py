@@ -19,7 +19,7 @@ from typing import Dict, List, Sequence
 from absl import app, flags
 import numpy as np
 
-from grurcn_jax import files
+from grurcn_jax import files, flag_parsing
 from grurcn_jax.errors import FusionError
 
 
@@ -141,4 +141,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse)

@@ -27,7 +27,7 @@ from typing import Sequence
 from absl import app, flags
 import numpy as np
 
-from grurcn_jax import files
+from grurcn_jax import files, flag_parsing
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.errors import ConfigError, Error
 
@@ -175,4 +175,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse)

@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from absl import app, flags, logging
 import numpy as np
 
-from grurcn_jax import errors, files
+from grurcn_jax import errors, files, flag_parsing
 from grurcn_jax import levels as levels_lib
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import captions as captions_lib
@@ -879,4 +879,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=flag_parsing.parse)
