@@ -718,7 +718,8 @@ def _read_local(path: str, reads) -> None:
       while done < len(target):
         got = os.preadv(fd, [target[done:]], offset + done)
         if got == 0:
-          raise FeatureFormatError(_end_problem(path, offset, done, len(target)))
+          raise FeatureFormatError(_end_problem(path, os.fstat(fd).st_size, offset,
+                                                len(target)))
         done += got
   finally:
     os.close(fd)
@@ -731,12 +732,14 @@ def _read_remote(path: str, reads) -> None:
       f.seek(offset)
       data = f.read(len(target))
       if len(data) != len(target):
-        raise FeatureFormatError(_end_problem(path, offset, len(data), len(target)))
+        raise FeatureFormatError(_end_problem(path, f.size(), offset, len(target)))
       target[:] = data
 
 
-def _end_problem(path: str, offset: int, got: int, wanted: int) -> str:
-  return (f"feature file {path} ends at byte {offset + got}, before the {wanted} bytes "
+def _end_problem(path: str, size: int, offset: int, wanted: int) -> str:
+  # The file's size, not where the read stopped: a read that starts past the end
+  # stops where it starts.
+  return (f"feature file {path} ends at byte {size}, before the {wanted} bytes "
           f"read at {offset}: truncated")
 
 

@@ -169,9 +169,11 @@ class ThreadedBatches:
     except OSError as e:
       raise FeatureFormatError(f"reading features failed: {e}") from None
 
-  def __del__(self):
+  def __del__(self, _finalizing=sys.is_finalizing):   # (sys may be gone by then)
     pool = getattr(self, "_pool", None)
-    if pool is not None:
+    # At the interpreter's exit the modules the shutdown needs are gone already
+    # (an "Exception ignored" message); the exit stops the pool's threads itself.
+    if pool is not None and not _finalizing():
       pool.shutdown(wait=False, cancel_futures=True)
 
 

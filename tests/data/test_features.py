@@ -129,6 +129,11 @@ def test_a_read_past_the_end_of_a_file_names_it(tmp_path):
     f.truncate(5 * 2 * 6)  # 6 of the shard's 18 rows are left
   with pytest.raises(FeatureFormatError, match="train-00000.fc7 ends at byte 60"):
     reader.read_numpy(0, 6, [0, 1, 2])
+  with open(path, "rb+") as f:
+    f.truncate(10)   # now the read starts past the end: the size is still named
+  with pytest.raises(FeatureFormatError, match=r"train-00000.fc7 ends at byte 10, "
+                                               r"before the \d+ bytes read at \d+"):
+    reader.read_numpy(0, 6, [3, 4, 5])
 
 
 def test_check_names_truncated_and_missing_files(tmp_path):

@@ -277,3 +277,20 @@ def test_it_runs_where_tensorflow_is_not_installed(feature_dir):
                           capture_output=True, text=True, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stdout.split() == ["6", "18", "(4,", "3,", "32,", "32,", "3)"]
+
+
+def test_a_loader_alive_at_the_interpreter_exit_says_nothing(feature_dir):
+  """Its pool was shut down from __del__ after the modules that needs were gone:
+  "Exception ignored in ... AttributeError: 'NoneType' object has no attribute
+  'Empty'" at the end of every program that kept one."""
+  program = (
+      "import jax\n"   # imported first: the teardown order that showed it
+      "from tests.data.fake import data_config\n"
+      "from grurcn_jax.data import threaded\n"
+      f"batches = threaded.train_batches(data_config({feature_dir!r}, clip_length=2), "
+      "batch_size=2, seed=0)\n"
+      "kept = [next(batches) for _ in range(3)]\n")
+  result = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "Exception ignored" not in result.stderr, result.stderr
