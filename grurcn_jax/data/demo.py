@@ -17,6 +17,7 @@ feature format.
 """
 
 import dataclasses
+import json
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -207,3 +208,19 @@ def extract_rendered(directory: str, videos, class_names: Sequence[str], spec, *
                               flow_length=getattr(spec, "flow_length", 1))
   extract.extract(videos, class_names, directory, settings, source=source,
                   progress=progress)
+  record_spec(directory, spec)
+
+
+def record_spec(directory: str, spec) -> None:
+  """Writes `spec` into the directory's metadata (`demo`): a config asking for
+  another demo is then refused, not given this one (`data.prepare.ensure_demo`)."""
+  from grurcn_jax.data import features
+  metadata = features.read_metadata(directory)
+  if metadata.get("demo") != spec_record(spec):
+    metadata["demo"] = spec_record(spec)
+    features.write_metadata(directory, metadata)
+
+
+def spec_record(spec) -> Dict:
+  """A demo spec as its JSON record reads back (tuples as lists)."""
+  return json.loads(json.dumps(dataclasses.asdict(spec)))

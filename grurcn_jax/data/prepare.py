@@ -131,12 +131,32 @@ def ensure_demo(data: Mapping, *, task: str = "classification",
     raise ConfigError(f"data.demo does not fit the demo's settings: {e}") from None
   # Only process 0 looks at the directory: every process then meets at the one
   # barrier, whatever it would have seen there.
-  if jax.process_index() == 0 and not _demo_complete(data["dir"], task):
-    logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
-    build(data["dir"], spec, progress=progress)
+  if jax.process_index() == 0:
+    if _demo_complete(data["dir"], task):
+      _check_demo_spec(data["dir"], spec)
+    else:
+      logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
+      build(data["dir"], spec, progress=progress)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("demo dataset built")
+
+
+def _check_demo_spec(directory: str, spec) -> None:
+  """A complete demo built with other `data.demo` settings is an error: it was
+  used as it was (another frame count, size or levels than the config said)."""
+  from grurcn_jax.data import demo as demo_lib
+  from grurcn_jax.data import features as features_lib
+  built = features_lib.read_metadata(directory).get("demo")
+  wanted = demo_lib.spec_record(spec)
+  if built is None or built == wanted:   # none: built before specs were recorded
+    return
+  differ = "; ".join(f"{k}: {built.get(k)} there, {wanted.get(k)} now"
+                     for k in sorted(set(built) | set(wanted))
+                     if built.get(k) != wanted.get(k))
+  raise ConfigError(f"data.dir {directory} holds a demo built with other data.demo "
+                    f"settings ({differ}): give another data.dir, or delete it to "
+                    f"build the demo again")
 
 
 def _demo_complete(directory: str, task: str) -> bool:
