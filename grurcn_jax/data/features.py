@@ -474,41 +474,54 @@ def read_shard(directory: str, entry: Mapping, metadata: Mapping,
   """The videos of shard `entry` (from `split_shards`), with every (or `levels`')
   features as normalised float16 values (int8 levels dequantised) and frames as
   uint8 (JPEG frames decoded; with `encoded`, as their JPEG bytes, an object
-  array, which `write_shard` writes back unchanged)."""
+  array, which `write_shard` writes back unchanged). Read a video at a time: a
+  shard's files whole were 3-16 GB at UCF-101's paper shapes (conversion)."""
   levels = list(levels or metadata["levels"])
   table = read_shard_table(directory, entry["name"])
-  data = {}
+  paths, ends = {}, {}
   for level in levels:
     info = metadata["levels"][level]
-    path = join(directory, level_file(entry["name"], level))
+    paths[level] = join(directory, level_file(entry["name"], level))
     if is_encoded(info):
-      ends = _read_index(directory, entry["name"], level, entry["num_frames"])
-      raw = files.read_bytes(path) if exists(path) else b""
-      if len(raw) != ends[-1]:
-        raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
-                                               int(ends[-1])))
-      frames = [raw[a:b] for a, b in zip(ends[:-1], ends[1:])]
-      if encoded:
-        data[level] = np.empty(len(frames), object)
-        data[level][:] = frames
-      else:
-        data[level] = decode_jpeg(frames, info["shape"])
-      continue
-    expected = entry["num_frames"] * _row_bytes(info)
-    raw = files.read_bytes(path) if exists(path) else b""
-    if len(raw) != expected:
-      raise FeatureFormatError(_size_problem(path, len(raw) if exists(path) else None,
-                                             expected))
-    rows = np.frombuffer(raw, storage_dtype(info))
-    rows = rows.reshape([entry["num_frames"], *info["shape"]])
-    if info["dtype"] == "int8":
-      rows = dequantize(rows, info["int8_step"])
-    data[level] = rows
+      ends[level] = _read_index(directory, entry["name"], level, entry["num_frames"])
+      expected = int(ends[level][-1])
+    else:
+      expected = entry["num_frames"] * _row_bytes(info)
+    size = files.size(paths[level])
+    if size != expected:
+      raise FeatureFormatError(_size_problem(paths[level], size, expected))
   for video_index, video_id, label, first, count in table["videos"]:
+    values = {}
+    for level in levels:
+      info = metadata["levels"][level]
+      if level in ends:
+        bounds = ends[level][first:first + count + 1]
+        data = _read_span(paths[level], int(bounds[0]), int(bounds[-1] - bounds[0]))
+        frames = [bytes(data[a:b]) for a, b in zip(bounds[:-1] - bounds[0],
+                                                   bounds[1:] - bounds[0])]
+        if encoded:
+          values[level] = np.empty(len(frames), object)
+          values[level][:] = frames
+        else:
+          values[level] = decode_jpeg(frames, info["shape"])
+        continue
+      row_bytes = _row_bytes(info)
+      data = _read_span(paths[level], first * row_bytes, count * row_bytes)
+      rows = np.frombuffer(data, storage_dtype(info)).reshape([count, *info["shape"]])
+      values[level] = (dequantize(rows, info["int8_step"]) if info["dtype"] == "int8"
+                       else rows)
     yield VideoFeatures(
         video_id=video_id, video_index=int(video_index), label=int(label),
         frame_indices=np.array(table["frame_indices"][str(video_index)], np.int64),
-        features={level: data[level][first:first + count] for level in levels})
+        features=values)
+
+
+def _read_span(path: str, offset: int, size: int) -> bytearray:
+  """`size` bytes of the file at `offset`."""
+  data = bytearray(size)
+  read = _read_local if files.is_local(path) else _read_remote
+  read(path, [(offset, memoryview(data))])
+  return data
 
 
 def read_videos(directory: str, split: str,

@@ -89,6 +89,39 @@ def test_quantizing_a_long_video_needs_little_more_than_its_int8_bytes():
   assert peak <= got.nbytes + 2 * temporary, (peak, got.nbytes, temporary)
 
 
+def test_a_shard_is_read_a_video_at_a_time(tmp_path, monkeypatch):
+  """Conversion read each shard's level files whole: 3-16 GB at UCF-101's paper
+  shapes. Now no read is larger than one video's rows of one level, and the
+  videos are those written (int8 levels as dequantised, JPEG frames as bytes)."""
+  written = write_fake_features(tmp_path, videos_per_split={"train": 3},
+                                frames=lambda i: 2 + 3 * i, int8_levels=("pool4",),
+                                frames_jpeg_quality=90)["train"]
+  metadata = features.read_metadata(str(tmp_path))
+  reads, read_local = [], features._read_local
+  monkeypatch.setattr(features, "_read_local",
+                      lambda path, spans: (reads.extend((os.path.basename(path), len(t))
+                                                        for _, t in spans),
+                                           read_local(path, spans))[1])
+  shard = features.split_shards(metadata, "train")[0]
+  got = list(features.read_shard(str(tmp_path), shard, metadata, encoded=True))
+  largest = max(len(v.frame_indices) for v in written)   # 8 of the shard's 15 rows
+  for name, size in reads:
+    level = name.split(".")[-1]
+    if level == features.FRAMES:
+      continue   # JPEG: their sizes vary (the row count is checked below)
+    row_bytes = int(np.prod(LEVEL_SHAPES[level])) * (1 if level == "pool4" else 2)
+    assert size <= largest * row_bytes, (name, size)
+  assert len(reads) == 3 * 3   # a read per video and level
+  for video, want in zip(got, written):
+    assert video.video_id == want.video_id
+    np.testing.assert_array_equal(video.features["fc7"], want.features["fc7"])
+    np.testing.assert_array_equal(
+        video.features["pool4"],
+        features.dequantize(features.quantize(want.features["pool4"], 4.0 / 127),
+                            4.0 / 127))
+    assert len(video.features[features.FRAMES]) == len(want.frame_indices)
+
+
 def clip_rows(directory, split, video, rows, levels=None):
   """Reads one clip through ClipReader, eagerly."""
   metadata = features.read_metadata(str(directory))
