@@ -143,20 +143,22 @@ def ensure_demo(data: Mapping, *, task: str = "classification",
 
 
 def _check_demo_spec(directory: str, spec) -> None:
-  """A complete demo built with other `data.demo` settings is an error: it was
-  used as it was (another frame count, size or levels than the config said)."""
+  """A complete demo built with other `data.demo` settings is used as it is (a
+  config pointed at another demo's directory), with a warning that names the
+  settings: before, a changed `data.demo` trained on the old demo without a word."""
+  from absl import logging
   from grurcn_jax.data import demo as demo_lib
   from grurcn_jax.data import features as features_lib
   built = features_lib.read_metadata(directory).get("demo")
   wanted = demo_lib.spec_record(spec)
   if built is None or built == wanted:   # none: built before specs were recorded
     return
-  differ = "; ".join(f"{k}: {built.get(k)} there, {wanted.get(k)} now"
+  differ = "; ".join(f"{k}: {built.get(k)} there, {wanted.get(k)} in the config"
                      for k in sorted(set(built) | set(wanted))
                      if built.get(k) != wanted.get(k))
-  raise ConfigError(f"data.dir {directory} holds a demo built with other data.demo "
-                    f"settings ({differ}): give another data.dir, or delete it to "
-                    f"build the demo again")
+  logging.warning("data.dir %s holds a demo built with other data.demo settings (%s): "
+                  "it is used as it is; delete it, or give another data.dir, to build "
+                  "the demo the config asks for", directory, differ)
 
 
 def _demo_complete(directory: str, task: str) -> bool:

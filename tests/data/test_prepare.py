@@ -6,7 +6,6 @@ from jax.experimental import multihost_utils
 import pytest
 
 from grurcn_jax.data import convert, demo, features, prepare
-from grurcn_jax.errors import ConfigError
 from tests.data.fake import write_fake_features
 
 # 8 videos per split, 2 shards of 4 each.
@@ -45,17 +44,26 @@ def test_a_build_interrupted_after_its_first_shard_is_finished(tmp_path, monkeyp
   prepare.ensure_demo(data, progress=False)
 
 
-def test_a_complete_demo_built_with_other_settings_is_refused(tmp_path):
-  """It was used as it was: a config asking for 3-frame videos trained on the
-  2-frame ones already there, without a word."""
+def test_a_complete_demo_built_with_other_settings_is_used_with_a_warning(tmp_path,
+                                                                         monkeypatch):
+  """A config asking for 3-frame videos trained on the 2-frame ones already there
+  without a word. It still uses them (a config pointed at another demo's
+  directory), and says which settings differ."""
+  from absl import logging
+  warnings = []
+  monkeypatch.setattr(logging, "warning", lambda message, *args: warnings.append(
+      message % args))
   data = {"demo": TINY, "dir": str(tmp_path)}
   prepare.ensure_demo(data, progress=False)
-  other = dict(data, demo=dict(TINY, num_frames=3, image_size=48))
-  with pytest.raises(ConfigError, match=r"holds a demo built with other data.demo "
-                                        r"settings \(image_size: 32 there, 48 now; "
-                                        r"num_frames: 2 there, 3 now\): give another"):
-    prepare.ensure_demo(other, progress=False)
-  prepare.ensure_demo(data, progress=False)   # its own settings: used as built
+  monkeypatch.setattr(demo, "build", lambda *args, **kwargs: pytest.fail("rebuilt"))
+  prepare.ensure_demo(data, progress=False)   # its own settings: nothing said
+  assert warnings == []
+  prepare.ensure_demo(dict(data, demo=dict(TINY, num_frames=3, image_size=48)),
+                      progress=False)
+  assert len(warnings) == 1
+  assert ("holds a demo built with other data.demo settings (image_size: 32 there, 48 "
+          "in the config; num_frames: 2 there, 3 in the config): it is used as it is"
+          in warnings[0]), warnings
 
 
 def test_every_host_meets_at_the_barrier_whatever_it_sees(tmp_path, monkeypatch):
