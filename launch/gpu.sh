@@ -95,4 +95,10 @@ if [[ "$dry_run" -eq 1 ]]; then
   printf '+'; printf ' %q' "${command_line[@]}"; printf '\n'
   exit 0
 fi
+# jax's CPU build, or no usable driver, trained on the CPU without a word. (The
+# check's own process allocates nothing ahead.)
+backend=$(XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" -c \
+  'import jax; print(jax.default_backend())' 2>/dev/null) || backend="none: jax did not start"
+[[ "$backend" == gpu ]] ||
+  die "jax sees no GPU here (its backend: $backend): install jax's CUDA build (see this script's header), and check nvidia-smi and CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<unset>}"
 exec "${command_line[@]}"
