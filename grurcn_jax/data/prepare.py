@@ -6,6 +6,7 @@ at an image size serves the benchmark on machines without TensorFlow.
 """
 
 import dataclasses
+import os
 from typing import Mapping, Optional, Tuple
 
 from grurcn_jax import levels as levels_lib
@@ -135,11 +136,32 @@ def ensure_demo(data: Mapping, *, task: str = "classification",
     if _demo_complete(data["dir"], task):
       _check_demo_spec(data["dir"], spec)
     else:
+      _check_demo_target(data["dir"])
       logging.info("Building the demo dataset in %s (once; cached) ...", data["dir"])
       build(data["dir"], spec, progress=progress)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices("demo dataset built")
+
+
+def _check_demo_target(directory: str) -> None:
+  """The demo is built into a new or empty directory, or finishes its own: a demo
+  config given another run's workdir as data.dir wrote 262 MB of shards beside
+  its checkpoints."""
+  import re
+  from grurcn_jax import files
+  from grurcn_jax.data import features as features_lib
+  if (not files.is_local(directory) or not os.path.isdir(directory)
+      or os.path.exists(os.path.join(directory, features_lib.METADATA_FILE))):
+    return   # (an extraction's metadata: its resume checks what it holds)
+  # What an unfinished build leaves before its metadata: shard files.
+  others = sorted(n for n in os.listdir(directory)
+                  if not re.match(r"(train|test)-\d{5}\.", n))
+  if others:
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    raise ConfigError(f"data.dir {directory} holds other files ({shown}) and no demo: "
+                      f"the demo is built into a new or empty directory. Point data.dir "
+                      f"at one, or at extracted features to train on them")
 
 
 def _check_demo_spec(directory: str, spec) -> None:

@@ -1,11 +1,14 @@
 """The demo a config asks for: built once, finished when interrupted, and every
 host meets the others at the barrier."""
 
+import os
+
 import jax
 from jax.experimental import multihost_utils
 import pytest
 
 from grurcn_jax.data import convert, demo, features, prepare
+from grurcn_jax.errors import ConfigError
 from tests.data.fake import write_fake_features
 
 # 8 videos per split, 2 shards of 4 each.
@@ -64,6 +67,20 @@ def test_a_complete_demo_built_with_other_settings_is_used_with_a_warning(tmp_pa
   assert ("holds a demo built with other data.demo settings (image_size: 32 there, 48 "
           "in the config; num_frames: 2 there, 3 in the config): it is used as it is"
           in warnings[0]), warnings
+
+
+def test_a_demo_is_not_built_among_other_files(tmp_path, monkeypatch):
+  """A demo config given another run's workdir (or any folder of other files) as
+  data.dir built the demo there, beside its checkpoints."""
+  workdir = tmp_path / "run"
+  (workdir / "checkpoints").mkdir(parents=True)
+  (workdir / "eval_metrics.json").write_text("{}")
+  monkeypatch.setattr(demo, "build", lambda *args, **kwargs: pytest.fail("built"))
+  with pytest.raises(ConfigError, match=r"data.dir .*run holds other files \(checkpoints, "
+                                        r"eval_metrics.json\) and no demo: the demo is "
+                                        r"built into a new or empty directory"):
+    prepare.ensure_demo({"demo": TINY, "dir": str(workdir)}, progress=False)
+  assert sorted(os.listdir(workdir)) == ["checkpoints", "eval_metrics.json"]
 
 
 def test_every_host_meets_at_the_barrier_whatever_it_sees(tmp_path, monkeypatch):
