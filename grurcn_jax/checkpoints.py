@@ -10,6 +10,7 @@ anything that must see it).
 import logging
 import re
 import signal
+import sys
 import threading
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -293,26 +294,37 @@ class Preemption:
   others' part of a different save. With several processes, JAX's distributed
   runtime catches SIGTERM and its coordination service makes every host see the
   preemption at the same step (`reached_preemption_sync_point`, what orbax's
-  `reached_preemption` uses). A single process turns SIGTERM into a flag.
+  `reached_preemption` uses). A single process turns SIGTERM into a flag, and a
+  first Ctrl-C (SIGINT) too: it stopped the run where it was, losing the steps
+  since the last checkpoint; a second one stops at once.
   """
 
   def __init__(self):
     self._requested = False
-    self._previous = None
+    self._previous = {}
+    self.cause = "SIGTERM"   # what `reached` answers for (several processes: SIGTERM)
 
   def __enter__(self):
     single = jax.process_count() == 1
     if single and threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle)
+                        for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self._requested:   # asked twice: now
+        raise KeyboardInterrupt
+      print("Ctrl-C: saving a checkpoint at the end of this step, then stopping "
+            "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+    if not self._requested:
+      self.cause = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     self._requested = True
 
   @property
   def requested(self) -> bool:
-    """A SIGTERM has come, in a single-process run (several processes learn of it
+    """A SIGTERM (or Ctrl-C) has come, in a single-process run (several processes learn of it
     together, at a step: `reached`). Asked between evaluation batches."""
     return self._requested
 
@@ -323,5 +335,5 @@ class Preemption:
     return self._requested
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, previous in self._previous.items():
+      signal.signal(signum, previous)

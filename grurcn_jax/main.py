@@ -113,6 +113,11 @@ def run(values: flags.FlagValues) -> None:
     print(f"error: {e}", file=sys.stderr)
     multihost.fail(str(e))   # with several hosts: all stop now (never returns)
     sys.exit(1)
+  except KeyboardInterrupt:   # outside the training loop, or a second Ctrl-C in it
+    print("error: interrupted (Ctrl-C); checkpoints already written are kept: run the "
+          "same command again to resume", file=sys.stderr)
+    multihost.fail("interrupted (Ctrl-C)")
+    sys.exit(130)
   except Exception as e:  # a bug: its traceback, and on several hosts all stop
     multihost.fail(f"{type(e).__name__}: {e}", with_traceback=True)
     raise

@@ -147,8 +147,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         checkpoints.save(step, state, config.to_dict())
       if preempted:
         checkpoints.close()
-        raise TrainingError(f"stopped by SIGTERM at step {step}; the checkpoint is "
-                            f"saved: run the same command again to resume")
+        raise TrainingError(f"stopped by {preemption.cause} at step {step}; the "
+                            f"checkpoint is saved: run the same command again to resume")
       if run_eval:
         try:
           eval_metrics = _evaluate(evaluator, state, workdir, writer,
@@ -159,8 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           if not save:
             checkpoints.save(step, state, config.to_dict())
           checkpoints.close()
-          raise TrainingError(f"stopped by SIGTERM during the evaluation of step "
-                              f"{step}; the checkpoint is saved: run the same command "
+          raise TrainingError(f"stopped by {preemption.cause} during the evaluation of "
+                              f"step {step}; the checkpoint is saved: run the same command "
                               f"again to resume (it evaluates step {step} first)") from None
       segment_start = time.time()
   if eval_metrics is None:  # resumed at the end, its evaluation not written

@@ -446,9 +446,12 @@ def test_unknown_config_field_is_rejected(data_dir, tmp_path):
   assert one_error(err) and "hiden" in err
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path, signum):
   """Also trains where TensorFlow and clu are not installed (a GPU image with JAX
-  alone): the threaded loader reads, scalars go to the log and scalars.jsonl."""
+  alone): the threaded loader reads, scalars go to the log and scalars.jsonl. A
+  Ctrl-C (SIGINT) does what SIGTERM does: it stopped the run with a traceback,
+  losing the steps since the last checkpoint."""
   flags = overrides_as_flags(data_dir, num_train_steps=100_000,
                              checkpoint_every_steps=100_000, eval_every_steps=100_000)
   workdir = tmp_path / "preempted"
@@ -461,11 +464,12 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
     logged.append(line)
     if "] step 2/" in line:
       break
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   _, err = process.communicate(timeout=300)
   assert process.returncode == 1
-  assert "stopped by SIGTERM at step" in err and "Traceback" not in err
-  step = err.split("stopped by SIGTERM at step ")[1].split(";")[0]
+  cause = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+  assert f"stopped by {cause} at step" in err and "Traceback" not in err, err[-3000:]
+  step = err.split(f"stopped by {cause} at step ")[1].split(";")[0]
   assert os.listdir(workdir / "checkpoints") == [step]
   assert "No TensorBoard files" in "".join(logged)
   assert sorted(os.listdir(workdir)) == ["checkpoints", "compilation_cache",
@@ -475,6 +479,21 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path):
   assert records[0]["hparams"]["data.loader"] == "auto"
   assert [r["step"] for r in records[1:]] == list(range(1, int(step) + 1))
   assert all(np.isfinite(r["train/loss"]) for r in records[1:])
+
+
+def test_a_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, tmp_path):
+  """Before the loop (data building, compilation, a restore) or a second Ctrl-C
+  in it: a KeyboardInterrupt traceback before; now one line and status 130."""
+  from grurcn_jax.data import prepare
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(prepare, "ensure_demo", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+  status, _, err = main_in_process(f"--workdir={tmp_path}")
+  assert status == 130
+  assert err == ("error: interrupted (Ctrl-C); checkpoints already written are kept: "
+                 "run the same command again to resume\n")
 
 
 def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tmp_path,
