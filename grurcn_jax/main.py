@@ -94,6 +94,10 @@ def run(values: flags.FlagValues) -> None:
   from grurcn_jax.data import prepare
   config = values.config
   try:   # all of it: an error anywhere must reach the other hosts (multihost.fail)
+    if values.eval_step is not None and values.mode != "eval":
+      # It was ignored: a whole training run went by instead.
+      raise errors.ConfigError("--eval_step chooses the checkpoint --mode=eval "
+                               "evaluates: give --mode=eval too")
     workdir = _workdir(values.workdir, values.mode)
     # Before anything compiles (the demo's extraction does).
     compile_cache.enable(compile_cache.directory_for(config.compilation_cache_dir,

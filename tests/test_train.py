@@ -481,6 +481,14 @@ def test_sigterm_saves_a_checkpoint_and_stops(data_dir, tmp_path, signum):
   assert all(np.isfinite(r["train/loss"]) for r in records[1:])
 
 
+def test_eval_step_without_eval_mode_is_an_error(tmp_path):
+  status, _, err = main_in_process(f"--workdir={tmp_path / 'run'}", "--eval_step=6")
+  assert status == 1
+  assert err == ("error: --eval_step chooses the checkpoint --mode=eval evaluates: "
+                 "give --mode=eval too\n")
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, tmp_path):
   """Before the loop (data building, compilation, a restore) or a second Ctrl-C
   in it: a KeyboardInterrupt traceback before; now one line and status 130."""
