@@ -37,6 +37,8 @@ r"""Throughput benchmark: prints one JSON line.
   # Input and train step together (which one bounds training?):
   ... --what=end_to_end
 
+train_step and scaling report the image_size their level shapes derive from
+(--image_size; default the config's demo frame size, else 224).
 train_step fields: params, step_ms (median over --steps timed steps after warm-up),
 clips_per_s, compile_s, flops_per_step (analytic, forward and backward),
 achieved_flops_per_s, reference_flops_per_s and reference (what it is, measured in
@@ -116,7 +118,8 @@ def define_flags():
                     "Override model.kernel_gradient.")
   flags.DEFINE_bool("host_feed", False, "Also time steps whose batches come from host "
                     "memory, through the device prefetcher and without it.")
-  flags.DEFINE_integer("image_size", 224, "Frame side the level shapes derive from.")
+  flags.DEFINE_integer("image_size", None, "Frame side the level shapes derive from "
+                       "(default: the config's demo frame size, else 224, the paper's).")
   flags.DEFINE_integer("synthetic_videos", 0, "pipeline, end_to_end: first write this "
                        "many videos of random features (--image_size, the model's "
                        "levels) into --config.data.dir, which must not hold any yet.")
@@ -176,6 +179,15 @@ def _conv(x, k):
                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
+def image_size(config) -> int:
+  """--image_size, else the demo's frame size where the config builds one (timing
+  its model at 224 px gave 3.6 clips/s where training ran 50-90), else 224."""
+  if FLAGS.image_size is not None:
+    return FLAGS.image_size
+  demo = config.data.get("demo")
+  return int(demo["image_size"]) if demo else 224
+
+
 def experiment_for(config, mesh=None):
   """The experiment of `config` at --image_size frames, with no data behind it;
   with --flax_rnn_cell its model is `FlaxRNNCellGRURCN`."""
@@ -185,7 +197,7 @@ def experiment_for(config, mesh=None):
   if config.task != "classification":
     raise ConfigError(f"the benchmark times the classification step; task="
                       f"{config.task!r} is not benchmarked yet")
-  spec = FeatureSpec.at_image_size(config.model, FLAGS.image_size,
+  spec = FeatureSpec.at_image_size(config.model, image_size(config),
                                    frames=config.data.input == "frames")
   experiment = experiment_lib.assemble(config, spec=spec, mesh=mesh)
   if FLAGS.flax_rnn_cell:
@@ -294,7 +306,8 @@ def bench_train_step(config) -> dict:
       "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else model_cfg.recurrence,
       "remat": model_cfg.remat, "remat_levels": list(model_cfg.remat_levels),
       "kernel_gradient": model_cfg.kernel_gradient,
-      "levels": list(model_cfg.levels), "dtype": model_cfg.dtype, "batch": FLAGS.batch,
+      "levels": list(model_cfg.levels), "image_size": image_size(config),
+      "dtype": model_cfg.dtype, "batch": FLAGS.batch,
       "clip_length": config.data.clip_length, "params": params,
       "step_ms": step_s * 1e3, "clips_per_s": FLAGS.batch / step_s,
       "compile_s": compile_s, "flops_per_step": flops_per_step,
@@ -445,7 +458,7 @@ def bench_scaling(config) -> dict:
           "clip_length": config.data.clip_length, "variant": config.model.variant,
           "recurrence": "flax_rnn_cell" if FLAGS.flax_rnn_cell else config.model.recurrence,
           "remat": config.model.remat, "remat_levels": list(config.model.remat_levels),
-          "levels": list(config.model.levels),
+          "levels": list(config.model.levels), "image_size": image_size(config),
           "xla_flops_per_device": per_device, "xla_flops_one_device": one_device,
           "flops_ratio": per_device / one_device, "collective_bytes": collectives,
           "all_gather_bytes": collectives["all-gather"], "compile_s": compile_s,
@@ -465,10 +478,10 @@ def write_synthetic_features(config) -> None:
   if features.exists(features.join(directory, features.METADATA_FILE)):
     raise ConfigError(f"{directory} already holds features; --synthetic_videos writes "
                       f"new ones: point --config.data.dir elsewhere")
-  shapes = FeatureSpec.at_image_size(config.model, FLAGS.image_size).level_shapes
+  shapes = FeatureSpec.at_image_size(config.model, image_size(config)).level_shapes
   # Frames mode reads the frames (smooth synthetic images, as camera frames are:
   # JPEG's size depends on it); the levels are written too.
-  frames_shape = ((FLAGS.image_size,) * 2 + (3,) if config.data.input == "frames"
+  frames_shape = ((image_size(config),) * 2 + (3,) if config.data.input == "frames"
                   else None)
   stats = {l: {"mean": [0.0] * s[-1], "scale": 1.0, "int8_step": 4 / 127}
            for l, s in shapes.items()}
@@ -476,7 +489,7 @@ def write_synthetic_features(config) -> None:
       levels=shapes, stats=stats,
       class_names=[f"class_{i}" for i in range(config.model.num_classes)],
       backbone={"name": "vgg16", "weights": "random", "seed": 0,
-                "image_size": FLAGS.image_size},
+                "image_size": image_size(config)},
       extraction={"synthetic": True}, int8_levels=tuple(FLAGS.int8_levels),
       frames_shape=frames_shape, frames_jpeg_quality=FLAGS.frames_jpeg_quality)
   rng = np.random.default_rng(0)
