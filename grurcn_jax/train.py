@@ -99,7 +99,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       if len(in_flight) > STEPS_AHEAD:
         jax.block_until_ready(in_flight.popleft())
       if segment_start is None:  # the first call compiled: time what follows
-        segment_start = time.time()
+        segment_start = first_dispatched = time.time()
         logging.info("First step dispatched after %.1f s (its compilation included); %s",
                      segment_start - run_start, compile_cache.summary())
       step += 1
@@ -136,8 +136,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                        clips_per_sec=steps_per_s * config.batch_size,
                        analytic_flops_per_sec=steps_per_s * step_flops)
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        eta = ((config.num_train_steps - step) * (time.time() - run_start)
-               / max(step - start_step, 1))
+        # From the steps since the first one's compilation (saves and evaluations
+        # included: they recur); from run_start, a resume's first log said 1.9 min
+        # where 10 s were left.
+        since_first = step - start_step - 1
+        eta = (config.num_train_steps - step) * (
+            (time.time() - first_dispatched) / since_first if since_first
+            else 1 / max(steps_per_s, 1e-9))
         logging.info("step %d/%d  loss %.4f  acc %.3f  %.2f steps/s  %.1f clips/s  "
                      "ETA %.1f min", step, config.num_train_steps, scalars["loss"],
                      scalars["accuracy"], steps_per_s, scalars["clips_per_sec"],
