@@ -22,6 +22,8 @@ def parse(argv, flag_values: flags.FlagValues = flags.FLAGS):
     return argv
   except flags.Error as e:
     print(f"error: {e}\nPass --helpfull for the flags.", file=sys.stderr)
+  except SyntaxError as e:   # a config file that is not Python
+    print(f"error: --config: {e.filename} line {e.lineno}: {e.msg}", file=sys.stderr)
   except OSError as e:   # config_flags' report of a file it could not read
     reason = re.findall(r"\[Errno \d+\] (.*)", str(e))
     print(f"error: --config: {reason[-1] if reason else str(e).splitlines()[0]}",

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from absl import flags
+import pytest
 from ml_collections import config_flags
 
 from grurcn_jax import flag_parsing
@@ -44,3 +45,17 @@ def test_a_program_reads_and_writes_under_home_not_a_folder_named_tilde(tmp_path
   assert result.returncode == 1
   assert f"{home}/features" in result.stderr, result.stderr
   assert not os.listdir(cwd)
+
+
+def test_a_config_file_that_is_not_python_is_one_line(tmp_path, capsys):
+  config = tmp_path / "config.py"
+  config.write_text("def get_config():\n  return 'unterminated\n")
+  argv = ["prog", f"--config={config}"]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values, sys_argv=argv)
+  with pytest.raises(SystemExit) as exit:
+    flag_parsing.parse(argv, values)
+  assert exit.value.code == 1
+  err = capsys.readouterr().err   # (Python's own words follow: they vary by version)
+  assert err.startswith(f"error: --config: {config} line 2: unterminated string"), err
+  assert len(err.splitlines()) == 1, err
