@@ -143,10 +143,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         eta = (config.num_train_steps - step) * (
             (time.time() - first_dispatched) / since_first if since_first
             else 1 / max(steps_per_s, 1e-9))
-        logging.info("step %d/%d  loss %.4f  acc %.3f  %.2f steps/s  %.1f clips/s  "
+        # Captioning: a batch is of videos (each several segment clips), its
+        # accuracy that of the next word.
+        accuracy, rate = (("word acc", "videos/s") if config.task == "captioning"
+                          else ("acc", "clips/s"))
+        logging.info("step %d/%d  loss %.4f  %s %.3f  %.2f steps/s  %.1f %s  "
                      "ETA %.1f min", step, config.num_train_steps, scalars["loss"],
-                     scalars["accuracy"], steps_per_s, scalars["clips_per_sec"],
-                     eta / 60)
+                     accuracy, scalars["accuracy"], steps_per_s,
+                     scalars["clips_per_sec"], rate, eta / 60)
         window, train_seconds = [], 0.0
       if save:
         checkpoints.save(step, state, config.to_dict())

@@ -580,9 +580,18 @@ def test_captioning_run_trains_checkpoints_writes_captions_and_evaluates_again(
   from grurcn_jax.data import captions
   from tests.training_setup import tiny_captioning_config
   monkeypatch.setattr(caption_metrics, "java_available", lambda: False)
+  logged, info = [], train.logging.info
+  monkeypatch.setattr(train.logging, "info", lambda message, *args: (
+      logged.append(str(message) % args if args else str(message)),
+      info(message, *args)))
   workdir = str(tmp_path)
   config = tiny_captioning_config(tiny_captions_dir)
   metrics = train.train_and_evaluate(config, workdir)
+  # The progress line's rate is of videos (each of several segment clips) and its
+  # accuracy the next word's.
+  progress = [line for line in logged if line.startswith("step 6/6")]
+  assert len(progress) == 1 and " word acc " in progress[0], logged
+  assert " videos/s " in progress[0] and "clips/s" not in progress[0], progress
   losses = train_losses(workdir)
   assert len(losses) == 6 and np.mean(losses[-2:]) < np.mean(losses[:2])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
