@@ -64,12 +64,22 @@ def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float],
          allow_partial: bool = False) -> Dict:
   """Weighted sum of per-video probabilities over the videos of the streams: the
   same videos in each, or (`allow_partial`) those they share."""
-  if len(scores) < 2 or len(scores) != len(weights):
-    raise FusionError(f"need two or more score files and one weight each; got "
-                      f"{len(scores)} file(s) and {len(weights)} weight(s)")
-  for s in scores[1:]:
+  if len(scores) < 2:
+    raise FusionError(f"fusion needs two or more score files (one per stream); got "
+                      f"{len(scores)}")
+  if len(scores) != len(weights):
+    raise FusionError(f"give one weight per score file: {len(scores)} files, "
+                      f"{len(weights)} weights")
+  for i, s in enumerate(scores[1:], 1):
     if list(s["class_names"]) != list(scores[0]["class_names"]):
-      raise FusionError("the score files have different class lists")
+      first, other = ([str(c) for c in x["class_names"]] for x in (scores[0], s))
+      differ = next((k for k, (a, b) in enumerate(zip(first, other)) if a != b),
+                    min(len(first), len(other)))
+      raise FusionError(
+          f"the score files have different class lists: file 1 has {len(first)} "
+          f"classes, file {i + 1} {len(other)}; they first differ at class {differ} "
+          f"({first[differ] if differ < len(first) else 'none'!r} against "
+          f"{other[differ] if differ < len(other) else 'none'!r})")
   videos = [set(s["video_id"].tolist()) for s in scores]
   common = sorted(set.intersection(*videos))
   if not common:

@@ -46,8 +46,19 @@ def test_mismatches_are_clear():
     fuse.fuse([a, scores(["v1"], [1], [[1, 0]])], [1, 1])
   with pytest.raises(FusionError, match="share no video id"):
     fuse.fuse([a, scores(["v9"], [0], [[1, 0]])], [1, 1])
-  with pytest.raises(FusionError, match="one weight each"):
+  with pytest.raises(FusionError, match="give one weight per score file: 2 files, 1 "
+                                        "weights"):
     fuse.fuse([a, a], [1])
+  # One file (the default weights are one per file): it said "got 1 file(s) and 1
+  # weight(s)", as if the weights were wrong.
+  with pytest.raises(FusionError, match=r"needs two or more score files \(one per "
+                                        r"stream\); got 1$"):
+    fuse.fuse([a], [1])
+  other = dict(scores(["v1"], [0], [[1, 0]]), class_names=np.array(["a", "c"]))
+  with pytest.raises(FusionError, match=r"different class lists: file 1 has 2 classes, "
+                                        r"file 2 2; they first differ at class 1 "
+                                        r"\('b' against 'c'\)"):
+    fuse.fuse([a, other], [1, 1])
   with pytest.raises(FusionError, match="cannot read scores"):
     fuse.load_scores("/nonexistent/scores.npz")
 
