@@ -875,6 +875,10 @@ def main(argv):
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print("\nerror: interrupted (Ctrl-C); the shards already written are kept: run "
+          "the same command again to go on", file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

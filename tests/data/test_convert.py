@@ -204,3 +204,19 @@ def test_a_train_step_runs_on_int8_batches(tmp_path):
   # float32 sums of 8 clips' losses in another order: a few ulps of ~log(3).
   np.testing.assert_allclose(float(jax.device_get(metrics["loss"])), expected,
                              rtol=1e-5)
+
+
+def test_ctrl_c_during_a_conversion_is_one_line_and_says_it_goes_on(monkeypatch, capsys):
+  import types
+
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(convert, "FLAGS", types.SimpleNamespace(
+      src="a", dst="b", int8_levels=[], frames_jpeg_quality=0))
+  monkeypatch.setattr(convert, "convert", interrupted)
+  with pytest.raises(SystemExit) as exit:
+    convert.main(["convert"])
+  assert exit.value.code == 130
+  assert capsys.readouterr().err.endswith("error: interrupted (Ctrl-C); the shards "
+                                          "already written are kept: run the same "
+                                          "command again to go on\n")

@@ -617,3 +617,17 @@ def test_flow_is_computed_only_where_a_window_takes_it(monkeypatch):
   np.testing.assert_array_equal(windows, flow_lib.stack_windows(every, 2, starts))
   np.testing.assert_array_equal(kept, [100 + s for s in starts])
   assert len(computed) == 7   # 4 windows of 2 flows, the last one's repeated
+
+
+def test_ctrl_c_during_extraction_is_one_line_and_says_it_goes_on(monkeypatch, capsys):
+  """It printed a KeyboardInterrupt traceback (a resume then went on as designed)."""
+  def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(extract, "_check_required_flags", lambda: None)
+  monkeypatch.setattr(extract, "run", interrupted)
+  with pytest.raises(SystemExit) as exit:
+    extract.main(["extract"])
+  assert exit.value.code == 130
+  assert capsys.readouterr().err == (
+      "\nerror: interrupted (Ctrl-C); the shards already written are kept: run the same "
+      "command again to go on\n")
