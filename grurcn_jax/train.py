@@ -88,9 +88,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
   in_flight = collections.deque()
   run_start = time.time()
   step = start_step
-  logging.info("Training %s/%s from step %d to %d on %d device(s); workdir %s",
-               config.model.name, config.model.variant, start_step,
-               config.num_train_steps, jax.device_count(), workdir)
+  if start_step < config.num_train_steps:
+    logging.info("Training %s/%s from step %d to %d on %d device(s); workdir %s",
+                 config.model.name, config.model.variant, start_step,
+                 config.num_train_steps, jax.device_count(), workdir)
+  else:   # it said "from step 400 to 5"
+    logging.info("Nothing to train: the checkpoint's step %d is at or past "
+                 "num_train_steps=%d; workdir %s", start_step, config.num_train_steps,
+                 workdir)
   with checkpoints_lib.Preemption() as preemption, \
       writers.flushing(writer):
     while step < config.num_train_steps:
