@@ -809,15 +809,16 @@ def settings_from_flags(values: flags.FlagValues = FLAGS) -> Settings:
 
 def _check_required_flags(values: flags.FlagValues = FLAGS) -> None:
   # Which flags are required depends on --source, so absl's
-  # mark_flag_as_required cannot say it; all three are usage errors alike.
+  # mark_flag_as_required cannot say it. One line each: as absl's usage errors,
+  # they came after a hundred lines of help.
   if not values.out:
-    raise app.UsageError("--out is required")
+    raise ConfigError("--out is required (pass --help for the flags)")
   if values.source != "tfds" and not values.videos:
-    raise app.UsageError(f"--videos is required with --source={values.source}")
+    raise ConfigError(f"--videos is required with --source={values.source}")
   if values.source in ("ucf101", "flow_frames") and not values.splits:
-    raise app.UsageError(f"--splits is required with --source={values.source}")
+    raise ConfigError(f"--splits is required with --source={values.source}")
   if values.source == "msvd" and not (values.captions and values.mapping):
-    raise app.UsageError("--captions and --mapping are required with --source=msvd")
+    raise ConfigError("--captions and --mapping are required with --source=msvd")
 
 
 def run(values: flags.FlagValues = FLAGS) -> Summary:
@@ -869,8 +870,8 @@ def _split_sizes(values: flags.FlagValues) -> Tuple[int, ...]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  _check_required_flags()
   try:
+    _check_required_flags()
     run()
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)

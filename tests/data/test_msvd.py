@@ -5,12 +5,11 @@ vocabulary."""
 import json
 import os
 
-from absl import app
 import numpy as np
 import pytest
 
 from grurcn_jax.data import captions, extract, features, msvd, pipeline
-from grurcn_jax.errors import SplitFileError
+from grurcn_jax.errors import ConfigError, SplitFileError
 from tests.data.fake import encode_video
 from tests.data.test_extract import parsed
 
@@ -108,7 +107,7 @@ def test_extraction_writes_features_references_split_and_vocabulary(msvd_tree, t
                                                                    capsys):
   videos, descriptions, mapping = msvd_tree
   out = str(tmp_path / "feats")
-  with pytest.raises(app.UsageError, match="--captions and --mapping are required with "
+  with pytest.raises(ConfigError, match="--captions and --mapping are required with "
                                            "--source=msvd"):
     extract._check_required_flags(parsed("--source=msvd", f"--videos={videos}",
                                          f"--out={out}"))
