@@ -125,8 +125,10 @@ def fail(message: str, *, with_traceback: bool = False) -> None:
   if already_stopping:   # the watcher stops this host for another's failure
     if with_traceback:   # (the caller printed any other error)
       print(f"error: (this process: {message})", file=sys.stderr)
-    threading.Event().wait()   # until the watcher's exit
-  _finish_dispatched_work()
+    # Until the watcher's exit (bounded: should that thread die, exit anyway).
+    threading.Event().wait(timeout=_ACK_SECONDS + _EXIT_GRACE_SECONDS + 10)
+    _exit(1)
+  _finish_dispatched_work(client)
   try:
     client.key_value_set(FAILED_KEY, f"process {_state().process_id} failed: {message}")
   except Exception:  # noqa: BLE001 (another host set it first: it is stopping us all)
@@ -143,10 +145,13 @@ def fail(message: str, *, with_traceback: bool = False) -> None:
   _exit_after_others(client)
 
 
-def _finish_dispatched_work() -> None:
+def _finish_dispatched_work(client) -> None:
   """Waits (at most _FINISH_SECONDS) until this host's dispatched computations are
   done: the outputs of those under way are live arrays (the failed step's frames
-  hold them while its exception is handled). One that failed is done too."""
+  hold them while its exception is handled). One that failed is done too. Stops
+  waiting when another host's failure is on record: that host will not join them
+  (two hosts failing a step apart waited here while the first gave up on them,
+  and process 0's exit then aborted this one)."""
   import jax
 
   def wait():
@@ -157,7 +162,11 @@ def _finish_dispatched_work() -> None:
         pass
   waiter = threading.Thread(target=wait, name="grurcn-finish-work", daemon=True)
   waiter.start()
-  waiter.join(timeout=_FINISH_SECONDS)
+  deadline = time.time() + _FINISH_SECONDS
+  while waiter.is_alive() and time.time() < deadline:
+    waiter.join(timeout=0.2)
+    if waiter.is_alive() and _failure_on_record(client) is not None:
+      return
 
 
 def _failure_on_record(client):

@@ -1,10 +1,16 @@
-"""Test-only: two processes (2 CPU devices each, gloo) run a sharded computation
-of all-reduces for a few seconds; process 1 fails while it runs, as a host whose
-input fails while its last dispatched step is still under way. Process 0 waits on
-that computation (which process 1 must finish with it) and then on the next,
-which process 1 never joins, as the training loop would. Both handle errors as `grurcn_jax.main.run` does.
+"""Test-only: two processes (2 CPU devices each, gloo) and a sharded computation
+of all-reduces that runs a few seconds. Both handle errors as
+`grurcn_jax.main.run` does.
 
-  python -m tests.fail_mid_collective PROCESS_ID PORT
+- `one`: process 1 fails while the computation runs, as a host whose input fails
+  while its last dispatched step is still under way. Process 0 waits on that
+  computation (which process 1 must finish with it) and then on the next, which
+  process 1 never joins, as the training loop would.
+- `apart`: process 0 fails with nothing under way; process 1 fails a step later,
+  with a computation dispatched that process 0 never joins (two hosts failing a
+  step apart: storage failing under both).
+
+  python -m tests.fail_mid_collective PROCESS_ID PORT one|apart
 """
 
 import os
@@ -26,7 +32,7 @@ SECONDS_UNDER_WAY = 5.0
 
 
 def main():
-  process_id, port = int(sys.argv[1]), sys.argv[2]
+  process_id, port, case = int(sys.argv[1]), sys.argv[2], sys.argv[3]
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
                              process_id=process_id)
@@ -50,6 +56,10 @@ def main():
     per_step = (time.time() - start) / 20
     count = int(multihost_utils.broadcast_one_to_all(
         np.int32(max(20, SECONDS_UNDER_WAY / per_step))))
+    if case == "apart":
+      if process_id == 1:
+        under_way = all_reduces(x, count)   # noqa: F841 (live while it fails)
+      raise RuntimeError(f"injected on process {process_id}")
     under_way = all_reduces(x, count)
     print(f"dispatched {count} all-reduces", file=sys.stderr, flush=True)
     if process_id == 1:
