@@ -8,6 +8,7 @@ anything that must see it).
 """
 
 import logging
+import os
 import re
 import signal
 import sys
@@ -307,20 +308,33 @@ class Preemption:
   def __enter__(self):
     single = jax.process_count() == 1
     if single and threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle)
-                        for s in (signal.SIGTERM, signal.SIGINT)}
+      # An ignored SIGINT stays ignored (a job started in the background by a
+      # script does not take the terminal's Ctrl-C).
+      signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(
+          signal.SIGINT) is not signal.SIG_IGN else [])
+      self._previous = {s: signal.signal(s, self._handle) for s in signals}
     return self
 
   def _handle(self, signum, frame):
     del frame
     if signum == signal.SIGINT:
       if self._requested:   # asked twice: now
-        raise KeyboardInterrupt
+        # Not a KeyboardInterrupt: raised inside an orbax save, the normal exit
+        # that follows joined its threads, which can wait 20 minutes.
+        print("\nerror: Ctrl-C again: stopped now; checkpoints already written are "
+              "kept (one being written is not)", file=sys.stderr, flush=True)
+        os._exit(130)
       print("Ctrl-C: saving a checkpoint at the end of this step, then stopping "
             "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
     if not self._requested:
       self.cause = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     self._requested = True
+
+  @property
+  def exit_status(self) -> int:
+    """The program's status once stopped: 130 for a Ctrl-C (as a shell reports
+    one), else 1."""
+    return 130 if self.cause == "Ctrl-C" else 1
 
   @property
   def requested(self) -> bool:

@@ -23,7 +23,12 @@ class CheckpointReadError(Error, RuntimeError):
 
 
 class TrainingError(Error, RuntimeError):
-  """Training cannot go on (non-finite loss, preemption); the message says what to do."""
+  """Training cannot go on (non-finite loss, preemption); the message says what to do.
+  `exit_status`: the program's (130 for a Ctrl-C, as a shell reports one)."""
+
+  def __init__(self, message: str, exit_status: int = 1):
+    super().__init__(message)
+    self.exit_status = exit_status
 
 
 class FeatureFormatError(Error, RuntimeError):

@@ -112,16 +112,18 @@ def run(values: flags.FlagValues) -> None:
     _report(metrics, values.mode, workdir, config)
   except errors.TrainingError as e:   # every host raises it at the same step
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(e.exit_status)
   except errors.Error as e:
     print(f"error: {e}", file=sys.stderr)
     multihost.fail(str(e))   # with several hosts: all stop now (never returns)
     sys.exit(1)
-  except KeyboardInterrupt:   # outside the training loop, or a second Ctrl-C in it
+  except KeyboardInterrupt:   # outside the training loop
     print("error: interrupted (Ctrl-C); checkpoints already written are kept: run the "
           "same command again to resume", file=sys.stderr)
     multihost.fail("interrupted (Ctrl-C)")
-    sys.exit(130)
+    # Now: a normal exit joins orbax's threads of a save under way, which can
+    # wait for their 20-minute timeout.
+    multihost.exit_now(130)
   except Exception as e:  # a bug: its traceback, and on several hosts all stop
     multihost.fail(f"{type(e).__name__}: {e}", with_traceback=True)
     raise

@@ -127,7 +127,7 @@ def fail(message: str, *, with_traceback: bool = False) -> None:
       print(f"error: (this process: {message})", file=sys.stderr)
     # Until the watcher's exit (bounded: should that thread die, exit anyway).
     threading.Event().wait(timeout=_ACK_SECONDS + _EXIT_GRACE_SECONDS + 10)
-    _exit(1)
+    exit_now(1)
   _finish_dispatched_work(client)
   try:
     client.key_value_set(FAILED_KEY, f"process {_state().process_id} failed: {message}")
@@ -202,11 +202,12 @@ def _exit_after_others(client) -> None:
   if _state().process_id == 0:
     _wait_for_every_host(client)
     time.sleep(_EXIT_GRACE_SECONDS)
-  _exit(1)
+  exit_now(1)
 
 
-def _exit(status: int) -> None:
-  """Exits now: no shutdown barrier for hosts stuck in a collective."""
+def exit_now(status: int) -> None:
+  """Exits now, output flushed: no shutdown barrier for hosts stuck in a
+  collective, no joining of threads that wait on them (orbax's)."""
   logging.flush()
   sys.stdout.flush()
   sys.stderr.flush()

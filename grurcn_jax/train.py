@@ -162,7 +162,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       if preempted:
         checkpoints.close()
         raise TrainingError(f"stopped by {preemption.cause} at step {step}; the "
-                            f"checkpoint is saved: run the same command again to resume")
+                            f"checkpoint is saved: run the same command again to resume",
+                            preemption.exit_status)
       if run_eval:
         try:
           eval_metrics = _evaluate(evaluator, state, workdir, writer,
@@ -175,7 +176,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
           checkpoints.close()
           raise TrainingError(f"stopped by {preemption.cause} during the evaluation of "
                               f"step {step}; the checkpoint is saved: run the same command "
-                              f"again to resume (it evaluates step {step} first)") from None
+                              f"again to resume (it evaluates step {step} first)",
+                              preemption.exit_status) from None
       segment_start = time.time()
   if eval_metrics is None:  # resumed at the end, its evaluation not written
     with writers.flushing(writer):

@@ -1,7 +1,10 @@
 """A restore checks the fields that shape the state: the model, and data.input."""
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +14,7 @@ import pytest
 from configs import default
 from grurcn_jax import checkpoints, sharding
 from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
+from tests.training_setup import REPO
 
 
 def saved(tmp_path, config_dict):
@@ -167,3 +171,42 @@ def test_a_run_location_is_its_directory_and_maybe_a_step(text, expected):
 def test_a_bad_run_location_is_a_config_error_naming_its_setting(text, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
     checkpoints.location(text, "caption.encoder_checkpoint")
+
+
+def test_ctrl_c_asks_to_save_and_stop_and_an_ignored_one_stays_ignored():
+  import signal
+  before = signal.getsignal(signal.SIGINT)
+  with checkpoints.Preemption() as preemption:
+    assert not preemption.requested and preemption.exit_status == 1
+    os.kill(os.getpid(), signal.SIGINT)
+    assert preemption.requested and preemption.cause == "Ctrl-C"
+    assert preemption.exit_status == 130
+  assert signal.getsignal(signal.SIGINT) is before   # restored
+  # A job started in the background by a script ignores the terminal's Ctrl-C:
+  # it stays ignored.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with checkpoints.Preemption() as preemption:
+      os.kill(os.getpid(), signal.SIGINT)
+      assert not preemption.requested
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+  finally:
+    signal.signal(signal.SIGINT, before)
+
+
+def test_a_second_ctrl_c_stops_at_once():
+  """Raised as a KeyboardInterrupt inside an orbax save, the normal exit after it
+  joined orbax's threads, which can wait 20 minutes: it exits now, status 130."""
+  program = ("import os, signal, time\n"
+             "from grurcn_jax import checkpoints\n"
+             "with checkpoints.Preemption():\n"
+             "  os.kill(os.getpid(), signal.SIGINT)\n"
+             "  os.kill(os.getpid(), signal.SIGINT)\n"
+             "  time.sleep(60)\n")
+  result = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                          text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert result.returncode == 130
+  assert result.stderr.endswith("error: Ctrl-C again: stopped now; checkpoints already "
+                                "written are kept (one being written is not)\n"), (
+      result.stderr)
