@@ -185,7 +185,10 @@ def image_size(config) -> int:
   if FLAGS.image_size is not None:
     return FLAGS.image_size
   demo = config.data.get("demo")
-  return int(demo["image_size"]) if demo else 224
+  if not demo:
+    return 224
+  from grurcn_jax.data.demo import DemoSpec   # (the size a partial spec builds at)
+  return int(demo.get("image_size", DemoSpec.image_size))
 
 
 def experiment_for(config, mesh=None):

@@ -15,7 +15,8 @@ def parse(argv, flag_values: flags.FlagValues = flags.FLAGS):
   """absl's flag parsing (an `app.run` flags_parser), with config errors reported
   as one line."""
   try:
-    argv = flag_values(argv)
+    # `--config=~/x.py` is loaded while parsing: expanded before as well as after.
+    argv = flag_values([argv[0]] + [_expand_argument(a) for a in argv[1:]])
     if "config" in flag_values:
       flag_values.config.get   # config_flags defers a load failure to first use
     expand_user(flag_values)
@@ -51,6 +52,13 @@ def expand_user(flag_values: flags.FlagValues) -> None:
     elif isinstance(value, list) and any(map(_starts_with_tilde, value)):
       setattr(flag_values, name, [os.path.expanduser(v) if _starts_with_tilde(v) else v
                                   for v in value])
+
+
+def _expand_argument(argument: str) -> str:
+  name, equals, value = argument.partition("=")
+  if argument.startswith("-") and equals and _starts_with_tilde(value):
+    return f"{name}={os.path.expanduser(value)}"
+  return argument
 
 
 def _expand_config(config) -> None:

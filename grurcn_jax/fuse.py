@@ -75,11 +75,11 @@ def fuse(scores: Sequence[Dict[str, np.ndarray]], weights: Sequence[float],
       first, other = ([str(c) for c in x["class_names"]] for x in (scores[0], s))
       differ = next((k for k, (a, b) in enumerate(zip(first, other)) if a != b),
                     min(len(first), len(other)))
+      name = lambda names: repr(names[differ]) if differ < len(names) else "none"
       raise FusionError(
           f"the score files have different class lists: file 1 has {len(first)} "
-          f"classes, file {i + 1} {len(other)}; they first differ at class {differ} "
-          f"({first[differ] if differ < len(first) else 'none'!r} against "
-          f"{other[differ] if differ < len(other) else 'none'!r})")
+          f"classes, file {i + 1} {len(other)}; they first differ at class "
+          f"{differ + 1} ({name(first)} against {name(other)})")
   videos = [set(s["video_id"].tolist()) for s in scores]
   common = sorted(set.intersection(*videos))
   if not common:

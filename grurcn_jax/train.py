@@ -4,7 +4,8 @@ One jit-compiled step with explicit shardings over a data-parallel mesh, the tra
 state donated, dropout RNG `fold_in(rng, step)`. Resumes from the newest checkpoint
 in `workdir` without being asked; the input stream restarts at the same step, so a
 resumed run ends exactly where an uninterrupted one does. SIGTERM (preemption) to
-any host makes every host save a checkpoint at the same step and stop. A
+any host makes every host save a checkpoint at the same step and stop; in one
+process a first Ctrl-C does the same (status 130), a second stops at once. A
 non-finite loss or gradient is never applied: training stops with an error and the
 last good checkpoint stays as it was. Progress goes to the log (absl, INFO).
 """
@@ -144,10 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
         # From the steps since the first one's compilation (saves and evaluations
         # included: they recur); from run_start, a resume's first log said 1.9 min
         # where 10 s were left.
-        since_first = step - start_step - 1
-        eta = (config.num_train_steps - step) * (
-            (time.time() - first_dispatched) / since_first if since_first
-            else 1 / max(steps_per_s, 1e-9))
+        # (The first step ran after its dispatch returned: all of them since.)
+        eta = ((config.num_train_steps - step) * (time.time() - first_dispatched)
+               / (step - start_step))
         # Captioning: a batch is of videos (each several segment clips), its
         # accuracy that of the next word.
         accuracy, rate = (("word acc", "videos/s") if config.task == "captioning"

@@ -97,8 +97,12 @@ if [[ "$dry_run" -eq 1 ]]; then
 fi
 # jax's CPU build, or no usable driver, trained on the CPU without a word. (The
 # check's own process allocates nothing ahead.)
-backend=$(XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" -c \
-  'import jax; print(jax.default_backend())' 2>/dev/null) || backend="none: jax did not start"
-[[ "$backend" == gpu ]] ||
-  die "jax sees no GPU here (its backend: $backend): install jax's CUDA build (see this script's header), and check nvidia-smi and CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<unset>}"
+said=$(XLA_PYTHON_CLIENT_PREALLOCATE=false "$python" -c \
+  'import jax; print("backend:", jax.default_backend())' 2>&1) || true
+backend=$(sed -n 's/^backend: //p' <<< "$said")
+if [[ "$backend" != gpu ]]; then
+  # jax's own last words say why (no CUDA jaxlib, a driver error), if any.
+  reason=$(grep -v -e '^backend: ' -e '^[[:space:]]*$' <<< "$said" | tail -n 1) || true
+  die "jax sees no GPU here (its backend: ${backend:-none, jax did not start}${reason:+; jax said: $reason}): install jax's CUDA build (see this script's header), and check nvidia-smi and CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-<unset>}"
+fi
 exec "${command_line[@]}"

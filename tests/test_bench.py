@@ -264,3 +264,21 @@ def test_input_rates_leave_out_what_was_read_ahead():
       time.sleep(0.01)
   assert bench._steady_seconds_per_item(20, take_one) >= 0.01
   assert len(taken) == 20
+
+
+def test_a_partial_demo_spec_is_timed_at_the_size_it_builds_at(monkeypatch):
+  # data.demo gives only what differs from DemoSpec's defaults (ensure_demo fills
+  # in the rest): its frame size is DemoSpec's, not a KeyError.
+  import types
+  import ml_collections
+  from grurcn_jax import bench
+  from grurcn_jax.data.demo import DemoSpec
+  monkeypatch.setattr(bench, "FLAGS", types.SimpleNamespace(image_size=None))
+  config = ml_collections.ConfigDict({"data": {"demo": {"num_frames": 4}}})
+  assert bench.image_size(config) == DemoSpec.image_size
+  config.data.demo.image_size = 32
+  assert bench.image_size(config) == 32
+  config.data.demo = None
+  assert bench.image_size(config) == 224
+  monkeypatch.setattr(bench, "FLAGS", types.SimpleNamespace(image_size=64))
+  assert bench.image_size(config) == 64

@@ -17,8 +17,12 @@ from tests.training_setup import REPO
 def test_a_leading_tilde_in_flags_lists_and_config_strings_is_expanded(monkeypatch,
                                                                         tmp_path):
   monkeypatch.setenv("HOME", str(tmp_path))
+  # The config file itself from ~ too: it is loaded while the flags are parsed.
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "mine.py").write_text(
+      "from configs import demo\n\ndef get_config():\n  return demo.get_config()\n")
   argv = ["prog", "--out=~/features", "--name=a~b", "--scores=~/a.npz,b.npz",
-          f"--config={REPO}/configs/demo.py", "--config.data.dir=~/demo",
+          "--config=~/configs/mine.py", "--config.data.dir=~/demo",
           "--config.caption.encoder_checkpoint=~/run@100"]
   values = flags.FlagValues()
   flags.DEFINE_string("out", None, "", flag_values=values)

@@ -56,9 +56,13 @@ def test_mismatches_are_clear():
     fuse.fuse([a], [1])
   other = dict(scores(["v1"], [0], [[1, 0]]), class_names=np.array(["a", "c"]))
   with pytest.raises(FusionError, match=r"different class lists: file 1 has 2 classes, "
-                                        r"file 2 2; they first differ at class 1 "
+                                        r"file 2 2; they first differ at class 2 "
                                         r"\('b' against 'c'\)"):
     fuse.fuse([a, other], [1, 1])
+  longer = dict(a, class_names=np.array(["a", "b", "c"]))
+  with pytest.raises(FusionError, match=r"file 2 3; they first differ at class 3 "
+                                        r"\(none against 'c'\)"):
+    fuse.fuse([a, longer], [1, 1])
   with pytest.raises(FusionError, match="cannot read scores"):
     fuse.load_scores("/nonexistent/scores.npz")
 

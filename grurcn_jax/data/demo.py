@@ -213,7 +213,8 @@ def extract_rendered(directory: str, videos, class_names: Sequence[str], spec, *
 
 def record_spec(directory: str, spec) -> None:
   """Writes `spec` into the directory's metadata (`demo`): a config asking for
-  another demo is then refused, not given this one (`data.prepare.ensure_demo`)."""
+  another demo is then told that this one differs, and how
+  (`data.prepare.ensure_demo`)."""
   from grurcn_jax.data import features
   metadata = features.read_metadata(directory)
   if metadata.get("demo") != spec_record(spec):

@@ -143,9 +143,15 @@ class Windows:
     return len(self._starts)
 
   def __getitem__(self, index) -> np.ndarray:
-    """The windows at `index` (a slice or index array) as one array."""
-    return stack_computed(self._flows, self._steps, self._num_flows, self._length,
-                          self._starts[index])
+    """The windows at `index` (a slice or index array) as one array; one window
+    at an integer."""
+    starts = self._starts[index]
+    windows = stack_computed(self._flows, self._steps, self._num_flows, self._length,
+                             np.atleast_1d(starts))
+    return windows[0] if np.ndim(starts) == 0 else windows
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
 
   def __array__(self, dtype=None, copy=None) -> np.ndarray:
     whole = self[:]

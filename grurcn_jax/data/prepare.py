@@ -154,9 +154,10 @@ def _check_demo_target(directory: str) -> None:
   if (not files.is_local(directory) or not os.path.isdir(directory)
       or os.path.exists(os.path.join(directory, features_lib.METADATA_FILE))):
     return   # (an extraction's metadata: its resume checks what it holds)
-  # What an unfinished build leaves before its metadata: shard files.
+  # What an unfinished build leaves before its metadata: shard files, a metadata
+  # file cut short by a kill; hidden files (.DS_Store) are nobody's.
   others = sorted(n for n in os.listdir(directory)
-                  if not re.match(r"(train|test)-\d{5}\.", n))
+                  if not re.match(r"(train|test)-\d{5}\.|metadata\.json\.tmp-|\.", n))
   if others:
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
     raise ConfigError(f"data.dir {directory} holds other files ({shown}) and no demo: "

@@ -542,7 +542,9 @@ def test_flow_windows_are_stacked_a_batch_at_a_time(monkeypatch):
            for f in videos]
   assert [len(w) for w in windows] == [20, 5]
   np.testing.assert_array_equal(windows[0][5:13], every[0][5:13])
+  np.testing.assert_array_equal(windows[0][7], every[0][7])
   np.testing.assert_array_equal(np.asarray(windows[1]), every[1])
+  np.testing.assert_array_equal(np.stack(list(windows[1])), every[1])
 
   stacked, stack = [], flow_lib.stack_computed
   monkeypatch.setattr(flow_lib, "stack_computed",

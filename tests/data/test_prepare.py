@@ -81,6 +81,17 @@ def test_a_demo_is_not_built_among_other_files(tmp_path, monkeypatch):
                                         r"built into a new or empty directory"):
     prepare.ensure_demo({"demo": TINY, "dir": str(workdir)}, progress=False)
   assert sorted(os.listdir(workdir)) == ["checkpoints", "eval_metrics.json"]
+  # Finder's .DS_Store, or a first metadata write cut short by a kill: a demo's
+  # directory still.
+  built = []
+  monkeypatch.setattr(demo, "build", lambda directory, *args, **kwargs:
+                      built.append(directory))
+  fresh = tmp_path / "fresh"
+  fresh.mkdir()
+  (fresh / ".DS_Store").write_bytes(b"")
+  (fresh / "metadata.json.tmp-123").write_text("{")
+  prepare.ensure_demo({"demo": TINY, "dir": str(fresh)}, progress=False)
+  assert built == [str(fresh)]
 
 
 def test_every_host_meets_at_the_barrier_whatever_it_sees(tmp_path, monkeypatch):

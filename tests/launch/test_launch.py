@@ -792,17 +792,22 @@ def test_gpu_launcher_option_without_a_value_is_an_error(args):
   assert result.stderr == f"gpu.sh: error: {args[0]} needs a value: {args[0]}=VALUE or {args[0]} VALUE\n"
 
 
+@pytest.mark.parametrize("platforms, said", [
+    ("cpu", "cpu): install jax's CUDA build"),
+    ("nosuch", "none, jax did not start; jax said: ")])
 def test_gpu_launcher_where_jax_sees_no_gpu_stops_instead_of_training_on_the_cpu(
-    tmp_path):
+    tmp_path, platforms, said):
   """jax's CPU build (the CUDA install step forgotten) or no driver: it trained a
-  whole run on the CPU without a word. (This machine has no GPU.)"""
-  env = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "XLA_FLAGS")}
+  whole run on the CPU without a word. Where jax does not start, its last words
+  say why. (JAX_PLATFORMS stands in for both on any machine, one with GPUs too.)"""
+  env = dict({k: v for k, v in os.environ.items() if k != "XLA_FLAGS"},
+             JAX_PLATFORMS=platforms)
   result = subprocess.run(["bash", GPU, "--gpus=0", "--config=configs/demo.py",
                            f"--workdir={tmp_path / 'run'}"], capture_output=True,
                           text=True, cwd=REPO, env=env, timeout=120)
   assert result.returncode == 2
-  assert result.stderr.startswith("gpu.sh: error: jax sees no GPU here (its backend: "
-                                  "cpu): install jax's CUDA build"), result.stderr
+  assert result.stderr.startswith(f"gpu.sh: error: jax sees no GPU here (its backend: "
+                                  f"{said}"), result.stderr
   assert not (tmp_path / "run").exists()
 
 
