@@ -37,9 +37,13 @@ FAILED_KEY = "grurcn_jax/failed"
 _STATE_DIR = "grurcn_jax/state/"
 # How long a failing host waits for every host to be accounted for before it exits.
 _ACK_SECONDS = 10.0
-# Process 0 hosts the coordination service, and a host still talking to it when
-# it goes away aborts: process 0 exits this long after every host has its news.
+# Once every host has its news, process 0 sets the instant all exit at (the key
+# below), this far ahead: time for every host to read it.
 _EXIT_GRACE_SECONDS = 2.0
+# Process 0 hosts the coordination service, and a host still talking to it when
+# it goes away aborts: process 0 exits this much after the others.
+_EXIT_AT_KEY = "grurcn_jax/exit_at"
+_LAST_SECONDS = 0.05
 # Between a watcher's looks at the key. A look is one request answered at once:
 # requests left waiting on the service (a timed-out blocking get) are kept by it,
 # about 14 KB each, which over days of a pod's run fills process 0's memory.
@@ -126,7 +130,7 @@ def fail(message: str, *, with_traceback: bool = False) -> None:
     if with_traceback:   # (the caller printed any other error)
       print(f"error: (this process: {message})", file=sys.stderr)
     # Until the watcher's exit (bounded: should that thread die, exit anyway).
-    threading.Event().wait(timeout=_ACK_SECONDS + _EXIT_GRACE_SECONDS + 10)
+    threading.Event().wait(timeout=2 * _ACK_SECONDS + _EXIT_GRACE_SECONDS + 10)
     exit_now(1)
   _finish_dispatched_work(client)
   try:
@@ -199,9 +203,28 @@ def _wait_for_every_host(client) -> dict:
 
 
 def _exit_after_others(client) -> None:
-  if _state().process_id == 0:
-    _wait_for_every_host(client)
-    time.sleep(_EXIT_GRACE_SECONDS)
+  """Exits once every host has its news, at one instant process 0 sets for all.
+  A host that leaves while another is still in a collective with it can abort
+  that one (gloo: "Connection closed by peer", or "Received data size doesn't
+  match" from a step the leaver never joined), and one still talking to the
+  coordination service when process 0 (which hosts it) leaves aborts: leaving
+  together leaves milliseconds for either, where hosts leaving one by one left
+  the grace's 2 s. Process 0 goes last, by _LAST_SECONDS."""
+  _wait_for_every_host(client)
+  first = _state().process_id == 0
+  if first:
+    try:
+      client.key_value_set(_EXIT_AT_KEY, repr(time.time() + _EXIT_GRACE_SECONDS))
+    except Exception:  # noqa: BLE001 (set already: its instant stands)
+      pass
+  at, deadline = None, time.time() + _ACK_SECONDS + _EXIT_GRACE_SECONDS
+  while at is None and time.time() < deadline:
+    try:
+      at = float(client.key_value_try_get(_EXIT_AT_KEY))
+    except Exception:  # noqa: BLE001 (not set yet, or the service is gone)
+      time.sleep(0.05)
+  if at is not None:
+    time.sleep(max(0.0, at + (_LAST_SECONDS if first else 0.0) - time.time()))
   exit_now(1)
 
 
