@@ -8,7 +8,6 @@ anything that must see it).
 """
 
 import logging
-import os
 import re
 import signal
 import sys
@@ -19,7 +18,7 @@ import jax
 from jax.experimental import multihost_utils
 import orbax.checkpoint as ocp
 
-from grurcn_jax import config_validation, files
+from grurcn_jax import config_validation, files, multihost
 from grurcn_jax.errors import CheckpointMismatchError, CheckpointReadError, ConfigError
 
 
@@ -322,8 +321,8 @@ class Preemption:
         # Not a KeyboardInterrupt: raised inside an orbax save, the normal exit
         # that follows joined its threads, which can wait 20 minutes.
         print("\nerror: Ctrl-C again: stopped now; checkpoints already written are "
-              "kept (one being written is not)", file=sys.stderr, flush=True)
-        os._exit(130)
+              "kept (one being written is not)", file=sys.stderr)
+        multihost.exit_now(130)
       print("Ctrl-C: saving a checkpoint at the end of this step, then stopping "
             "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
     if not self._requested:
@@ -338,8 +337,8 @@ class Preemption:
 
   @property
   def requested(self) -> bool:
-    """A SIGTERM (or Ctrl-C) has come, in a single-process run (several processes learn of it
-    together, at a step: `reached`). Asked between evaluation batches."""
+    """A SIGTERM (or Ctrl-C) has come, in a single-process run (several processes
+    learn of it together, at a step: `reached`). Asked between evaluation batches."""
     return self._requested
 
   def reached(self, step: int) -> bool:

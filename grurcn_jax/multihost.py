@@ -211,8 +211,8 @@ def _exit_after_others(client) -> None:
   together leaves milliseconds for either, where hosts leaving one by one left
   the grace's 2 s. Process 0 goes last, by _LAST_SECONDS."""
   _wait_for_every_host(client)
-  first = _state().process_id == 0
-  if first:
+  is_process_0 = _state().process_id == 0
+  if is_process_0:
     try:
       client.key_value_set(_EXIT_AT_KEY, repr(time.time() + _EXIT_GRACE_SECONDS))
     except Exception:  # noqa: BLE001 (set already: its instant stands)
@@ -224,7 +224,7 @@ def _exit_after_others(client) -> None:
     except Exception:  # noqa: BLE001 (not set yet, or the service is gone)
       time.sleep(0.05)
   if at is not None:
-    time.sleep(max(0.0, at + (_LAST_SECONDS if first else 0.0) - time.time()))
+    time.sleep(max(0.0, at + (_LAST_SECONDS if is_process_0 else 0.0) - time.time()))
   exit_now(1)
 
 

@@ -142,10 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                        clips_per_sec=steps_per_s * config.batch_size,
                        analytic_flops_per_sec=steps_per_s * step_flops)
         writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
-        # From the steps since the first one's compilation (saves and evaluations
-        # included: they recur); from run_start, a resume's first log said 1.9 min
+        # From the time since the first step's compilation, over every step since
+        # (the first ran after its dispatch returned), saves and evaluations
+        # included: they recur. From run_start, a resume's first log said 1.9 min
         # where 10 s were left.
-        # (The first step ran after its dispatch returned: all of them since.)
         eta = ((config.num_train_steps - step) * (time.time() - first_dispatched)
                / (step - start_step))
         # Captioning: a batch is of videos (each several segment clips), its

@@ -7,6 +7,7 @@ at an image size serves the benchmark on machines without TensorFlow.
 
 import dataclasses
 import os
+import re
 from typing import Mapping, Optional, Tuple
 
 from grurcn_jax import levels as levels_lib
@@ -148,7 +149,6 @@ def _check_demo_target(directory: str) -> None:
   """The demo is built into a new or empty directory, or finishes its own: a demo
   config given another run's workdir as data.dir wrote 262 MB of shards beside
   its checkpoints."""
-  import re
   from grurcn_jax import files
   from grurcn_jax.data import features as features_lib
   if (not files.is_local(directory) or not os.path.isdir(directory)
