@@ -20,8 +20,9 @@
 # ${LONG_BATCH:-16}, compiled side by side, no steps run).
 # variants: uni, bidirectional and stacked at the defaults, in one session.
 # input: training steps fed by the input loader (no TensorFlow needed: the
-# threaded loader), frames mode against features, on ${INPUT_VIDEOS:-64} synthetic
-# videos of 30 frames at 224 px written to local disk first (about 3 GB).
+# threaded loader), frames mode against features (float16, then int8 at device
+# prefetch 2 and 4), on ${INPUT_VIDEOS:-64} synthetic videos of 30 frames at 224 px
+# written to local disk first (about 3 GB, then 1.6 GB).
 # TORCH_ARGS: the torch section's flags (default: eager and compile, both dtypes).
 # memory: each step compiled twice through a compilation cache; the second run
 # skips the compiler's autotuning, so its device peak is the step's own.
@@ -125,6 +126,13 @@ if named input; then  # not in all: it writes its data first
       --synthetic_videos="${INPUT_VIDEOS:-64}" --synthetic_frames=30 \
       --image_size="${INPUT_IMAGE_SIZE:-224}"
   run input_features "${fed[@]}" --config.data.input=features
+  # Every level int8 (half the bytes to read and copy), device prefetch 2 and 4.
+  int8=("${bench[@]}" --dtype=bfloat16 --what=end_to_end --steps="${INPUT_STEPS:-20}"
+        --config.data.dir="$data-int8")
+  run input_int8 "${int8[@]}" --synthetic_videos="${INPUT_VIDEOS:-64}" \
+      --synthetic_frames=30 --image_size="${INPUT_IMAGE_SIZE:-224}" \
+      --int8_levels=pool2,pool3,pool4,pool5
+  run input_int8_prefetch4 "${int8[@]}" --config.data.device_prefetch=4
 fi
 if want long; then
   run bf16_t64 "${bench[@]}" --dtype=bfloat16 --clip_length=64 --steps=3

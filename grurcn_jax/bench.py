@@ -67,7 +67,9 @@ instruction once), all_gather_bytes. pipeline fields: clips_per_s, gb_per_s (fea
 bytes_per_clip, batches, batch, loader (the one `data.loader` resolved to). end_to_end
 fields: end_to_end_clips_per_s (steps fed by the input loader through the device
 prefetcher), step_clips_per_s (the step on a batch already on the devices),
-input_clips_per_s (the loader alone), bound_by, loader, input (features or frames),
+input_clips_per_s (the loader alone), to_device_clips_per_s (the loader's batches
+copied to the devices through the prefetcher, no step), bound_by (step, input or
+input+copy: see bound_by), device_prefetch, loader, input (features or frames),
 steps. pipeline and end_to_end time the second half of their max(--steps, 20) /
 max(--steps, 10) batches (`batches`, `steps`): the first half drains what the
 queues read ahead while the program compiled or warmed up.
@@ -612,11 +614,19 @@ def bench_end_to_end(config) -> dict:
     return loaders.for_config(config.data, inputs).train_batches(
         config.data, batch_size=host_batch, seed=config.seed, levels=inputs)
 
-  # The input alone first, on its own pipeline: nothing read ahead while a step ran.
+  # Each stage alone first, on its own pipeline, so nothing read ahead while
+  # another stage ran counts: the loader's reads, then the reads with each batch's
+  # copy to the devices (the prefetcher's, waited on: no step).
   host = host_batches()
   bytes_per_clip = _batch_bytes(next(host)) // host_batch   # also the warm-up
   input_s = _steady_seconds_per_item(count, lambda: next(host))
   resident = sharding.global_batch(experiment.mesh, next(host))
+  del host   # its batch arrays (a GB each at paper shapes) go back now
+  copied = sharding.prefetch_to_device(host_batches(), experiment.mesh,
+                                       config.data.device_prefetch)
+  to_device_s = _steady_seconds_per_item(
+      count, lambda: jax.block_until_ready(next(copied)))
+  del copied
   fed = sharding.prefetch_to_device(host_batches(), experiment.mesh,
                                     config.data.device_prefetch)
   run(fed, 2)  # compile and warm-up (the queues fill meanwhile: run drains them)
@@ -628,10 +638,23 @@ def bench_end_to_end(config) -> dict:
           "end_to_end_clips_per_s": FLAGS.batch / end_to_end_s,
           "step_clips_per_s": FLAGS.batch / step_s,
           "input_clips_per_s": FLAGS.batch / input_s,
+          "to_device_clips_per_s": FLAGS.batch / to_device_s,
           "bytes_per_clip": bytes_per_clip,
-          "bound_by": "input" if input_s > step_s else "step",
+          "bound_by": bound_by(input_s, to_device_s, step_s),
+          "device_prefetch": config.data.device_prefetch,
           "loader": loaders.resolve(config.data, inputs), "input": config.data.input,
           "device": jax.devices()[0].device_kind, "num_devices": jax.device_count()}
+
+
+def bound_by(input_s: float, to_device_s: float, step_s: float) -> str:
+  """The stage that bounds steps fed by the loader, from each stage's seconds per
+  batch: "step"; "input" (the reads alone take nearly all of the batches' time to
+  reach the devices); or "input+copy": the copy to the devices adds a tenth or
+  more (on a GPU, float16 features: reads and copies share the host's memory
+  bandwidth; int8 levels or frames mode move fewer bytes)."""
+  if step_s >= to_device_s:
+    return "step"
+  return "input" if input_s >= 0.9 * to_device_s else "input+copy"
 
 
 def main(argv):

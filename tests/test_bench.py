@@ -218,9 +218,13 @@ def test_synthetic_videos_feed_end_to_end_and_the_pipeline(tmp_path):
   assert report["loader"] == "threads" and report["input"] == "features"
   assert report["bytes_per_clip"] == 3 * (8 * 8 * 128 * 1 + 4 * 4 * 256 * 2)
   assert report["what"] == "end_to_end" and report["num_devices"] == 8
-  for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s"):
+  for key in ("end_to_end_clips_per_s", "step_clips_per_s", "input_clips_per_s",
+              "to_device_clips_per_s"):
     assert report[key] > 0
-  assert report["bound_by"] in ("input", "step")
+  seconds = [report["batch"] / report[f"{stage}_clips_per_s"]
+             for stage in ("input", "to_device", "step")]
+  assert report["bound_by"] == bench.bound_by(*seconds)
+  assert report["device_prefetch"] == 2
   from grurcn_jax.data import features
   metadata = features.read_metadata(str(data_dir))
   assert metadata["splits"]["train"]["num_videos"] == 16
@@ -233,6 +237,16 @@ def test_synthetic_videos_feed_end_to_end_and_the_pipeline(tmp_path):
   assert frames["loader"] == "tf" and frames["levels"] == ["frames"] and frames["bytes_per_clip"] == 3 * 32 * 32 * 3
   info = features.read_metadata(str(tmp_path / "frames"))["levels"]["frames"]
   assert (info["encoding"], info["quality"]) == ("jpeg", 90)
+
+
+@pytest.mark.parametrize("input_ms,to_device_ms,step_ms,bound", [
+    (8.3, 10.0, 61.0, "step"),           # frames mode on a GPU: VGG-16 in the step
+    (27.5, 51.0, 24.6, "input+copy"),    # float16 features: the copy doubles it
+    (27.5, 29.0, 24.6, "input"),         # the copy adds under a tenth
+    (27.5, 51.0, 51.0, "step"),          # a tie is the step's
+])
+def test_bound_by_names_the_slowest_stage(input_ms, to_device_ms, step_ms, bound):
+  assert bench.bound_by(input_ms / 1e3, to_device_ms / 1e3, step_ms / 1e3) == bound
 
 
 @pytest.mark.parametrize("args,message", [
