@@ -43,6 +43,12 @@ class VideoDecodeError(Error, RuntimeError):
   """A video file that cannot be decoded (skipped and reported by extraction)."""
 
 
+class ExtractionError(Error, RuntimeError):
+  """Features that cannot be stored faithfully: the network gave NaN or infinite
+  activations (broken weights), or normalised values beyond float16's range; the
+  message names the level and the video."""
+
+
 class FusionError(Error, ValueError):
   """Score files that cannot be fused; the message says why."""
 

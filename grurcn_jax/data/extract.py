@@ -36,7 +36,8 @@ from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import captions as captions_lib
 from grurcn_jax.data import flow as flow_lib
 from grurcn_jax.data import msvd, ucf101, video as video_lib
-from grurcn_jax.errors import ConfigError, SplitFileError, VideoDecodeError
+from grurcn_jax.errors import (ConfigError, ExtractionError, SplitFileError,
+                               VideoDecodeError)
 
 SOURCES = ("ucf101", "folders", "tfds", "msvd", "flow_frames")
 # Sources whose listing is in a shuffled order already (tfds shuffles a split when
@@ -150,19 +151,41 @@ class FeatureExtractor:
         outputs[level].append(result[level])
     return {level: np.concatenate(v) for level, v in outputs.items()}
 
-  def normalized(self, frames,
-                 stats: Mapping[str, Mapping]) -> Dict[str, np.ndarray]:
+  def normalized(self, frames, stats: Mapping[str, Mapping],
+                 name_of_row: Callable[[int], str] = lambda row: f"frame row {row}"
+                 ) -> Dict[str, np.ndarray]:
     """The stored values (`features.normalize` with each level's `stats`): float16
     [N, *shape], filled batch by batch. A video's float32 activations are never
     whole: at 224 px they are 2.9 MB a frame, 5 GB for a UCF-101 video of all
-    its 1,776 frames, twice that while concatenated."""
+    its 1,776 frames, twice that while concatenated. Values that would be stored
+    as NaN or infinity raise an ExtractionError naming `name_of_row(row)`."""
     out = {level: np.empty((len(frames), *shape), np.float16)
            for level, shape in level_shapes(self.settings).items()}
     for start, result in self._batches(frames):
       for level in self.levels:
-        out[level][start:start + len(result[level])] = features_lib.normalize(
-            result[level], stats[level])
+        activations = result[level]
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+          stored = features_lib.normalize(activations, stats[level])
+        finite = np.isfinite(stored).reshape(len(stored), -1).all(axis=1)
+        if not finite.all():
+          row = int(np.argmin(finite))
+          raise ExtractionError(self._unstorable(
+              level, activations[row], stats[level], name_of_row(start + row)))
+        out[level][start:start + len(stored)] = stored
     return out
+
+  def _unstorable(self, level: str, activations: np.ndarray, stats: Mapping,
+                  where: str) -> str:
+    if not np.isfinite(activations).all():
+      return (f"{where}: VGG-16 (--weights={self.settings.weights}) gave NaN or "
+              f"infinite {level} activations: the weights are broken (a fine-tune "
+              f"that diverged?)")
+    # normalize's arithmetic before its cast to float16
+    largest = float(np.max(np.abs((activations - np.asarray(stats["mean"], np.float32))
+                                  / np.float32(stats["scale"]))))
+    return (f"{where}: {level} values {largest:.3g} scales from the calibration mean, "
+            f"beyond float16's range (65504): the calibration videos' statistics do "
+            f"not fit this video (a corrupt one?); the shards written so far are kept")
 
   def _batches(self, frames: np.ndarray):
     """(first row, level -> float32 activations) of each batch of `frames`."""
@@ -356,7 +379,19 @@ def _calibrate(videos: Sequence[Video], extractor: FeatureExtractor, settings: S
   if not samples[settings.levels[0]]:
     raise VideoDecodeError("none of the first videos could be decoded: nothing to "
                            "calibrate the feature scales on")
-  return {level: features_lib.level_stats(np.concatenate(a)) for level, a in samples.items()}
+  stats = {}
+  for level, a in samples.items():
+    activations = np.concatenate(a)
+    # Broken weights give NaN, or where max() drops NaN (XLA:CPU's ReLU) zeros.
+    constant = activations.size and np.all(activations == activations.flat[0])
+    if constant or not np.isfinite(activations).all():
+      raise ExtractionError(
+          f"VGG-16 (--weights={settings.weights}) gave "
+          f"{'constant' if constant else 'NaN or infinite'} {level} activations on "
+          f"the calibration frames: the weights are broken (a fine-tune that "
+          f"diverged?); no features were written")
+    stats[level] = features_lib.level_stats(activations)
+  return stats
 
 
 def evenly_spaced(count: int, at_most: int) -> np.ndarray:
@@ -489,8 +524,11 @@ def extract(videos: Sequence[Video], class_names: Sequence[str], out_dir: str,
 
           def run_pending():
             nonlocal frames_done
-            normalized = extractor.normalized(_Rows([p[2] for p in pending]),
-                                              metadata["levels"])
+            ends = np.cumsum([len(p[2]) for p in pending])
+            normalized = extractor.normalized(
+                _Rows([p[2] for p in pending]), metadata["levels"],
+                name_of_row=lambda row: pending[int(np.searchsorted(
+                    ends, row, side="right"))][1].video_id)
             start = 0
             for video_index, video, frames, indices in pending:
               stored = {level: a[start:start + len(frames)]

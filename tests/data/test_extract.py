@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from grurcn_jax.data import demo, extract, features, ucf101, video as video_lib
-from grurcn_jax.errors import (ConfigError, FeatureFormatError, SplitFileError,
-                               VideoDecodeError)
+from grurcn_jax.errors import (ConfigError, ExtractionError, FeatureFormatError,
+                               SplitFileError, VideoDecodeError)
 from tests.data.fake import encode_video
 
 CLASSES = ["JumpRope", "Rowing"]
@@ -320,6 +320,61 @@ def test_library_errors_are_errors_not_exits(tmp_path):
                        (tmp_path / "afile" / "out", "cannot be created: ")):
     with pytest.raises(ConfigError, match=f"--out {out} {message}"):
       run_small(videos, class_names, str(out))
+
+
+def test_values_float16_cannot_hold_are_an_error_naming_the_video(tmp_path, monkeypatch):
+  """Stored NaN or infinity would poison training silently: broken weights stop
+  extraction at calibration, and normalised values beyond float16's range stop it
+  at the video (its id in the message), the shards written before it kept."""
+  import jax
+  class_names, videos = demo.demo_videos(0, 2, 0, num_frames=2, image_size=32)
+  init = extract.FeatureExtractor.__init__
+
+  def broken_weights(self, settings):
+    init(self, settings)
+    self._params = jax.tree.map(lambda w: w * np.nan, self._params)
+  with monkeypatch.context() as patched:
+    patched.setattr(extract.FeatureExtractor, "__init__", broken_weights)
+    # NaN where max() propagates it, zeros where the ReLU drops it (XLA:CPU).
+    with pytest.raises(ExtractionError, match=r"^VGG-16 \(--weights=random\) gave "
+                       r"(NaN or infinite|constant) pool2 activations on the "
+                       r"calibration frames"):
+      run_small(videos, class_names, str(tmp_path / "nan"))
+
+  # Activations that turn non-finite after calibration: the video is named.
+  batches, calibrate, calibrated = extract.FeatureExtractor._batches, extract._calibrate, []
+
+  def nan_after_calibration(self, frames):
+    for start, result in batches(self, frames):
+      yield start, ({level: a * np.nan for level, a in result.items()} if calibrated
+                    else result)
+
+  def calibrate_once(*args):
+    stats = calibrate(*args)
+    calibrated.append(True)
+    return stats
+  with monkeypatch.context() as patched:
+    patched.setattr(extract.FeatureExtractor, "_batches", nan_after_calibration)
+    patched.setattr(extract, "_calibrate", calibrate_once)
+    with pytest.raises(ExtractionError) as error:
+      run_small(videos, class_names, str(tmp_path / "nan_later"))
+  message = str(error.value)
+  assert re.match(r"(.+): VGG-16 \(--weights=random\) gave NaN or infinite pool2 "
+                  r"activations: the weights are broken", message), message
+  assert message.split(":")[0] in {v.video_id for v in videos}
+
+  # Statistics of a near-constant calibration sample: the videos' values land
+  # 1e9 scales from its mean (float16 holds 65504).
+  monkeypatch.setattr(extract, "_calibrate", lambda *args, **kwargs: {
+      level: {**stats, "scale": 1e-9} for level, stats in calibrate(*args, **kwargs).items()})
+  with pytest.raises(ExtractionError) as error:
+    run_small(videos, class_names, str(tmp_path / "overflow"),
+              dataclasses.replace(SMALL, videos_per_shard=1, batch_size=2))
+  message = str(error.value)
+  assert re.match(r"(.+): pool2 values (\S+) scales from the calibration mean, beyond "
+                  r"float16's range \(65504\)", message), message
+  assert message.split(":")[0] in {v.video_id for v in videos}
+  assert float(re.search(r"pool2 values (\S+) scales", message)[1]) > 65504
 
 
 def test_resuming_needs_the_same_modality_split_source_and_videos(tmp_path, caplog):
