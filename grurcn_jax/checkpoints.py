@@ -10,7 +10,6 @@ anything that must see it).
 import logging
 import re
 import signal
-import sys
 import threading
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
@@ -320,11 +319,11 @@ class Preemption:
       if self._requested:   # asked twice: now
         # Not a KeyboardInterrupt: raised inside an orbax save, the normal exit
         # that follows joined its threads, which can wait 20 minutes.
-        print("\nerror: Ctrl-C again: stopped now; checkpoints already written are "
-              "kept (one being written is not)", file=sys.stderr)
+        multihost.say_now("\nerror: Ctrl-C again: stopped now; checkpoints already "
+                          "written are kept (one being written is not)")
         multihost.exit_now(130)
-      print("Ctrl-C: saving a checkpoint at the end of this step, then stopping "
-            "(Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+      multihost.say_now("Ctrl-C: saving a checkpoint at the end of this step, then "
+                        "stopping (Ctrl-C again stops at once)")
     if not self._requested:
       self.cause = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
     self._requested = True

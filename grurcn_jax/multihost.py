@@ -231,7 +231,22 @@ def _exit_after_others(client) -> None:
 def exit_now(status: int) -> None:
   """Exits now, output flushed: no shutdown barrier for hosts stuck in a
   collective, no joining of threads that wait on them (orbax's)."""
-  logging.flush()
-  sys.stdout.flush()
-  sys.stderr.flush()
+  for flush in (logging.flush, sys.stdout.flush, sys.stderr.flush):
+    try:
+      flush()
+    except Exception:  # noqa: BLE001 (e.g. from a signal handler that interrupted
+      pass             # a write to the same stream: "reentrant call"; exit anyway)
   os._exit(status)
+
+
+def say_now(message: str) -> None:
+  """`message` and a newline on standard error, written past Python's buffered
+  stream: safe in a signal handler that interrupted a write to it (a print there
+  raises "reentrant call inside <_io.BufferedWriter>" in the interrupted code,
+  turning a Ctrl-C that should save into a traceback)."""
+  try:
+    descriptor = sys.stderr.fileno()
+  except (AttributeError, OSError, ValueError):   # replaced by an in-memory stream
+    print(message, file=sys.stderr)
+    return
+  os.write(descriptor, (message + "\n").encode())

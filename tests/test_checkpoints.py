@@ -194,6 +194,41 @@ def test_ctrl_c_asks_to_save_and_stop_and_an_ignored_one_stays_ignored():
     signal.signal(signal.SIGINT, before)
 
 
+def test_a_ctrl_c_landing_inside_a_write_to_stderr_still_saves_and_stops(monkeypatch):
+  """A signal handler runs between two bytecodes of the main thread, which may be
+  inside a write to stderr (a progress line): a print there raised "reentrant
+  call inside <_io.BufferedWriter>" in the training loop, a traceback instead of
+  a save; a flush there kept the second Ctrl-C from exiting."""
+  import io
+  import signal
+  from grurcn_jax import multihost
+  exits = []
+  monkeypatch.setattr(multihost.os, "_exit", exits.append)
+  read_end, write_end = os.pipe()
+  preemption = checkpoints.Preemption()
+
+  class InterruptedWhileWriting(io.FileIO):
+    def write(self, data):
+      preemption._handle(signal.SIGINT, None)   # a Ctrl-C lands mid-write
+      return super().write(data)
+
+  stderr = io.TextIOWrapper(io.BufferedWriter(InterruptedWhileWriting(write_end, "w")),
+                            line_buffering=True)
+  monkeypatch.setattr(sys, "stderr", stderr)
+  print("step 3/10", file=sys.stderr)             # the first Ctrl-C: save and stop
+  assert preemption.requested and preemption.cause == "Ctrl-C" and not exits
+  print("step 4/10", file=sys.stderr)             # the second: exit now
+  assert exits == [130]
+  stderr.close()
+  with os.fdopen(read_end) as written:
+    lines = written.read().splitlines()
+  # (What follows the exit's message is the patched os._exit returning.)
+  assert lines[:4] == ["Ctrl-C: saving a checkpoint at the end of this step, then "
+                       "stopping (Ctrl-C again stops at once)", "step 3/10", "",
+                       "error: Ctrl-C again: stopped now; checkpoints already written "
+                       "are kept (one being written is not)"], lines
+
+
 def test_a_second_ctrl_c_stops_at_once():
   """Raised as a KeyboardInterrupt inside an orbax save, the normal exit after it
   joined orbax's threads, which can wait 20 minutes: it exits now, status 130."""
