@@ -89,6 +89,37 @@ def test_quantizing_a_long_video_needs_little_more_than_its_int8_bytes():
   assert peak <= got.nbytes + 2 * temporary, (peak, got.nbytes, temporary)
 
 
+def test_a_long_video_is_written_a_few_rows_at_a_time(tmp_path):
+  """Each level's bytes were made whole before writing: another copy of the
+  video's levels (2.6 GB for a 1,776-frame UCF-101 video at 224 px). Now a few
+  rows at a time, the same bytes."""
+  import tracemalloc
+  shapes = {"pool2": (8, 8, 128), "pool3": (4, 4, 256)}
+  metadata = features.new_metadata(
+      levels=shapes, stats={l: {"mean": [0.0] * s[-1], "scale": 1.0, "int8_step": 0.05}
+                            for l, s in shapes.items()},
+      class_names=["a"], backbone={"name": "vgg16"}, extraction={},
+      int8_levels=("pool3",))
+  rng = np.random.default_rng(0)
+  rows = 2000
+  video = features.VideoFeatures("long", 0, 0, np.arange(rows), {
+      l: rng.standard_normal((rows, *s)).astype(np.float16) for l, s in shapes.items()})
+  tracemalloc.start()
+  try:
+    entry = features.write_shard(str(tmp_path), "train-00000", [video], metadata)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  # A few rows' bytes and quantize's float32 temporary, not pool2's 32 MB.
+  float32_row = 4 * max(int(np.prod(s)) for s in shapes.values())
+  assert peak <= 3 * features._WRITE_ROWS * float32_row, peak
+  assert entry["num_frames"] == rows
+  stored = {l: (tmp_path / features.level_file("train-00000", l)).read_bytes()
+            for l in shapes}
+  assert stored["pool2"] == video.features["pool2"].astype("<f2").tobytes()
+  assert stored["pool3"] == features.quantize(video.features["pool3"], 0.05).tobytes()
+
+
 def test_a_shard_is_read_a_video_at_a_time(tmp_path, monkeypatch):
   """Conversion read each shard's level files whole: 3-16 GB at UCF-101's paper
   shapes. Now no read is larger than one video's rows of one level, and the
