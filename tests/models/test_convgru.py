@@ -290,12 +290,12 @@ def test_bfloat16_recurrence_keeps_bfloat16_carry(recurrence, remat):
                                 initial_carry=jnp.zeros((2, 4, 4, 4), jnp.float32))
   assert states.dtype == jnp.bfloat16
   reference = ConvGRU(4, return_sequences=True, recurrence=recurrence)
-  # States in (-1, 1); each of the T=4 steps rounds to bfloat16 (2^-9 relative) at
-  # most 6 times (input projection, two gates, candidate, r*h, the update), and a
-  # step passes the state's error on (h + z(c - h): a convex mix, with recurrent
-  # kernels this small not amplified): T * 6 * 2^-9 = 0.047.
+  # States in (-1, 1); each of the T=4 steps rounds to bfloat16 (8 significant
+  # bits: 2^-8 relative) at most 6 times (input projection, two gates, candidate,
+  # r*h, the update), and a step passes the state's error on (h + z(c - h): a
+  # convex mix, with recurrent kernels this small not amplified): T * 6 * 2^-8.
   np.testing.assert_allclose(states.astype(jnp.float32),
-                             jax.jit(reference.apply)(variables, x), atol=4 * 6 * 2 ** -9)
+                             jax.jit(reference.apply)(variables, x), atol=4 * 6 * 2 ** -8)
   loss = lambda model: jax.jit(jax.grad(
       lambda v: jnp.sum(model.apply(v, x).astype(jnp.float32))))
   grads, reference_grads = loss(layer)(variables), loss(reference)(variables)
@@ -304,7 +304,7 @@ def test_bfloat16_recurrence_keeps_bfloat16_carry(recurrence, remat):
   # The backward pass rounds as often again, per parameter the same sums: within
   # twice the forward's relative error of the float32 gradients, in norm.
   for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads)):
-    assert np.linalg.norm(got - want) <= 2 * 4 * 6 * 2 ** -9 * np.linalg.norm(want)
+    assert np.linalg.norm(got - want) <= 2 * 4 * 6 * 2 ** -8 * np.linalg.norm(want)
 
   cell = ConvGRUCell(4, dtype=jnp.bfloat16)
   carry = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
