@@ -89,7 +89,28 @@ def main(argv):
 
 def run(values: flags.FlagValues) -> None:
   """Trains or evaluates as the parsed `values` say; an error of the config, the
-  data or the run is one line on stderr and exit status 1."""
+  data or the run is one line on stderr and exit status 1; a Ctrl-C outside the
+  training loop (which saves first), one line and status 130."""
+  from grurcn_jax import multihost
+  try:
+    _run(values)
+  except KeyboardInterrupt:
+    if multihost.stopping():   # while the other hosts are told of a failure
+      multihost.say_now("error: interrupted (Ctrl-C) while the other hosts were told "
+                        "of the failure: stopped now")
+      multihost.exit_now(130)
+    print("error: interrupted (Ctrl-C); checkpoints already written are kept: run the "
+          "same command again to resume", file=sys.stderr)
+    try:
+      multihost.fail("interrupted (Ctrl-C)")   # with several hosts: all stop now
+    except KeyboardInterrupt:   # Ctrl-C again while they are told: stop now
+      pass
+    # Now: a normal exit joins orbax's threads of a save under way, which can
+    # wait for their 20-minute timeout.
+    multihost.exit_now(130)
+
+
+def _run(values: flags.FlagValues) -> None:
   from grurcn_jax import compile_cache, errors, experiment, multihost, train
   from grurcn_jax.data import prepare
   config = values.config
@@ -117,13 +138,6 @@ def run(values: flags.FlagValues) -> None:
     print(f"error: {e}", file=sys.stderr)
     multihost.fail(str(e))   # with several hosts: all stop now (never returns)
     sys.exit(1)
-  except KeyboardInterrupt:   # outside the training loop
-    print("error: interrupted (Ctrl-C); checkpoints already written are kept: run the "
-          "same command again to resume", file=sys.stderr)
-    multihost.fail("interrupted (Ctrl-C)")
-    # Now: a normal exit joins orbax's threads of a save under way, which can
-    # wait for their 20-minute timeout.
-    multihost.exit_now(130)
   except Exception as e:  # a bug: its traceback, and on several hosts all stop
     multihost.fail(f"{type(e).__name__}: {e}", with_traceback=True)
     raise

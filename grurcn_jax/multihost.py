@@ -228,6 +228,11 @@ def _exit_after_others(client) -> None:
   exit_now(1)
 
 
+def stopping() -> bool:
+  """Whether this host is stopping for a failure (its own, or another host's)."""
+  return _stopping
+
+
 def exit_now(status: int) -> None:
   """Exits now, output flushed: no shutdown barrier for hosts stuck in a
   collective, no joining of threads that wait on them (orbax's)."""

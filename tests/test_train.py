@@ -507,6 +507,42 @@ def test_a_ctrl_c_outside_the_training_loop_is_one_line(monkeypatch, tmp_path):
                  "run the same command again to resume\n")
 
 
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_ctrl_c_while_the_other_hosts_are_told_is_one_line(monkeypatch, tmp_path,
+                                                             stopping):
+  """With several hosts, an error's multihost.fail waits (seconds) for the others
+  to hear of it: a Ctrl-C there escaped the error's handler as a traceback. Now:
+  one line, status 130, at once (`stopping`: this host's stop already under way;
+  else the Ctrl-C came before it, and the others are told of the Ctrl-C)."""
+  from grurcn_jax import multihost
+  told = []
+
+  def fail(message, **kwargs):
+    told.append(message)
+    if len(told) == 1:
+      raise KeyboardInterrupt   # the Ctrl-C lands while the others are told
+  monkeypatch.setattr(multihost, "fail", fail)
+  monkeypatch.setattr(multihost, "stopping", lambda: stopping)
+  monkeypatch.setattr(multihost, "exit_now", lambda status: sys.exit(status))
+  monkeypatch.setattr(multihost, "say_now", lambda message: print(message,
+                                                                  file=sys.stderr))
+  try:
+    status, _, err = main_in_process(f"--workdir={tmp_path / 'run'}", "--eval_step=6")
+  except KeyboardInterrupt:   # (escaping, it would stop the whole test session)
+    pytest.fail("the Ctrl-C escaped main.run: a traceback")
+  assert status == 130 and "Traceback" not in err
+  first = ("error: --eval_step chooses the checkpoint --mode=eval evaluates: give "
+           "--mode=eval too\n")
+  if stopping:
+    assert err == first + ("error: interrupted (Ctrl-C) while the other hosts were "
+                           "told of the failure: stopped now\n")
+    assert told == [first[len("error: "):-1]]
+  else:
+    assert err == first + ("error: interrupted (Ctrl-C); checkpoints already written "
+                           "are kept: run the same command again to resume\n")
+    assert told[1:] == ["interrupted (Ctrl-C)"]
+
+
 def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tmp_path,
                                                                     monkeypatch):
   # A SIGTERM noticed at an eval step saves and stops before evaluating; the
