@@ -292,16 +292,18 @@ class Preemption:
   is collective: hosts that decided at different steps would each wait for the
   others' part of a different save. With several processes, JAX's distributed
   runtime catches SIGTERM and its coordination service makes every host see the
-  preemption at the same step (`reached_preemption_sync_point`, what orbax's
-  `reached_preemption` uses). A single process turns SIGTERM into a flag, and a
-  first Ctrl-C (SIGINT) too: it stopped the run where it was, losing the steps
-  since the last checkpoint; a second one stops at once.
+  preemption at the same point, a step or an evaluation batch
+  (`reached_preemption_sync_point`, what orbax's `reached_preemption` uses). A
+  single process turns SIGTERM into a flag, and a first Ctrl-C (SIGINT) too: it
+  stopped the run where it was, losing the steps since the last checkpoint; a
+  second one stops at once.
   """
 
   def __init__(self):
     self._requested = False
     self._previous = {}
     self.cause = "SIGTERM"   # what `reached` answers for (several processes: SIGTERM)
+    self._points = 0         # sync points asked so far: the same count on every host
 
   def __enter__(self):
     single = jax.process_count() == 1
@@ -337,13 +339,17 @@ class Preemption:
   @property
   def requested(self) -> bool:
     """A SIGTERM (or Ctrl-C) has come, in a single-process run (several processes
-    learn of it together, at a step: `reached`). Asked between evaluation batches."""
+    learn of it together: `reached`)."""
     return self._requested
 
-  def reached(self, step: int) -> bool:
-    """Call once per step, on every host, with increasing steps."""
+  def reached(self) -> bool:
+    """Whether to stop here: every host gets the same answer at the same point.
+    Call at the same points on every host, in the same order: once per training
+    step, and before each evaluation batch (an evaluation at UCF-101 scale takes
+    minutes; a preemption's grace is about 30 s)."""
     if jax.process_count() > 1:
-      return bool(multihost_utils.reached_preemption_sync_point(step))
+      self._points += 1
+      return bool(multihost_utils.reached_preemption_sync_point(self._points))
     return self._requested
 
   def __exit__(self, *exc):

@@ -113,9 +113,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       pending.append(metrics)
       # Every periodic action also happens at the last step.
       due = lambda every: step % every == 0 or step == config.num_train_steps
-      # Asked once per step: every host gets the same answer at the same step, and
-      # a SIGTERM arriving later in this step is handled at the next one.
-      preempted = preemption.reached(step)
+      # Asked once per step (and before each evaluation batch): every host gets
+      # the same answer at the same point, and a SIGTERM arriving later in this
+      # step is handled at the next one.
+      preempted = preemption.reached()
       log, save, run_eval = (due(config.log_every_steps),
                              due(config.checkpoint_every_steps) or preempted,
                              due(config.eval_every_steps))
@@ -167,7 +168,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
       if run_eval:
         try:
           eval_metrics = _evaluate(evaluator, state, workdir, writer,
-                                   should_stop=lambda: preemption.requested)
+                                   should_stop=preemption.reached)
         except evaluators.EvaluationStopped:
           # A SIGTERM during the evaluation: save (if this step was not) and stop
           # now; the resumed run evaluates this step first (_evaluation_missed).

@@ -31,9 +31,9 @@ def free_port():
 
 
 def start_two_processes(data_dir, workdir, logs, module=("grurcn_jax.main",),
-                        **settings):
-  """Both processes of one run (`module`: the program and its first arguments);
-  their output goes to files under `logs`. (Without TensorFlow: its import alone
+                        flags=(), **settings):
+  """Both processes of one run (`module`: the program and its first arguments;
+  `flags`: more of main's flags); their output goes to files under `logs`. (Without TensorFlow: its import alone
   is seconds per process; the in-process runs test the writer that uses it.)"""
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
@@ -45,7 +45,7 @@ def start_two_processes(data_dir, workdir, logs, module=("grurcn_jax.main",),
         python_without(("tensorflow", "clu"), *module,
                        "--config=configs/demo.py", f"--workdir={workdir}",
                        *overrides_as_flags(data_dir, **{**SETTINGS, **settings}),
-                       "--config.data.num_streams=2",
+                       "--config.data.num_streams=2", *flags,
                        f"--coordinator_address=127.0.0.1:{port}",
                        "--num_processes=2", f"--process_id={i}"),
         cwd=REPO, env=env, stdout=out, stderr=err, text=True))
@@ -72,6 +72,18 @@ def kill_running(processes):
   for p in processes:
     if p.poll() is None:
       p.kill()
+
+
+def both_fail(processes, logs, timeout=300):
+  """The two processes' stderr, once both exited with status 1 (else the test
+  fails with what they said)."""
+  try:
+    statuses = wait(processes, timeout=timeout)
+  finally:
+    kill_running(processes)
+  texts = [read(logs, f"{i}.err") for i in range(2)]
+  assert statuses == [1, 1], "\n---\n".join(without_stacks(text) for text in texts)
+  return texts
 
 
 @pytest.mark.long
@@ -139,6 +151,25 @@ def test_two_processes_equal_one_and_stop_together_on_one_sigterm(tiny_demo_dir,
       np.quantile(differences, [0.5, 0.99, 1]) / lr, bound / lr)
 
 
+@pytest.mark.long
+def test_a_sigterm_to_one_host_during_an_evaluation_stops_both_in_it(tiny_demo_dir,
+                                                                     tmp_path):
+  """Several hosts learnt of a preemption only at training steps: an evaluation
+  (minutes at UCF-101 scale) ran on past the grace (about 30 s). Now every host
+  stops at the same evaluation batch and saves that step's checkpoint together."""
+  workdir = str(tmp_path / "run")
+  processes = start_two_processes(
+      tiny_demo_dir, workdir, tmp_path, module=("tests.term_during_eval", "1", "0.5"),
+      flags=("--config.data.eval_clips=6",),   # 6 batches of half a second
+      num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=100)
+  logs = both_fail(processes, tmp_path)
+  for log in logs:
+    assert ("error: stopped by SIGTERM during the evaluation of step 4; the "
+            "checkpoint is saved" in log), without_stacks(log)
+    assert "Traceback" not in log
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
+
+
 @pytest.mark.parametrize("failing", ["1", "0", "both"])   # 0 hosts the service
 def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_path,
                                                            failing):
@@ -183,7 +214,7 @@ def test_a_host_failing_mid_step_finishes_it_before_it_leaves(tmp_path):
   other host failed in that step with "Gloo all-reduce failed ... Connection
   reset by peer" and its traceback (or aborted). Now it finishes its part first,
   and the other stops with the failing host's error."""
-  _, logs = _fail_mid_collective(tmp_path, "one")
+  logs = _fail_mid_collective(tmp_path, "one")
   assert all("dispatched" in log for log in logs), logs
   assert ("error: process 1 failed: RuntimeError: injected while its computation "
           "ran; this process stops too") in logs[0], logs[0][-3000:]
@@ -199,7 +230,7 @@ def test_two_hosts_failing_a_step_apart_both_stop_within_seconds(tmp_path):
   reads the first's failure (it waited 60 s while process 0 gave up on it after
   12 s, and process 0's exit then aborted it)."""
   start = time.time()
-  _, logs = _fail_mid_collective(tmp_path, "apart")
+  logs = _fail_mid_collective(tmp_path, "apart")
   assert ("error: process 0 failed: RuntimeError: injected on process 0; this "
           "process stops too") in logs[1], logs[1][-3000:]
   # Process 0's error is a bug's (RuntimeError): its traceback is printed. Process
@@ -220,13 +251,7 @@ def _fail_mid_collective(tmp_path, case):
                      str(port), case),
       cwd=REPO, env=env, stdout=open(tmp_path / f"{i}.out", "w"),
       stderr=open(tmp_path / f"{i}.err", "w"), text=True) for i in range(2)]
-  try:
-    statuses = wait(processes, timeout=240)
-  finally:
-    kill_running(processes)
-  logs = [read(tmp_path, f"{i}.err") for i in range(2)]
-  assert statuses == [1, 1], "\n---\n".join(without_stacks(log) for log in logs)
-  return statuses, logs
+  return both_fail(processes, tmp_path)
 
 
 @pytest.mark.parametrize("where", ["compile_cache", "report"])
