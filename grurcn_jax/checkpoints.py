@@ -299,9 +299,12 @@ class Preemption:
   second one stops at once.
   """
 
-  def __init__(self):
+  def __init__(self, ctrl_c: bool = True):
+    """`ctrl_c`: a first Ctrl-C asks to stop too (training: it saves first); else
+    it interrupts as usual (an evaluation has nothing to save)."""
     self._requested = False
     self._previous = {}
+    self._ctrl_c = ctrl_c
     self.cause = "SIGTERM"   # what `reached` answers for (several processes: SIGTERM)
     self._points = 0         # sync points asked so far: the same count on every host
 
@@ -310,7 +313,7 @@ class Preemption:
     if single and threading.current_thread() is threading.main_thread():
       # An ignored SIGINT stays ignored (a job started in the background by a
       # script does not take the terminal's Ctrl-C).
-      signals = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(
+      signals = [signal.SIGTERM] + ([signal.SIGINT] if self._ctrl_c and signal.getsignal(
           signal.SIGINT) is not signal.SIG_IGN else [])
       self._previous = {s: signal.signal(s, self._handle) for s in signals}
     return self

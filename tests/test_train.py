@@ -187,6 +187,34 @@ def test_eval_from_checkpoint_reproduces_training_metrics(finished_run, tmp_path
   assert len(events) == 1
 
 
+def test_a_sigterm_during_eval_mode_stops_it_and_writes_nothing(finished_run, tmp_path,
+                                                                monkeypatch):
+  """--mode=eval: a SIGTERM killed the process where it was (several hosts: JAX
+  catches it, and the evaluation ran on past the grace). Now it stops between
+  batches, every host at the same one, with one line, nothing written."""
+  from grurcn_jax import evaluators
+  config, finished, _ = finished_run
+  workdir = str(tmp_path / "run")
+  shutil.copytree(finished, workdir)
+  run = evaluators.run_over_batches
+
+  def notice_as_it_starts(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return run(*args, **kwargs)
+  monkeypatch.setattr(evaluators, "run_over_batches", notice_as_it_starts)
+  unhandled = []   # (without the evaluation's handler, SIGTERM would end pytest)
+  previous = signal.signal(signal.SIGTERM, lambda *args: unhandled.append(args))
+  try:
+    with pytest.raises(TrainingError, match=r"^stopped by SIGTERM during the evaluation "
+                       r"of checkpoint 12; nothing was written: run the same command "
+                       r"again to evaluate it$"):
+      evaluate.evaluate_checkpoint(config, workdir)
+    assert not unhandled
+    assert not os.path.exists(evaluate.results_dir(workdir, config.data.eval_split, 12))
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.long
 def test_resume_after_sigkill_equals_uninterrupted_run(data_dir, finished_run, tmp_path):
   config, reference_dir, reference = finished_run
