@@ -652,6 +652,8 @@ def bound_by(input_s: float, to_device_s: float, step_s: float) -> str:
   reach the devices); or "input+copy": the copy to the devices adds a tenth or
   more (on a GPU, float16 features: reads and copies share the host's memory
   bandwidth; int8 levels or frames mode move fewer bytes)."""
+  # Timed apart, the reads alone may come out slower than reads and copy.
+  to_device_s = max(to_device_s, input_s)
   if step_s >= to_device_s:
     return "step"
   return "input" if input_s >= 0.9 * to_device_s else "input+copy"

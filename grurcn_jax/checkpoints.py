@@ -7,6 +7,7 @@ asynchronous; `wait` blocks until the last one is durable (before exit, and befo
 anything that must see it).
 """
 
+import itertools
 import logging
 import re
 import signal
@@ -81,7 +82,7 @@ class Checkpoints:
     # it is given as this host's position, so an older one from that thread could
     # place the host behind where it is; the hosts' agreed step could then lie
     # behind it too, never be seen here, and leave the others waiting in the save.
-    # `Preemption.reached` stays the one caller, with every step in order.
+    # `Preemption.reached` stays the one caller, counting its sync points in order.
     self._manager.reached_preemption = lambda step: False
 
   def latest_step(self) -> Optional[int]:
@@ -285,6 +286,12 @@ def abstract_like(tree: Any, sharding) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+# The preemption sync points this process has asked, counted for all its
+# Preemption objects (JAX's sync manager is one per process: a count started again
+# would place this host behind where it is). Every host asks at the same points.
+_SYNC_POINTS = itertools.count(1)
+
+
 class Preemption:
   """Whether to save and stop at this step, the same answer on every host.
 
@@ -306,7 +313,6 @@ class Preemption:
     self._previous = {}
     self._ctrl_c = ctrl_c
     self.cause = "SIGTERM"   # what `reached` answers for (several processes: SIGTERM)
-    self._points = 0         # sync points asked so far: the same count on every host
 
   def __enter__(self):
     single = jax.process_count() == 1
@@ -351,8 +357,7 @@ class Preemption:
     step, and before each evaluation batch (an evaluation at UCF-101 scale takes
     minutes; a preemption's grace is about 30 s)."""
     if jax.process_count() > 1:
-      self._points += 1
-      return bool(multihost_utils.reached_preemption_sync_point(self._points))
+      return bool(multihost_utils.reached_preemption_sync_point(next(_SYNC_POINTS)))
     return self._requested
 
   def __exit__(self, *exc):

@@ -11,7 +11,9 @@ messages show only with an explicit --verbosity.
 
 import logging as std_logging
 import os
+import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -95,19 +97,38 @@ def run(values: flags.FlagValues) -> None:
   try:
     _run(values)
   except KeyboardInterrupt:
-    if multihost.stopping():   # while the other hosts are told of a failure
-      multihost.say_now("error: interrupted (Ctrl-C) while the other hosts were told "
-                        "of the failure: stopped now")
-      multihost.exit_now(130)
-    print("error: interrupted (Ctrl-C); checkpoints already written are kept: run the "
-          "same command again to resume", file=sys.stderr)
+    previous = _exit_on_another_ctrl_c()
     try:
-      multihost.fail("interrupted (Ctrl-C)")   # with several hosts: all stop now
-    except KeyboardInterrupt:   # Ctrl-C again while they are told: stop now
-      pass
-    # Now: a normal exit joins orbax's threads of a save under way, which can
-    # wait for their 20-minute timeout.
+      if multihost.stopping():   # while the other hosts are told of a failure
+        multihost.say_now("error: interrupted (Ctrl-C) while the other hosts were "
+                          "told of the failure: stopped now")
+        multihost.exit_now(130)
+      print("error: interrupted (Ctrl-C); checkpoints already written are kept: run "
+            "the same command again to resume", file=sys.stderr)
+      try:
+        multihost.fail("interrupted (Ctrl-C)")   # with several hosts: all stop now
+      except KeyboardInterrupt:   # Ctrl-C again while they are told: stop now
+        pass
+      # Now: a normal exit joins orbax's threads of a save under way, which can
+      # wait for their 20-minute timeout.
+      multihost.exit_now(130)
+    finally:   # (reached only where exit_now returns: a test's stand-in)
+      if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exit_on_another_ctrl_c():
+  """From now on a Ctrl-C exits at once (this host is stopping: with several, for
+  seconds while the others are told); the handler it replaces, or None."""
+  from grurcn_jax import multihost
+  if threading.current_thread() is not threading.main_thread():
+    return None
+
+  def now(signum, frame):
+    del signum, frame
+    multihost.say_now("error: Ctrl-C again: stopped now")
     multihost.exit_now(130)
+  return signal.signal(signal.SIGINT, now)
 
 
 def _run(values: flags.FlagValues) -> None:

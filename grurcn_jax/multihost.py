@@ -239,9 +239,9 @@ def exit_now(status: int) -> None:
   for flush in (logging.flush, sys.stdout.flush, sys.stderr.flush):
     try:
       flush()
-    except Exception:  # noqa: BLE001 (e.g. from a signal handler that interrupted
-      pass             # a write to the same stream: "reentrant call"; exit anyway)
-  os._exit(status)
+    except BaseException:  # noqa: BLE001 (a reentrant call from a signal handler
+      pass                 # that interrupted a write, a closed pipe, another
+  os._exit(status)         # Ctrl-C: exit anyway)
 
 
 def say_now(message: str) -> None:
@@ -254,4 +254,7 @@ def say_now(message: str) -> None:
   except (AttributeError, OSError, ValueError):   # replaced by an in-memory stream
     print(message, file=sys.stderr)
     return
-  os.write(descriptor, (message + "\n").encode())
+  try:
+    os.write(descriptor, (message + "\n").encode())
+  except OSError:   # a closed pipe (`| tee` gone): the message is lost, not the stop
+    pass

@@ -75,8 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
     # it now, as the uninterrupted run did.
     logging.info("The evaluation of step %d was not written before the run stopped: "
                  "evaluating it now", start_step)
-    with writers.flushing(writer):
-      eval_metrics = _evaluate(evaluator, state, workdir, writer)
+    eval_metrics = _evaluate_saved_step(evaluator, state, workdir, writer)
   # Metrics of the steps since the last log (host) and since the last check for
   # non-finite values (device); seconds spent training (not compiling the first
   # step, saving or evaluating) since the last log.
@@ -181,8 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Dict[
                               preemption.exit_status) from None
       segment_start = time.time()
   if eval_metrics is None:  # resumed at the end, its evaluation not written
-    with writers.flushing(writer):
-      eval_metrics = _evaluate(evaluator, state, workdir, writer)
+    eval_metrics = _evaluate_saved_step(evaluator, state, workdir, writer)
   checkpoints.close()
   return eval_metrics
 
@@ -263,6 +261,23 @@ def _warn_if_not_exact(saved: Dict[str, Any], config: ml_collections.ConfigDict)
     logging.warning("Resuming with settings other than the checkpoint's (%s): the run "
                     "goes on from its step, but its batches or updates from here are "
                     "not those of an uninterrupted run", "; ".join(changed))
+
+
+def _evaluate_saved_step(evaluator, state, workdir, writer) -> Dict[str, Any]:
+  """The evaluation of a step already saved, outside the loop (a resume's first,
+  or the last of a run resumed at its end). A SIGTERM stops it between batches,
+  every host at the same one, as in the loop; the resumed run evaluates it then.
+  A Ctrl-C interrupts it (there is nothing to save)."""
+  step = int(state.step)
+  with checkpoints_lib.Preemption(ctrl_c=False) as preemption, \
+      writers.flushing(writer):
+    try:
+      return _evaluate(evaluator, state, workdir, writer,
+                       should_stop=preemption.reached)
+    except evaluators.EvaluationStopped:
+      raise TrainingError(f"stopped by SIGTERM during the evaluation of step {step}; "
+                          f"its checkpoint is saved: run the same command again to "
+                          f"resume (it evaluates step {step} first)") from None
 
 
 def _evaluate(evaluator, state, workdir, writer, should_stop=None) -> Dict[str, Any]:

@@ -160,7 +160,9 @@ def test_a_sigterm_to_one_host_during_an_evaluation_stops_both_in_it(tiny_demo_d
   workdir = str(tmp_path / "run")
   processes = start_two_processes(
       tiny_demo_dir, workdir, tmp_path, module=("tests.term_during_eval", "1", "0.5"),
-      flags=("--config.data.eval_clips=6",),   # 6 batches of half a second
+      # 40 batches of half a second: the notice takes about a second to be agreed
+      # (JAX's SIGTERM listener looks once a second), more on a loaded machine.
+      flags=("--config.data.eval_clips=40",),
       num_train_steps=8, eval_every_steps=4, checkpoint_every_steps=100)
   logs = both_fail(processes, tmp_path)
   for log in logs:

@@ -571,23 +571,63 @@ def test_a_ctrl_c_while_the_other_hosts_are_told_is_one_line(monkeypatch, tmp_pa
     assert told[1:] == ["interrupted (Ctrl-C)"]
 
 
+def test_a_second_ctrl_c_while_the_other_hosts_are_told_exits_at_once(monkeypatch,
+                                                                     tmp_path):
+  """The first Ctrl-C (outside the loop) tells the other hosts, seconds; a second
+  one then exits at once, in one line, and (a test's stand-in for the exit
+  returning) the Ctrl-C handler before it is back."""
+  from grurcn_jax import multihost
+  from grurcn_jax.data import prepare
+
+  def interrupted(config, workdir):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(prepare, "ensure_demo", lambda *args, **kwargs: None)
+  monkeypatch.setattr(train, "train_and_evaluate", interrupted)
+  monkeypatch.setattr(multihost, "fail", lambda message, **kwargs: os.kill(
+      os.getpid(), signal.SIGINT))   # the second Ctrl-C, while the others are told
+  monkeypatch.setattr(multihost, "exit_now", lambda status: sys.exit(status))
+  monkeypatch.setattr(multihost, "say_now", lambda message: print(message,
+                                                                  file=sys.stderr))
+  before = signal.getsignal(signal.SIGINT)
+  try:
+    status, _, err = main_in_process(f"--workdir={tmp_path}")
+  except KeyboardInterrupt:   # (escaping, it would stop the whole test session)
+    pytest.fail("the second Ctrl-C escaped main.run")
+  assert status == 130
+  assert err == ("error: interrupted (Ctrl-C); checkpoints already written are kept: "
+                 "run the same command again to resume\n"
+                 "error: Ctrl-C again: stopped now\n")
+  assert signal.getsignal(signal.SIGINT) is before
+
+
+def stop_at_step_3_before_evaluating(config, workdir):
+  """Trains `config` (evaluations and checkpoints every 3 steps) until a SIGTERM
+  noticed at step 3 stops it: that step saved, not evaluated."""
+  from grurcn_jax import checkpoints as checkpoints_lib
+  reached, asked = checkpoints_lib.Preemption.reached, []
+  with pytest.MonkeyPatch.context() as patch:   # (asked once a step: the third)
+    patch.setattr(checkpoints_lib.Preemption, "reached",
+                  lambda self: asked.append(1) or len(asked) == 3 or reached(self))
+    with pytest.raises(TrainingError, match="stopped by SIGTERM at step 3"):
+      train.train_and_evaluate(config, workdir)
+
+
+def steps_evaluated(monkeypatch):
+  """The steps training evaluates from now on, in order (a list that grows)."""
+  evaluated, evaluate = [], train._evaluate
+  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args, **kwargs: (
+      evaluated.append(int(state.step)), evaluate(evaluator, state, *args, **kwargs))[1])
+  return evaluated
+
+
 def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tmp_path,
                                                                     monkeypatch):
   # A SIGTERM noticed at an eval step saves and stops before evaluating; the
   # resumed run starts after that step, and skipped its evaluation.
-  from grurcn_jax import checkpoints as checkpoints_lib
   config = tiny_config(data_dir, num_train_steps=6, checkpoint_every_steps=3,
                        eval_every_steps=3, log_every_steps=3)
-  evaluated = []
-  evaluate = train._evaluate
-  monkeypatch.setattr(train, "_evaluate", lambda evaluator, state, *args, **kwargs: (
-      evaluated.append(int(state.step)), evaluate(evaluator, state, *args, **kwargs))[1])
-  reached, asked = checkpoints_lib.Preemption.reached, []
-  with monkeypatch.context() as patch:   # (asked once a step: the third is step 3)
-    patch.setattr(checkpoints_lib.Preemption, "reached",
-                  lambda self: asked.append(1) or len(asked) == 3 or reached(self))
-    with pytest.raises(TrainingError, match="stopped by SIGTERM at step 3"):
-      train.train_and_evaluate(config, str(tmp_path))
+  evaluated = steps_evaluated(monkeypatch)
+  stop_at_step_3_before_evaluating(config, str(tmp_path))
   assert evaluated == []
   train.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [3, 6]   # as the uninterrupted run
@@ -605,6 +645,38 @@ def test_an_evaluation_stopped_before_it_was_written_runs_on_resume(data_dir, tm
   evaluated.clear()
   train.train_and_evaluate(config, str(tmp_path))
   assert evaluated == [6]
+
+
+def test_a_sigterm_during_a_resumes_first_evaluation_stops_it(data_dir, tmp_path,
+                                                              monkeypatch):
+  """A run stopped at an eval step before evaluating it evaluates that step first
+  when resumed, outside the loop: a SIGTERM there was not handled (one process:
+  killed; several: evaluated on past the grace). Now it stops between batches,
+  and the next resume evaluates the step again and ends as the uninterrupted run."""
+  from grurcn_jax import evaluators
+  config = tiny_config(data_dir, num_train_steps=6, checkpoint_every_steps=3,
+                       eval_every_steps=3, log_every_steps=3)
+  stop_at_step_3_before_evaluating(config, str(tmp_path))
+  run = evaluators.run_over_batches
+
+  def notice_as_it_starts(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return run(*args, **kwargs)
+  unhandled = []   # (without the evaluation's handler, SIGTERM would end pytest)
+  previous = signal.signal(signal.SIGTERM, lambda *args: unhandled.append(args))
+  try:
+    with monkeypatch.context() as patch:
+      patch.setattr(evaluators, "run_over_batches", notice_as_it_starts)
+      with pytest.raises(TrainingError, match=r"^stopped by SIGTERM during the "
+                         r"evaluation of step 3; its checkpoint is saved: run the same "
+                         r"command again to resume \(it evaluates step 3 first\)$"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert not unhandled
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  evaluated = steps_evaluated(monkeypatch)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert evaluated == [3, 6]
 
 
 def test_a_sigterm_during_an_evaluation_saves_and_stops_at_once(data_dir, tmp_path,

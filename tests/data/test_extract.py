@@ -341,27 +341,44 @@ def test_values_float16_cannot_hold_are_an_error_naming_the_video(tmp_path, monk
                        r"calibration frames"):
       run_small(videos, class_names, str(tmp_path / "nan"))
 
-  # Activations that turn non-finite after calibration: the video is named.
-  batches, calibrate, calibrated = extract.FeatureExtractor._batches, extract._calibrate, []
-
-  def nan_after_calibration(self, frames):
-    for start, result in batches(self, frames):
-      yield start, ({level: a * np.nan for level, a in result.items()} if calibrated
-                    else result)
+  # NaN activations in the second video of the second shard's batch (4 videos of
+  # 2 frames a batch): that video is named, and the first shard is kept.
+  batches, calibrate = extract.FeatureExtractor._batches, extract._calibrate
+  network_input, loaded, batches_after = extract.network_input, [], []
 
   def calibrate_once(*args):
     stats = calibrate(*args)
-    calibrated.append(True)
+    batches_after.append(0)   # calibrated: from now on, count
     return stats
+
+  def recording_input(video, *args, **kwargs):
+    if batches_after:
+      loaded.append(video.video_id)
+    return network_input(video, *args, **kwargs)
+
+  def nan_in_one_video(self, frames):
+    for start, result in batches(self, frames):
+      if batches_after:
+        batches_after[0] += 1
+        if batches_after[0] == 2:
+          result = {level: a.copy() for level, a in result.items()}
+          for a in result.values():
+            a[2:4] = np.nan   # rows 2-3: the batch's second video
+      yield start, result
+  out = tmp_path / "nan_later"
   with monkeypatch.context() as patched:
-    patched.setattr(extract.FeatureExtractor, "_batches", nan_after_calibration)
     patched.setattr(extract, "_calibrate", calibrate_once)
+    patched.setattr(extract, "network_input", recording_input)
+    patched.setattr(extract.FeatureExtractor, "_batches", nan_in_one_video)
     with pytest.raises(ExtractionError) as error:
-      run_small(videos, class_names, str(tmp_path / "nan_later"))
-  message = str(error.value)
-  assert re.match(r"(.+): VGG-16 \(--weights=random\) gave NaN or infinite pool2 "
-                  r"activations: the weights are broken", message), message
-  assert message.split(":")[0] in {v.video_id for v in videos}
+      run_small(videos, class_names, str(out))
+  assert len(loaded) >= 6, loaded
+  assert str(error.value) == (
+      f"{loaded[5]}: VGG-16 (--weights=random) gave NaN or infinite pool2 "
+      f"activations: the weights are broken (a fine-tune that diverged?)")
+  tables = [name for name in os.listdir(out)
+            if name.endswith(".json") and name != features.METADATA_FILE]
+  assert len(tables) == 1, os.listdir(out)   # the first shard, whole
 
   # Statistics of a near-constant calibration sample: the videos' values land
   # 1e9 scales from its mean (float16 holds 65504).
