@@ -153,6 +153,11 @@ def run_over_batches(step, params, host_batches, mesh, prefetch: int, *,
 
   for batch in sharding.prefetch_to_device(host_batches, mesh, prefetch):
     if should_stop is not None and should_stop():
+      # Every host stops at this batch (`should_stop` agrees across hosts). The
+      # steps dispatched before it are in collectives with the others: finish
+      # them first, or a host that left early kept another in one forever (seen
+      # with --mode=eval on two processes: one hung at exit).
+      jax.block_until_ready(list(in_flight))
       raise EvaluationStopped(f"stopped after {len(outputs) + len(in_flight)} batches")
     in_flight.append(step(params, batch))
     if len(in_flight) > 1:

@@ -172,6 +172,29 @@ def test_a_sigterm_to_one_host_during_an_evaluation_stops_both_in_it(tiny_demo_d
   assert os.listdir(os.path.join(workdir, "checkpoints")) == ["4"]
 
 
+@pytest.mark.long
+def test_a_sigterm_to_one_host_stops_both_in_eval_mode(tiny_demo_dir, tmp_path):
+  """--mode=eval on several hosts: JAX catches SIGTERM, and the evaluation ran on
+  past the grace. Now both stop at the same batch, nothing written, and both exit:
+  a host that left while the other's last dispatched steps still waited in their
+  collectives kept it there, hung at exit (2 of 7 runs, before those steps were
+  finished first)."""
+  workdir = str(tmp_path / "run")
+  settings = dict(num_train_steps=2, checkpoint_every_steps=2, eval_every_steps=2)
+  train.train_and_evaluate(tiny_config(tiny_demo_dir, data__num_streams=2, **settings),
+                           workdir)
+  processes = start_two_processes(
+      tiny_demo_dir, workdir, tmp_path, module=("tests.term_during_eval", "1", "0.5"),
+      flags=("--mode=eval", "--config.data.eval_clips=40"), **settings)
+  logs = both_fail(processes, tmp_path)
+  for log in logs:
+    assert ("error: stopped by SIGTERM during the evaluation of checkpoint 2; nothing "
+            "was written: run the same command again to evaluate it" in log), (
+                without_stacks(log))
+    assert "Traceback" not in log
+  assert not os.path.exists(evaluate.results_dir(workdir, "test", 2))
+
+
 @pytest.mark.parametrize("failing", ["1", "0", "both"])   # 0 hosts the service
 def test_a_data_error_on_one_host_stops_every_host_at_once(tiny_demo_dir, tmp_path,
                                                            failing):
