@@ -19,9 +19,8 @@ from typing import Dict, Optional
 import jax
 import ml_collections
 
-from grurcn_jax import checkpoints as checkpoints_lib
 from grurcn_jax import evaluators, experiment as experiment_lib, writers
-from grurcn_jax.errors import ConfigError, TrainingError
+from grurcn_jax.errors import ConfigError
 
 
 RESULTS_SUBDIR = "eval"
@@ -46,16 +45,12 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str,
     params, step = experiment.restore_params(checkpoints, step)
   finally:
     checkpoints.close()
-  # A preemption notice (SIGTERM) stops it between batches, on every host at the
-  # same one: an evaluation at UCF-101 scale outlasts the grace (about 30 s).
-  with checkpoints_lib.Preemption(ctrl_c=False) as preemption:
-    try:
-      result = evaluators.for_experiment(experiment).evaluate(
-          params, step, should_stop=preemption.reached)
-    except evaluators.EvaluationStopped:
-      raise TrainingError(f"stopped by SIGTERM during the evaluation of checkpoint "
-                          f"{step}; nothing was written: run the same command again "
-                          f"to evaluate it") from None
+  # An evaluation at UCF-101 scale outlasts a preemption's grace (about 30 s).
+  with evaluators.stop_on_preemption(
+      f"stopped by SIGTERM during the evaluation of checkpoint {step}; nothing was "
+      f"written: run the same command again to evaluate it") as should_stop:
+    result = evaluators.for_experiment(experiment).evaluate(params, step,
+                                                            should_stop=should_stop)
   out = results_dir(workdir, config.data.eval_split, result.step)
   if jax.process_index() == 0:
     writers.clear_scalars(out)   # a rerun replaces the evaluation, scalars too

@@ -24,6 +24,7 @@ caption_metrics.json; its texts: a few generated captions beside a reference.
 """
 
 import collections
+import contextlib
 import dataclasses
 import io
 import time
@@ -34,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from grurcn_jax import sharding
+from grurcn_jax import checkpoints, sharding
 from grurcn_jax.data import features as features_lib
 from grurcn_jax.data import loaders
+from grurcn_jax.errors import TrainingError
 from grurcn_jax.experiment import Experiment
 from grurcn_jax.models import classification_loss
 
@@ -44,6 +46,19 @@ from grurcn_jax.models import classification_loss
 class EvaluationStopped(Exception):
   """An evaluation given up between batches because `should_stop` said so (a
   preemption notice during it)."""
+
+
+@contextlib.contextmanager
+def stop_on_preemption(stopped: str):
+  """Yields a `should_stop` for `evaluate` outside the training loop: a
+  preemption notice (SIGTERM) stops the evaluation between batches, every host at
+  the same one, and it ends as TrainingError(`stopped`). A Ctrl-C interrupts it as
+  usual (an evaluation has nothing to save)."""
+  with checkpoints.Preemption(ctrl_c=False) as preemption:
+    try:
+      yield preemption.reached
+    except EvaluationStopped:
+      raise TrainingError(stopped) from None
 
 
 @dataclasses.dataclass

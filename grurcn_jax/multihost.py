@@ -236,12 +236,14 @@ def stopping() -> bool:
 def exit_now(status: int) -> None:
   """Exits now, output flushed: no shutdown barrier for hosts stuck in a
   collective, no joining of threads that wait on them (orbax's)."""
+  # Whatever a flush raises (a reentrant call from a signal handler that
+  # interrupted a write, a closed pipe, another Ctrl-C), the exit goes on.
   for flush in (logging.flush, sys.stdout.flush, sys.stderr.flush):
     try:
       flush()
-    except BaseException:  # noqa: BLE001 (a reentrant call from a signal handler
-      pass                 # that interrupted a write, a closed pipe, another
-  os._exit(status)         # Ctrl-C: exit anyway)
+    except BaseException:  # noqa: BLE001
+      pass
+  os._exit(status)
 
 
 def say_now(message: str) -> None:

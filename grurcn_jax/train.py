@@ -269,15 +269,11 @@ def _evaluate_saved_step(evaluator, state, workdir, writer) -> Dict[str, Any]:
   every host at the same one, as in the loop; the resumed run evaluates it then.
   A Ctrl-C interrupts it (there is nothing to save)."""
   step = int(state.step)
-  with checkpoints_lib.Preemption(ctrl_c=False) as preemption, \
-      writers.flushing(writer):
-    try:
-      return _evaluate(evaluator, state, workdir, writer,
-                       should_stop=preemption.reached)
-    except evaluators.EvaluationStopped:
-      raise TrainingError(f"stopped by SIGTERM during the evaluation of step {step}; "
-                          f"its checkpoint is saved: run the same command again to "
-                          f"resume (it evaluates step {step} first)") from None
+  with evaluators.stop_on_preemption(
+      f"stopped by SIGTERM during the evaluation of step {step}; its checkpoint is "
+      f"saved: run the same command again to resume (it evaluates step {step} "
+      f"first)") as should_stop, writers.flushing(writer):
+    return _evaluate(evaluator, state, workdir, writer, should_stop=should_stop)
 
 
 def _evaluate(evaluator, state, workdir, writer, should_stop=None) -> Dict[str, Any]:

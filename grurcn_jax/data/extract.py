@@ -180,9 +180,8 @@ class FeatureExtractor:
       return (f"{where}: VGG-16 (--weights={self.settings.weights}) gave NaN or "
               f"infinite {level} activations: the weights are broken (a fine-tune "
               f"that diverged?)")
-    # normalize's arithmetic before its cast to float16
-    largest = float(np.max(np.abs((activations - np.asarray(stats["mean"], np.float32))
-                                  / np.float32(stats["scale"]))))
+    largest = float(np.max(np.abs(features_lib.normalize(activations, stats,
+                                                         np.float32))))
     return (f"{where}: {level} values {largest:.3g} scales from the calibration mean, "
             f"beyond float16's range (65504): the calibration videos' statistics do "
             f"not fit this video (a corrupt one?); the shards written so far are kept")

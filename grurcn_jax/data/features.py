@@ -194,10 +194,11 @@ def int8_step(normalised: np.ndarray) -> float:
   return (top if top > 0 else 1.0) / 127
 
 
-def normalize(activations: np.ndarray, stats: Mapping) -> np.ndarray:
-  """Activations -> the stored (normalised) float16 values."""
+def normalize(activations: np.ndarray, stats: Mapping, dtype=np.float16) -> np.ndarray:
+  """Activations -> the stored (normalised) float16 values (in `dtype`: before the
+  cast to float16, with np.float32)."""
   return ((activations - np.asarray(stats["mean"], np.float32))
-          / np.float32(stats["scale"])).astype(np.float16)
+          / np.float32(stats["scale"])).astype(dtype)
 
 
 def denormalize(stored: np.ndarray, stats: Mapping) -> np.ndarray:
